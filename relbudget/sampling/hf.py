@@ -1,0 +1,72 @@
+"""HF `generate` backend with early exit at the first correct answer.
+
+Early exit is a per-row StoppingCriteria: after each new token it checks only the rows whose last
+token could complete an answer (a non-digit character, or '}' for \\boxed), runs the verifier on
+the row's text so far, and stops the row at the token that confirms a correct answer. Finished
+rows are then masked by `generate`, so the tokens counted are sum(min(T, Hmax)).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from relbudget.sampling.common import Generation, Request
+from relbudget.verify import verify
+
+
+def _may_terminate(piece: str, fmt: str) -> bool:
+    if fmt == "math":
+        return "}" in piece
+    return any(not ch.isdigit() for ch in piece)
+
+
+class StopAtFirstCorrect(StoppingCriteria):
+    """Per-row stop at EOS or (when enabled) at the first correct answer; records why and when."""
+
+    def __init__(self, tokenizer, requests: list[Request], prompt_len: int, early_exit: bool):
+        self.tok = tokenizer
+        self.requests = requests
+        self.prompt_len = prompt_len
+        self.early_exit = early_exit
+        self.n_tokens = [0] * len(requests)
+        self.ended: list[str | None] = [None] * len(requests)
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_len
+        last = input_ids[:, -1].tolist()
+        for i, req in enumerate(self.requests):
+            if self.ended[i] is not None:
+                continue
+            self.n_tokens[i] = step
+            if last[i] == self.tok.eos_token_id:
+                self.ended[i] = "eos"
+            elif self.early_exit and _may_terminate(self.tok.decode([last[i]]), req.answer_format):
+                text = self.tok.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
+                if verify(text, req.answer, req.answer_format, ended=False).first_correct_chars:
+                    self.ended[i] = "first_correct"
+        return torch.tensor([e is not None for e in self.ended], device=input_ids.device)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, batch: list[tuple[Request, int]], max_tokens: int,
+             temperature: float, top_p: float, early_exit: bool, seed: int) -> list[Generation]:
+    """Sample one attempt per (request, attempt index) in `batch`, left-padded together."""
+    torch.manual_seed(seed)
+    requests = [r for r, _ in batch]
+    enc = tokenizer([r.prompt for r in requests], return_tensors="pt", padding=True,
+                    add_special_tokens=False)
+    prompt_len = enc["input_ids"].shape[1]
+    crit = StopAtFirstCorrect(tokenizer, requests, prompt_len, early_exit)
+    out = model.generate(
+        **enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+        max_new_tokens=max_tokens, stopping_criteria=StoppingCriteriaList([crit]),
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    gens = []
+    for i, (req, attempt) in enumerate(batch):
+        ended = crit.ended[i] or "length"
+        n = crit.n_tokens[i] if crit.ended[i] else max_tokens
+        ids = out[i, prompt_len: prompt_len + n].tolist()
+        gens.append(Generation(req, attempt, ids, ended, seed))
+    return gens

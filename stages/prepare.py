@@ -1,0 +1,38 @@
+"""prepare: write the train and eval prompt tables (built-in task, or HF datasets)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+
+from relbudget.params import Params
+from relbudget.schemas import PROMPTS, write_table
+from relbudget.task import builtin_splits
+
+log = logging.getLogger("relbudget.prepare")
+SECTIONS = ["data", "paths"]
+
+
+def run(params: Params) -> dict:
+    d = params.data
+    if d.source == "builtin":
+        train, eval_ = builtin_splits(d.n_train, d.n_eval, d.levels, d.operands, d.seed, d.style)
+    else:
+        from relbudget.datasets_io import load_hf_prompts
+
+        train, eval_ = load_hf_prompts(d.hf, d.n_train, d.n_eval, d.seed)
+    out = Path(params.paths.prepared)
+    write_table(train, PROMPTS, out / "train.parquet")
+    write_table(eval_, PROMPTS, out / "eval.parquet")
+    stats = {"n_train": len(train), "n_eval": len(eval_)}
+    mlflow.log_metrics(stats)
+    log.info("wrote %d train and %d eval prompts to %s", len(train), len(eval_), out)
+    return stats
+
+
+if __name__ == "__main__":
+    from stages._cli import main
+
+    main("prepare", run, SECTIONS)
