@@ -1,0 +1,486 @@
+"""TRL wiring for budgeted GRPO: config, reward, per-step history, token-budget stop, resume.
+
+The theory's quantities come from each step's own rollouts, so the reward function that scores
+them is also where they are measured (`BudgetReward.pending`), and a callback turns them into one
+history row per optimizer step, logs it to MLflow, and stops training once the regime has spent
+its share of generated completion tokens (compute-matched: every regime stops at the same
+number). TRL's own `num_tokens` counts prompt tokens too, so completion tokens are counted here.
+
+Text after the first correct answer (`train.after_answer`):
+- `keep`: TRL generates as usual up to EOS or H; the text after the answer is generated, counted
+  and trained on. With the `within` reward it is never penalised, so a policy may learn to keep
+  writing after the answer; `tokens_after_correct` in the history measures that.
+- `stop`: generation of a completion ends at the token that confirms its first correct answer
+  (the same early exit the rollout table uses, `relbudget.sampling.hf`), through TRL's
+  `rollout_func`. No token is spent or trained on after the answer. HF generation only: vLLM has
+  no per-row verifier hook, so `use_vllm` is ignored in this mode (with a warning).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PrinterCallback, TrainerCallback
+
+from relbudget.params import TrainParams
+from relbudget.sampling.common import Generation, Request, score
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "relbudget_history.json"  # beside each Trainer checkpoint, so history survives resume
+FINGERPRINT_FILE = "relbudget_fingerprint.txt"
+NOT_TRAJECTORY = {"stop", "token_budget", "max_steps", "checkpoint_every", "threads",
+                  "min_p_informative", "refuse_uninformative"}
+LOG_EVERY = 10  # steps between progress lines in the log (every step goes to MLflow)
+HISTORY_COLUMNS = ["step", "generated_tokens", "cum_generated_tokens", "reward_mean", "frac_informative",
+                   "frac_reward_zero_std", "clipped_ratio", "mean_length", "tokens_after_correct", "E_T",
+                   "xi_t", "H"]
+
+
+# ---------------------------------------------------------------- config
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def grpo_config(train: TrainParams, H: int, output_dir: str | Path):
+    """GRPOConfig for one regime: completions capped at H, one generation per optimizer step."""
+    from trl import GRPOConfig
+
+    use_vllm = bool(train.use_vllm and _cuda())
+    if use_vllm and train.after_answer == "stop":
+        log.warning("after_answer=stop generates with HF early exit; use_vllm is ignored")
+        use_vllm = False
+    extra = {}
+    if use_vllm:
+        extra = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=train.vllm_gpu_memory_utilization)
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        max_completion_length=H,  # the horizon H of the theory
+        num_generations=train.num_generations,
+        # One batch of prompts_per_step groups is generated and used for exactly one optimizer step,
+        # so a step's rollouts are on-policy and its history row describes the policy that made them.
+        per_device_train_batch_size=train.prompts_per_step * train.num_generations,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        learning_rate=train.lr,  # ~1e-4 for a sub-million-parameter model; TRL's 1e-6 learns nothing
+        # A constant schedule: a decaying one is tied to max_steps, which the token-budget stop
+        # never reaches, so every regime would see a different schedule.
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        beta=train.beta,
+        temperature=train.temperature,
+        top_k=0,  # pure sampling from the policy, as in the measurement of T
+        top_p=1.0,
+        max_grad_norm=train.max_grad_norm,
+        max_steps=train.max_steps,  # the stop in 'steps' mode, a safety cap in 'tokens' mode
+        # Measured to work on CPU with trl 1.16: fp32, no activation checkpointing (TRL defaults
+        # to both bf16 and checkpointing, which only slow down and perturb a tiny model).
+        use_cpu=not _cuda(),
+        bf16=False,
+        activation_checkpointing=False,  # transformers 5's name for gradient_checkpointing
+        report_to="none",  # MLflow is logged by HistoryCallback, into the stage's own run
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=train.checkpoint_every,
+        save_total_limit=2,  # the newest may be cut short by a kill; the one before still resumes
+        seed=train.seed,
+        data_seed=train.seed,
+        disable_tqdm=True,  # HistoryCallback logs a short progress line instead
+        use_vllm=use_vllm,
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------- reward and per-step statistics
+
+
+def score_completion(tokenizer, ids: list[int], gold: str, fmt: str, H: int,
+                     stop_reason: str | None = None) -> dict:
+    """n_tokens, first_correct_token, final_correct, stop_reason of one completion.
+
+    Scored by the same function as the rollout table (`sampling.common.score`), so T means the same
+    thing in measurement and in training. `stop_reason` 'first_correct' marks an early exit.
+    """
+    eos = tokenizer.eos_token_id
+    ended = stop_reason or ("eos" if ids and ids[-1] == eos else "length")
+    gen = Generation(Request("", "", str(gold), str(fmt)), 0, list(ids), ended, 0)
+    return score(tokenizer, gen, H, policy="train", keep_text=False)
+
+
+def _miss(ids: list[int], H: int) -> dict:
+    """The row of a completion the verifier could not score: counted, never rewarded."""
+    return {"n_tokens": len(ids), "first_correct_token": None, "final_correct": False,
+            "stop_reason": "length" if len(ids) >= H else "eos"}
+
+
+def reward_of(row: dict, mode: str) -> float:
+    """within: 1 if a correct answer appears in the completion (capped at H, so within H);
+    final: 1 if the last answer is correct. (`after_answer` acts at generation time, not here.)"""
+    if mode == "within":
+        return 1.0 if row["first_correct_token"] is not None else 0.0
+    return 1.0 if row["final_correct"] else 0.0
+
+
+def step_stats(rows: list[dict], rewards: list[float], H: int, G: int) -> dict:
+    """History statistics of one step's rollouts (groups = G consecutive completions)."""
+    n = np.array([r["n_tokens"] for r in rows], dtype=float)
+    fct = np.array([np.nan if r["first_correct_token"] is None else r["first_correct_token"]
+                    for r in rows], dtype=float)
+    hit = ~np.isnan(fct)
+    rw = np.asarray(rewards, dtype=float)
+    groups = rw.reshape(-1, G)
+    informative = float(np.mean(groups.max(axis=1) > groups.min(axis=1)))
+    clipped = np.array([r["stop_reason"] == "length" for r in rows])
+    # Restart semantics, censored at H: a hit costs its tokens up to the answer, a miss all of its.
+    consumed = np.where(hit, fct, n)
+    E_T = float(consumed.sum() / hit.sum()) if hit.any() else math.nan
+    return {
+        "generated_tokens": int(n.sum()),
+        "reward_mean": float(rw.mean()),
+        "frac_informative": informative,
+        "frac_reward_zero_std": 1.0 - informative,
+        "clipped_ratio": float(clipped.mean()),
+        "mean_length": float(n.mean()),
+        "max_length": int(n.max()),  # a generate call runs as long as its longest completion
+        # 0.0 on a step without a hit (the table needs a number; n_hits tells the two apart)
+        "tokens_after_correct": float((n[hit] - fct[hit]).mean()) if hit.any() else 0.0,
+        "E_T": E_T,
+        "xi_t": H / E_T if hit.any() else math.nan,
+        "n_hits": int(hit.sum()),
+        "hit_rate": float(hit.mean()),
+        "final_correct_rate": float(np.mean([bool(r["final_correct"]) for r in rows])),
+    }
+
+
+class BudgetReward:
+    """TRL reward function (one float per completion) that also measures the step's rollouts.
+
+    TRL calls it once per generation batch, which is once per optimizer step here; the stats
+    wait in `pending` until HistoryCallback takes them at the step's end. It never raises: a
+    completion the verifier fails on gets reward 0 and a warning.
+    """
+
+    def __init__(self, tokenizer, H: int, num_generations: int, mode: str = "within"):
+        if mode not in ("within", "final"):
+            raise ValueError(f"reward mode must be 'within' or 'final', got {mode!r}")
+        self.tokenizer, self.H, self.G = tokenizer, int(H), int(num_generations)
+        self.mode = mode
+        self.__name__ = f"reward_{mode}"  # TRL names its reward metrics after this
+        self.pending: dict | None = None
+
+    def __call__(self, prompts, completions, completion_ids, answer, answer_format,
+                 stop_reason=None, **kwargs) -> list[float]:
+        rows, failed = [], 0
+        for i, ids in enumerate(completion_ids):
+            reason = stop_reason[i] if stop_reason is not None else None
+            try:
+                rows.append(score_completion(self.tokenizer, ids, answer[i], answer_format[i], self.H,
+                                             reason))
+            except BaseException as err:  # a verifier bug must not kill a long training run
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                failed += 1
+                rows.append(_miss(ids, self.H))
+                if failed == 1:
+                    log.warning("verifier failed on a completion (reward 0): %s: %s",
+                                type(err).__name__, err)
+        rewards = [reward_of(r, self.mode) for r in rows]
+        try:
+            self.pending = step_stats(rows, rewards, self.H, self.G)
+            self.pending["verifier_failures"] = failed
+        except Exception as err:
+            log.warning("could not compute step statistics: %s", err)
+            self.pending = None
+        return rewards
+
+    def take(self) -> dict | None:
+        stats, self.pending = self.pending, None
+        return stats
+
+
+# ---------------------------------------------------------------- early exit (after_answer=stop)
+
+
+def early_exit_rollout(tokenizer, prompts_df: pd.DataFrame, H: int, temperature: float, seed: int):
+    """A TRL rollout_func that stops each completion at its first correct answer.
+
+    TRL hands it only prompt texts, so the gold answer is looked up by prompt text.
+    """
+    from relbudget.sampling import hf
+
+    gold = _gold_by_prompt(prompts_df)
+
+    def rollout(prompts: list[str], trainer) -> dict[str, Any]:
+        requests = [Request("", p, *gold[p]) for p in prompts]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        # Seeded by step, so a resumed run draws what an uninterrupted one would have.
+        gens = hf.generate(model, tokenizer, [(r, i) for i, r in enumerate(requests)], H,
+                           temperature, 1.0, True, seed * 1_000_003 + trainer.state.global_step)
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        return {"prompt_ids": prompt_ids, "completion_ids": [g.token_ids for g in gens],
+                "logprobs": None, "stop_reason": [g.ended for g in gens]}
+
+    return rollout
+
+
+def _gold_by_prompt(prompts_df: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    gold: dict[str, tuple[str, str]] = {}
+    for p, a, f in zip(prompts_df["prompt"], prompts_df["answer"], prompts_df["answer_format"]):
+        if p in gold and gold[p] != (str(a), str(f)):
+            raise ValueError(f"prompt {p[:60]!r} appears twice with different answers; "
+                             "after_answer=stop looks answers up by prompt text")
+        gold[p] = (str(a), str(f))
+    return gold
+
+
+# ---------------------------------------------------------------- history, MLflow, budget stop
+
+
+def _mlflow_log(metrics: dict[str, Any], step: int) -> None:
+    import mlflow
+
+    if mlflow.active_run() is None:
+        return
+    clean = {k: float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+class HistoryCallback(TrainerCallback):
+    """One history row per optimizer step; MLflow logging; the token-budget stop; resume state."""
+
+    def __init__(self, reward: BudgetReward, train: TrainParams, H: int,
+                 rows: list[dict] | None = None):
+        self.reward, self.train, self.H = reward, train, int(H)
+        self.rows: list[dict] = list(rows or [])
+        self.unlogged: dict = {}
+        self.t0 = time.perf_counter()
+        self.seconds_before = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.t0 = time.perf_counter()  # wall_seconds counts training, not model loading
+        return control
+
+    @property
+    def cum_tokens(self) -> int:
+        return int(self.rows[-1]["cum_generated_tokens"]) if self.rows else 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        stats = self.reward.take()
+        if stats is None:
+            log.warning("step %d: no rollout statistics were recorded", state.global_step)
+            return control
+        row = {"step": int(state.global_step), **stats,
+               "cum_generated_tokens": self.cum_tokens + stats["generated_tokens"], "H": self.H,
+               "wall_seconds": self.seconds_before + time.perf_counter() - self.t0}
+        self.rows.append(row)
+        # sent with TRL's metrics of the same step in on_log: one MLflow call per step (~30 ms each)
+        self.unlogged = {k: v for k, v in row.items() if k != "step"}
+        if row["step"] % LOG_EVERY == 0:
+            log.info("step %d: %d tokens, reward %.3f, informative %.2f, length %.1f, xi_t %.2f",
+                     row["step"], row["cum_generated_tokens"], row["reward_mean"],
+                     row["frac_informative"], row["mean_length"], row["xi_t"])
+        if self.train.stop == "tokens" and row["cum_generated_tokens"] >= self.train.token_budget:
+            log.info("token budget reached: %d >= %d generated tokens at step %d",
+                     row["cum_generated_tokens"], self.train.token_budget, row["step"])
+            control.should_training_stop = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # TRL's own metrics (loss, entropy, clip ratios, ...), under trl/ so they never clash
+        metrics = {f"trl/{k}": v for k, v in (logs or {}).items()}
+        metrics.update(self.unlogged)
+        self.unlogged = {}
+        _mlflow_log(metrics, step=int(state.global_step))
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.unlogged:
+            _mlflow_log(self.unlogged, step=int(state.global_step))
+            self.unlogged = {}
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            (folder / HISTORY_FILE).write_text(json.dumps(self.rows, allow_nan=True))
+        return control
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    """The HISTORY table (extra columns after the schema's, in a fixed order)."""
+    df = pd.DataFrame(rows)
+    if df.empty:
+        df = pd.DataFrame({c: pd.Series(dtype=float) for c in HISTORY_COLUMNS})
+    for c in ("step", "generated_tokens", "cum_generated_tokens", "H"):
+        df[c] = df[c].astype("int64")
+    for c in ("reward_mean", "frac_informative", "frac_reward_zero_std", "clipped_ratio",
+              "mean_length", "tokens_after_correct", "E_T", "xi_t"):
+        df[c] = df[c].astype(float)
+    extra = [c for c in df.columns if c not in HISTORY_COLUMNS]
+    return df[HISTORY_COLUMNS + extra]
+
+
+# ---------------------------------------------------------------- resume
+
+
+def fingerprint(model, prompts_df: pd.DataFrame, train: TrainParams, H: int) -> str:
+    """Identifies a training run: params, H, prompts and the starting weights."""
+    h = hashlib.sha256()
+    # Fields that do not change the trajectory stay out, so a run killed before its budget can
+    # resume with a larger budget or a new checkpoint interval.
+    knobs = train.model_dump(mode="json", exclude=NOT_TRAJECTORY)
+    h.update(json.dumps([knobs, int(H)], sort_keys=True).encode())
+    h.update(pd.util.hash_pandas_object(prompts_df[["prompt", "answer", "answer_format"]],
+                                        index=False).to_numpy().tobytes())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def resumable_checkpoint(output_dir: Path, fp: str) -> Path | None:
+    """The newest complete checkpoint of the same run in output_dir; a stale folder is wiped."""
+    stamp = output_dir / FINGERPRINT_FILE
+    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fp):
+        log.info("discarding checkpoints from another configuration in %s", output_dir)
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fp)
+    ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
+                   reverse=True)
+    for c in ckpts:  # a kill between Trainer's save and ours leaves a checkpoint without history
+        if (c / HISTORY_FILE).exists() and (c / "trainer_state.json").exists():
+            return c
+    return None
+
+
+def load_history(checkpoint: Path) -> list[dict]:
+    step = int(checkpoint.name.split("-")[-1])
+    rows = json.loads((checkpoint / HISTORY_FILE).read_text())
+    return [r for r in rows if r["step"] <= step]
+
+
+def _finished(rows: list[dict], train: TrainParams) -> bool:
+    if not rows:
+        return False
+    if train.stop == "tokens":
+        return rows[-1]["cum_generated_tokens"] >= train.token_budget
+    return rows[-1]["step"] >= train.max_steps
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_dataset(prompts_df: pd.DataFrame):
+    """HF Dataset of raw-text prompts (no chat template) with the columns the reward reads."""
+    from datasets import Dataset
+
+    cols = prompts_df[["prompt", "answer", "answer_format"]].astype(str).reset_index(drop=True)
+    return Dataset.from_pandas(cols, preserve_index=False)
+
+
+def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams, H: int,
+                 output_dir: str | Path) -> tuple[Any, pd.DataFrame]:
+    """GRPO at horizon H until the token budget (or max_steps); returns (model, history).
+
+    output_dir holds the Trainer's checkpoints; a rerun of the same configuration resumes from
+    the newest one, history included.
+    """
+    from trl import GRPOTrainer
+
+    torch.set_num_threads(train.threads)  # one thread: 2-4x faster than two for tiny models
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is documented above
+    output_dir = Path(output_dir)
+    checkpoint = resumable_checkpoint(output_dir, fingerprint(model, prompts_df, train, H))
+    rows = load_history(checkpoint) if checkpoint is not None else []
+    if checkpoint is not None:
+        log.info("resuming from %s (step %d, %d tokens)", checkpoint, rows[-1]["step"] if rows else 0,
+                 rows[-1]["cum_generated_tokens"] if rows else 0)
+        for r in rows:  # the new MLflow run gets the whole curve
+            _mlflow_log({k: v for k, v in r.items() if k != "step"}, step=r["step"])
+
+    if checkpoint is not None and _finished(rows, train):
+        # Killed after the last step was saved: training one more step would overshoot the budget.
+        log.info("the checkpoint already reached the stop; loading its weights")
+        model = type(model).from_pretrained(checkpoint).eval()
+        return model, history_frame(rows)
+
+    reward = BudgetReward(tokenizer, H, train.num_generations, train.reward)
+    history = HistoryCallback(reward, train, H, rows)
+    rollout = (early_exit_rollout(tokenizer, prompts_df, H, train.temperature, train.seed)
+               if train.after_answer == "stop" else None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=grpo_config(train, H, output_dir),
+                              train_dataset=train_dataset(prompts_df), processing_class=tokenizer,
+                              callbacks=[history], rollout_func=rollout)
+        trainer.remove_callback(PrinterCallback)  # it prints every step's full log dict
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    if train.stop == "tokens" and history.cum_tokens < train.token_budget:
+        log.warning("max_steps=%d reached after %d of %d budget tokens: this regime is NOT "
+                    "compute-matched; raise train.max_steps", train.max_steps, history.cum_tokens,
+                    train.token_budget)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.eval()
+    return model, history_frame(history.rows)
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def preflight(budget_entry: dict, train: TrainParams, regime: str | None = None) -> str | None:
+    """Warn (or refuse, with train.refuse_uninformative) when the predicted share of informative
+    GRPO groups at this H is below train.min_p_informative: such a run mostly burns tokens.
+
+    Returns the warning text, or None when the prediction is fine.
+    """
+    name = regime or budget_entry.get("regime", "?")
+    H = budget_entry.get("H")
+    p_inf = budget_entry.get("p_informative")
+    G = budget_entry.get("group_size")
+    if p_inf is None:
+        msg = (f"regime {name} (H={H}): no predicted P_inf in budgets.yaml (H above the sampled "
+               "cap?); cannot check that groups will be informative")
+        log.warning(msg)
+        _tag("preflight", "unknown")
+        return msg
+    if G is not None and int(G) != train.num_generations:
+        log.warning("P_inf in budgets.yaml is for groups of %s; training uses num_generations=%d",
+                    G, train.num_generations)
+    if p_inf >= train.min_p_informative:
+        _tag("preflight", "ok")
+        return None
+    msg = (f"regime {name} (H={H}): predicted P_inf = {p_inf:.4f} is below "
+           f"train.min_p_informative = {train.min_p_informative}: most GRPO groups will have "
+           "equal rewards and give no gradient")
+    if train.refuse_uninformative:
+        _tag("preflight", "refused")
+        raise ValueError(msg + " (refused: train.refuse_uninformative is true)")
+    log.warning("!!! %s", msg)
+    _tag("preflight", "uninformative")
+    return msg
+
+
+def _tag(key: str, value: str) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.set_tag(key, value)

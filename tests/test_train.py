@@ -1,0 +1,222 @@
+"""Budgeted GRPO on the real TRL trainer, at tiny sizes (a 2-layer, 32-wide Llama, one thread).
+
+The policy is pre-trained for a few seconds on one-digit sums so that it is right about a third
+of the time: GRPO groups then have mixed rewards and a step really moves the weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from relbudget.grpo import BudgetReward, HistoryCallback, preflight, train_policy
+from relbudget.models import char_tokenizer, load_saved, save_policy, tiny_llama
+from relbudget.params import BasePolicyParams, TrainParams, parse_params
+from relbudget.pretrain import pretrain
+from relbudget.schemas import HISTORY, PROMPTS, read_table, validate, write_table
+from relbudget.task import builtin_splits, trace_corpus
+from stages import train as train_stage
+from stages._cli import execute
+
+H = 24
+TINY = dict(num_generations=4, prompts_per_step=2, lr=1e-3, threads=1)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format."""
+    torch.manual_seed(0)
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=32, layers=2, heads=4, intermediate=64, max_position=128)
+    p = BasePolicyParams(hidden_size=32, n_layers=2, n_heads=4, intermediate_size=64,
+                         max_position=128, steps=200, batch_size=64, lr=3e-3, threads=1)
+    pretrain(model, tok, trace_corpus(60, [1], 2, seed=0), p, log_every=10**9)
+    folder = tmp_path_factory.mktemp("base")
+    save_policy(model, tok, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    train, _ = builtin_splits(24, 4, [1], 2, seed=0)
+    return train
+
+
+def _ids(tok, text: str, eos: bool) -> list[int]:
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ids + [tok.eos_token_id] if eos else ids
+
+
+# ---------------------------------------------------------------- reward and step statistics
+
+
+def test_rewards_on_hand_made_completions():
+    tok = char_tokenizer()
+    trace = "7+5=12|4+8+1=13|3+1=4|"  # 22 characters, one token each
+    H_ = 34
+    cases = [  # text, ends with EOS, reward within, reward final
+        (trace + "A:432", True, 1.0, 1.0),             # correct, then EOS (28 tokens)
+        (trace + "A:432|A:999", True, 1.0, 0.0),       # correct, then more text and a wrong answer
+        (trace + "A:431", True, 0.0, 0.0),             # wrong
+        ("|" * 8 + trace + "A:43", False, 0.0, 0.0),   # cut at H in the middle of the answer
+        (trace + "A:432|1+1+1+", False, 1.0, 1.0),     # correct, then cut at H
+    ]
+    completions = [_ids(tok, t, e) for t, e, *_ in cases]
+    n = [len(c) for c in completions]
+    assert n == [28, 34, 28, 34, 34]
+    for mode, col in (("within", 2), ("final", 3)):
+        reward = BudgetReward(tok, H_, num_generations=len(cases), mode=mode)
+        assert reward.__name__ == f"reward_{mode}"
+        got = reward(prompts=[""] * 5, completions=[t for t, *_ in cases], completion_ids=completions,
+                     answer=["432"] * 5, answer_format=["int"] * 5)
+        assert got == [c[col] for c in cases], mode
+        stats = reward.take()
+        assert reward.take() is None  # taken once per step
+        assert stats["generated_tokens"] == sum(n)
+        assert stats["mean_length"] == pytest.approx(sum(n) / 5)
+        assert stats["n_hits"] == 3
+        # the first correct answer is confirmed at token 28 in every hit (by EOS or by the '|')
+        assert stats["tokens_after_correct"] == pytest.approx((0 + 6 + 6) / 3)
+        assert stats["E_T"] == pytest.approx((28 + 28 + 28 + 34 + 28) / 3)
+        assert stats["xi_t"] == pytest.approx(H_ / stats["E_T"])
+        assert stats["clipped_ratio"] == pytest.approx(2 / 5)
+        assert stats["frac_informative"] == 1.0 and stats["frac_reward_zero_std"] == 0.0
+
+
+def test_reward_never_raises_and_uninformative_groups(caplog):
+    tok = char_tokenizer()
+    reward = BudgetReward(tok, 10, num_generations=2)
+    ids = [_ids(tok, "A:5", True), _ids(tok, "A:5", True), _ids(tok, "A:1", True), _ids(tok, "A:2", True)]
+    got = reward(prompts=[""] * 4, completions=[""] * 4, completion_ids=ids,
+                 answer=["5", "5", "5", "5"], answer_format=["int", "no-such-format", "int", "int"])
+    assert got == [1.0, 0.0, 0.0, 0.0]  # the verifier error scores 0 instead of raising
+    assert "verifier failed" in caplog.text
+    stats = reward.take()
+    assert stats["verifier_failures"] == 1
+    assert stats["frac_informative"] == 0.5 and stats["frac_reward_zero_std"] == 0.5
+    # no hit at all: E_T and xi_t are undefined, not zero
+    reward([""] * 2, [""] * 2, ids[2:], ["5", "5"], ["int", "int"])
+    stats = reward.take()
+    assert math.isnan(stats["E_T"]) and math.isnan(stats["xi_t"])
+
+
+# ---------------------------------------------------------------- preflight
+
+
+def test_preflight_warns_and_refuses():
+    entry = {"H": 10, "p_informative": 0.01, "group_size": 8, "regime": "deficient"}
+    assert preflight({**entry, "p_informative": 0.6}, TrainParams()) is None
+    msg = preflight(entry, TrainParams())
+    assert "0.0100" in msg and "H=10" in msg
+    with pytest.raises(ValueError, match=r"regime tight \(H=10\): predicted P_inf = 0.0100"):
+        preflight(entry, TrainParams(refuse_uninformative=True), regime="tight")
+    assert "cannot check" in preflight({**entry, "p_informative": None}, TrainParams())
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+def test_stop_mode_spends_nothing_after_the_answer(base_dir, prompts, tmp_path):
+    model, tok = load_saved(base_dir)
+    t = TrainParams(stop="steps", max_steps=3, after_answer="stop", **TINY)
+    _, hist = train_policy(model, tok, prompts, t, H, tmp_path / "work")
+    validate(hist, HISTORY)
+    assert list(hist["step"]) == [1, 2, 3]  # steps mode: exactly max_steps
+    assert hist["n_hits"].sum() > 0
+    assert (hist["tokens_after_correct"] == 0).all()
+
+
+def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
+    t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
+    model, tok = load_saved(base_dir)
+    _, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
+
+    real = HistoryCallback.on_step_end
+
+    def crash_at_3(self, args, state, control, **kw):
+        if state.global_step == 3:
+            raise RuntimeError("killed")
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(HistoryCallback, "on_step_end", crash_at_3)
+    model, tok = load_saved(base_dir)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_policy(model, tok, prompts, t, H, tmp_path / "work")
+    monkeypatch.setattr(HistoryCallback, "on_step_end", real)
+
+    model, tok = load_saved(base_dir)
+    trained, resumed = train_policy(model, tok, prompts, t, H, tmp_path / "work")
+    assert list(resumed["step"]) == [1, 2, 3, 4]
+    # steps 1-2 come back from the checkpoint; 3-4 are drawn as in the uninterrupted run
+    pd.testing.assert_series_equal(resumed["generated_tokens"], straight["generated_tokens"])
+    assert resumed["cum_generated_tokens"].iloc[-1] == straight["cum_generated_tokens"].iloc[-1]
+
+    # killed after the final checkpoint: a rerun trains no further step, it loads that checkpoint
+    model, tok = load_saved(base_dir)
+    again, again_hist = train_policy(model, tok, prompts, t, H, tmp_path / "work")
+    pd.testing.assert_frame_equal(again_hist, resumed)
+    after = trained.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in again.state_dict().items())
+
+
+def _stage_params(tmp_path, **train):
+    return parse_params({
+        "paths": {k: str(tmp_path / v) for k, v in {
+            "prepared": "prepared", "base_model": "models/base", "xi": "xi", "models": "models",
+            "train": "train", "rollouts": "rollouts/base.parquet", "eval": "eval",
+            "report": "report"}.items()},
+        "regimes": {"balanced": 1.75},
+        "train": {"token_budget": 700, "max_steps": 60, "checkpoint_every": 5, **TINY, **train},
+    })
+
+
+def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
+    params = _stage_params(tmp_path)
+    write_table(prompts, PROMPTS, tmp_path / "prepared" / "train.parquet")
+    base, tok = load_saved(base_dir)
+    save_policy(base, tok, tmp_path / "models" / "base")
+    (tmp_path / "xi").mkdir()
+    (tmp_path / "xi" / "budgets.yaml").write_text(yaml.safe_dump(
+        {"balanced": {"H": H, "target_xi": 1.75, "p_informative": 0.6, "group_size": 4,
+                      "regime": "balanced"}}))
+
+    stats = execute("train", train_stage.run, params, train_stage.SECTIONS, "balanced")
+
+    # outputs: the policy, a schema-valid history, no leftover work folder
+    hist = read_table(tmp_path / "train" / "balanced" / "history.parquet", HISTORY)
+    trained, _ = load_saved(tmp_path / "models" / "balanced")
+    assert not (tmp_path / "train" / ".balanced.work").exists()
+    # training changed the weights
+    before = base.state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    # the token budget stopped it: over budget now, under it one step before, before max_steps
+    cum = hist["cum_generated_tokens"].tolist()
+    assert cum[-1] >= 700 > cum[-2]
+    assert len(hist) < 60 and stats["steps"] == len(hist)
+    assert (hist["H"] == H).all() and hist["step"].tolist() == list(range(1, len(hist) + 1))
+    assert (hist["cum_generated_tokens"] == hist["generated_tokens"].cumsum()).all()
+
+    # MLflow: one FINISHED run with per-step metrics; generated tokens agree with TRL's own count
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs(client.get_experiment_by_name("relbudget").experiment_id)
+    assert run.info.status == "FINISHED" and run.data.tags["regime"] == "balanced"
+    trl_len = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                  "trl/completions/mean_length")}
+    batch = TINY["num_generations"] * TINY["prompts_per_step"]
+    for r in hist.itertuples():
+        assert r.generated_tokens == round(trl_len[r.step] * batch)
+    assert len(client.get_metric_history(run.info.run_id, "xi_t")) >= 1
+    assert run.data.metrics["summary/generated_tokens"] == cum[-1]
+    assert run.data.metrics["cum_generated_tokens"] == cum[-1]  # the per-step metric's last value
+
+
+def test_stage_names_a_missing_regime(tmp_path):
+    (tmp_path / "budgets.yaml").write_text(yaml.safe_dump({"ample": {"H": 40}}))
+    with pytest.raises(KeyError, match="regime 'balanced' is not in .*it has: ample"):
+        train_stage.budget_entry(tmp_path, "balanced")
