@@ -87,7 +87,7 @@ class BasePolicyParams(Section):
     n_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(256, gt=0)
     max_position: int = Field(512, gt=0)
-    steps: int = Field(1200, gt=0)
+    steps: int = Field(380, gt=0)
     batch_size: int = Field(64, gt=0)
     lr: float = Field(3e-3, gt=0)
     n_traces: int = Field(20000, gt=0, description="distinct training problems for the traces")
@@ -104,7 +104,7 @@ class BasePolicyParams(Section):
 class SamplingParams(Section):
     backend: Literal["hf", "vllm", "auto"] = "hf"
     attempts: int = Field(8, gt=0, description="K attempts per prompt")
-    max_tokens: int = Field(160, gt=0, description="Hmax, the cap every attempt runs to")
+    max_tokens: int = Field(192, gt=0, description="Hmax, the cap every attempt runs to")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     early_exit: bool = Field(True, description="stop an attempt at its first correct answer")
@@ -157,7 +157,7 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     attempts: int = Field(8, gt=0, description="n samples per prompt (pass@k needs k <= n)")
-    h_eval: int = Field(160, gt=0, description="the common evaluation budget H_eval")
+    h_eval: int = Field(64, gt=0, description="the common evaluation budget H_eval")
     pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
     temperature: float = Field(1.0, gt=0)
     batch_size: int = Field(128, gt=0)

@@ -57,6 +57,11 @@ def make_problems(n: int, levels: list[int], operands: int, rng: np.random.Gener
     return out
 
 
+def capacity(levels: list[int], operands: int) -> int:
+    """How many distinct problems the levels hold."""
+    return sum((10**lvl - (0 if lvl == 1 else 10 ** (lvl - 1))) ** operands for lvl in set(levels))
+
+
 def prompt_text(xs: list[int], style: str) -> str:
     expr = "+".join(str(x) for x in xs)
     if style == "natural":
@@ -89,6 +94,8 @@ def trace_corpus(n: int, levels: list[int], operands: int, seed: int,
     """(prompt, completion) pairs to pre-train the built-in base policy; eval prompts excluded."""
     rng = np.random.default_rng(seed + 7919)
     pairs = []
+    # Small levels hold few distinct problems (one digit, two operands: 100); draw at most 90%.
+    n = min(n, int(0.9 * capacity(levels, operands)))
     for _, xs in make_problems(n, levels, operands, rng):
         p = prompt_text(xs, "trace")
         if exclude and p in exclude:

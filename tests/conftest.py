@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny params, an isolated MLflow store, and a project copy for stage runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Sizes small enough for a whole pipeline in well under a minute of compute on 2 cores.
+TINY = {
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "seed": 0},
+    "base_policy": {"hidden_size": 32, "n_layers": 1, "n_heads": 2, "intermediate_size": 64,
+                    "steps": 60, "batch_size": 32, "lr": 0.01, "n_traces": 300},
+    "sampling": {"attempts": 4, "max_tokens": 24, "batch_size": 32, "chunk_prompts": 4},
+    "xi": {"n_bootstrap": 50},
+    "regimes": {"low": 0.5, "high": 2.0},
+    "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
+              "checkpoint_every": 2},
+    "evaluate": {"attempts": 4, "h_eval": 24, "pass_k": [1, 4], "batch_size": 32},
+}
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) and k != "regimes" else v
+    return out
+
+
+def tiny_params(**overrides) -> dict:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    return deep_update(deep_update(raw, TINY), overrides)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A copy of the project (code, dvc.yaml, tiny params.yaml) in a temp dir, cwd set to it."""
+    dest = tmp_path / "proj"
+    dest.mkdir()
+    for name in ("relbudget", "stages", "flows"):
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.chdir(dest)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dest / 'mlflow.db'}")
+    return dest

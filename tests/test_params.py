@@ -1,0 +1,69 @@
+"""Params are validated before any compute; every error names the field (and the allowed values)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from relbudget.params import ParamsError, load_params, parse_params, section_hash
+
+# (params override, text the error must contain). The list of bad inputs lives here, not in prose.
+BAD = [
+    ({"sampling": {"max_tokns": 10}}, "did you mean 'max_tokens'"),
+    ({"samplng": {}}, "did you mean 'sampling'"),
+    ({"train": {"rewrd": "within"}}, "did you mean 'reward'"),
+    ({"sampling": {"attempts": 0}}, "sampling.attempts"),
+    ({"sampling": {"temperature": -1}}, "sampling.temperature"),
+    ({"sampling": {"backend": "tgi"}}, "'hf', 'vllm' or 'auto'"),
+    ({"sampling": {"max_tokens": "many"}}, "sampling.max_tokens"),
+    ({"regimes": {}}, "regimes must name at least one regime"),
+    ({"regimes": {"balanced": 0}}, "target xi must be > 0"),
+    ({"regimes": {"balanced": -2.0}}, "target xi must be > 0"),
+    ({"regimes": {"base": 1.0}}, "other than 'base'"),
+    ({"regimes": {"two words": 1.0}}, "identifier"),
+    ({"xi": {"group_size": 1}}, "xi.group_size"),
+    ({"xi": {"deficient_below": 4.0, "ample_above": 3.0}}, "deficient_below must be smaller"),
+    ({"xi": {"ci_level": 1.5}}, "xi.ci_level"),
+    ({"data": {"levels": []}}, "levels must be a non-empty list"),
+    ({"data": {"levels": [9]}}, "levels must be a non-empty list"),
+    ({"data": {"source": "hf"}}, "needs the 'hf' subsection"),
+    ({"data": {"source": "web"}}, "'builtin' or 'hf'"),
+    ({"base_policy": {"hidden_size": 30, "n_heads": 4}}, "not divisible by n_heads"),
+    ({"sampling": {"max_tokens": 600}}, "must be below base_policy.max_position"),
+    ({"train": {"reward": "sparse"}}, "'within' or 'final'"),
+    ({"train": {"num_generations": 1}}, "train.num_generations"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"evaluate": {"pass_k": [1, 16], "attempts": 8}}, "pass_k values [16]"),
+    ({"train": {"min_p_informative": 2}}, "train.min_p_informative"),
+]
+
+
+@pytest.mark.parametrize("override,expected", BAD, ids=[str(o) for o, _ in BAD])
+def test_bad_params_name_the_field(override, expected):
+    with pytest.raises(ParamsError) as err:
+        parse_params(override)
+    assert expected in str(err.value)
+
+
+def test_defaults_and_repo_params_validate():
+    parse_params({})
+    p = load_params("params.yaml")
+    assert p.regimes and p.sampling.max_tokens > 0
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sampling: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ParamsError, match="mapping of sections"):
+        load_params(bad)
+
+
+def test_section_hash_tracks_only_its_section():
+    a, b = parse_params({}), parse_params({"train": {"lr": 0.5}})
+    assert section_hash(a.sampling) == section_hash(b.sampling)
+    assert section_hash(a.train) != section_hash(b.train)

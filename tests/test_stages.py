@@ -1,0 +1,134 @@
+"""Stages on real files: determinism, kill-and-resume of sample_t, early exit, FAILED runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from relbudget import estimators as est
+from relbudget.models import char_tokenizer, save_policy, tiny_llama
+from relbudget.params import BasePolicyParams, load_params
+from relbudget.pretrain import pretrain
+from relbudget.sampling import hf_generate_fn, requests_from, sample_table
+from relbudget.schemas import ROLLOUTS, read_table, validate
+from relbudget.task import builtin_splits, column_trace, make_problems, prompt_text
+from stages import base_policy, prepare, sample_t, xi
+from stages._cli import execute
+from tests.conftest import tiny_params
+
+import numpy as np
+
+
+def write_params(project: Path, **overrides) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
+
+
+@pytest.fixture
+def measured(project: Path) -> Path:
+    """prepare and base_policy already run in the project copy."""
+    write_params(project, data={"n_train": 24, "n_eval": 4, "levels": [1]},
+                 sampling={"chunk_prompts": 1, "attempts": 4, "max_tokens": 24})
+    params = load_params(project / "params.yaml")
+    execute("prepare", prepare.run, params, prepare.SECTIONS)
+    execute("base_policy", base_policy.run, params, base_policy.SECTIONS)
+    return project
+
+
+def test_same_seed_same_table(measured: Path):
+    params = load_params("params.yaml")
+    execute("sample_t", sample_t.run, params, sample_t.SECTIONS)
+    first = pd.read_parquet("data/rollouts/base.parquet")
+    execute("sample_t", sample_t.run, params, sample_t.SECTIONS)
+    second = pd.read_parquet("data/rollouts/base.parquet")
+    pd.testing.assert_frame_equal(first, second)
+    assert len(first) == 24 * 4
+    validate(first, ROLLOUTS)
+    assert not Path("data/rollouts/.base.chunks").exists()  # chunks removed once the table is written
+
+
+def test_sample_t_killed_leaves_no_output_and_resumes_to_the_same_table(measured: Path):
+    params = load_params("params.yaml")
+    execute("sample_t", sample_t.run, params, sample_t.SECTIONS)
+    reference = pd.read_parquet("data/rollouts/base.parquet")
+    Path("data/rollouts/base.parquet").unlink()
+
+    proc = subprocess.Popen([sys.executable, "-m", "stages.sample_t"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    chunks = Path("data/rollouts/.base.chunks")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(chunks.glob("chunk-*.parquet"))) < 3:
+        assert proc.poll() is None, "sample_t finished before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(chunks.glob("chunk-*.parquet")))
+    assert 3 <= done_before < 24
+    assert not Path("data/rollouts/base.parquet").exists()
+    assert not list(Path("data/rollouts").glob(".base.parquet.*"))  # no half-written temp file left
+
+    execute("sample_t", sample_t.run, params, sample_t.SECTIONS)
+    pd.testing.assert_frame_equal(pd.read_parquet("data/rollouts/base.parquet"), reference)
+
+
+def test_stage_exception_ends_mlflow_run_failed(measured: Path):
+    Path("data/rollouts").mkdir(parents=True, exist_ok=True)
+    bad = pd.DataFrame({"prompt_id": ["a", "a"], "attempt": [0, 0], "n_tokens": [3, 4],
+                        "max_tokens": [4, 4], "first_correct_token": [None, None],
+                        "stop_reason": ["eos", "length"], "final_correct": [False, False],
+                        "policy": ["p", "p"], "seed": [0, 0]})
+    bad.to_parquet("data/rollouts/base.parquet")
+    params = load_params("params.yaml")
+    with pytest.raises(ValueError, match="schema failure"):
+        execute("xi", xi.run, params, xi.SECTIONS)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["relbudget"], filter_string="tags.stage = 'xi'")
+    assert list(runs["status"]) == ["FAILED"]
+    assert "schema failure" in runs["tags.error"].iloc[0]
+    assert not Path("data/xi/summary.json").exists()
+
+
+@pytest.fixture(scope="module")
+def rambling_policy(tmp_path_factory) -> Path:
+    """A real tiny policy trained to keep writing guesses after its answer, as RL-ed ones do."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pairs = [(prompt_text(xs, "trace"), column_trace(xs) + "|A:0|A:0|A:0|A:0|A:0")
+             for _, xs in make_problems(100, [1], 2, rng)]
+    tok = char_tokenizer()
+    model = tiny_llama(tok, 32, 2, 2, 64, 128)
+    pretrain(model, tok, pairs, BasePolicyParams(steps=150, batch_size=32, lr=0.01), log_every=1000)
+    folder = tmp_path_factory.mktemp("rambler")
+    save_policy(model, tok, folder)
+    return folder
+
+
+def test_early_exit_spends_min_T_Hmax_and_keeps_hits(rambling_policy: Path):
+    from relbudget.models import load_saved
+
+    model, tok = load_saved(rambling_policy)
+    train, _ = builtin_splits(16, 2, [1], 2, 0)
+    reqs = requests_from(train)
+    tables = {}
+    for early in (False, True):
+        fn = hf_generate_fn(model, tok, 48, 1.0, 1.0, early, 64)
+        tables[early] = sample_table(fn, tok, reqs, 4, 48, 0, "rambler", 8)
+    full, early = tables[False], tables[True]
+    hits = full["first_correct_token"].notna()
+    assert hits.sum() >= 8, "the test policy should solve some one-digit sums"
+    # Same generations up to the first correct answer: same hits, same positions.
+    pd.testing.assert_series_equal(full["first_correct_token"], early["first_correct_token"])
+    # Early exit spends exactly sum(min(T, Hmax)); without it the rambling costs more.
+    assert early["n_tokens"].sum() == est.consumed(full).sum()
+    assert full["n_tokens"].sum() > early["n_tokens"].sum()
+    stopped = early[early["stop_reason"] == "first_correct"]
+    assert len(stopped) > 0 and (stopped["n_tokens"] == stopped["first_correct_token"]).all()
