@@ -7,6 +7,7 @@ regimes side by side. A stage that raises ends its run FAILED with the error log
 from __future__ import annotations
 
 import logging
+import math
 import os
 import subprocess
 import traceback
@@ -19,6 +20,21 @@ import mlflow
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "relbudget"
+# Offline by design: MLflow's usage telemetry would only time out here.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def metric_name(name: str) -> str:
+    """MLflow allows only [A-Za-z0-9_-. /] in metric names; pass@k becomes pass_at_k."""
+    return name.replace("@", "_at_")
+
+
+def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the finite numeric entries of a dict (None, nan and inf are skipped, not errors)."""
+    clean = {metric_name(k): float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
 
 
 class TrackingError(RuntimeError):

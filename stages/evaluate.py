@@ -10,12 +10,12 @@ import logging
 import time
 from pathlib import Path
 
-import mlflow
 import yaml
 
 from relbudget.evaluation import metrics_at
 from relbudget.io import write_json
 from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
+from relbudget.tracking import log_metrics
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.evaluate")
@@ -61,8 +61,7 @@ def run(params, regime: str) -> dict:
               "at": {name: metrics_at(table, H, e.pass_k) for name, H in horizons.items()}}
     write_json(_json_safe(result), out / f"{regime}.json")
     for name, m in result["at"].items():
-        mlflow.log_metrics({f"{name}/{k}": v for k, v in m.items()
-                            if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")})
+        log_metrics({f"{name}/{k}": v for k, v in m.items()})
     log.info("evaluate@%s: %s", regime, {n: round(m["accuracy"], 3) for n, m in result["at"].items()})
     return result
 

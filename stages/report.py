@@ -18,6 +18,7 @@ import yaml
 from relbudget import plots
 from relbudget.estimators import to_json_safe
 from relbudget.io import write_json, write_text
+from relbudget.tracking import log_metrics
 from relbudget.schemas import HISTORY, read_table
 
 log = logging.getLogger("relbudget.report")
@@ -51,6 +52,7 @@ def regime_row(name: str, inp: dict) -> dict:
         "predicted_p_informative": b.get("p_informative"),
         "steps": int(h["step"].iloc[-1]), "generated_tokens": tokens,
         "frac_informative_mean": float(h["frac_informative"].mean()),
+        "clipped_ratio_mean": float(h["clipped_ratio"].mean()),
         "acc_own_H_base": inp["base_eval"]["at"].get(f"H_{name}", {}).get("accuracy"),
         "acc_own_H": ev["H_own"]["accuracy"],
         "acc_H_eval_base": base["accuracy"], "acc_H_eval": ev["H_eval"]["accuracy"],
@@ -85,6 +87,10 @@ def findings(rows: list[dict]) -> list[str]:
                        f"{r['acc_H_eval_base']:.3f} -> {r['acc_H_eval']:.3f}, E[T] "
                        f"{_fmt(r['E_T_base'], 1)} -> {_fmt(r['E_T'], 1)} "
                        f"(mean share of informative groups {r['frac_informative_mean']:.2f}).")
+        if r["clipped_ratio_mean"] < 0.001:
+            out.append(f"**{r['regime']}**: H = {r['H']} never truncated a training completion "
+                       f"(clipped ratio {r['clipped_ratio_mean']:.4f}), so any larger H trains "
+                       "the same way: the budget does not bind there.")
         if r["tokens_after_correct"] and r["tokens_after_correct"] > 2:
             out.append(f"**{r['regime']}** keeps writing after its first correct answer: "
                        f"{r['tokens_after_correct']:.1f} tokens on average at H_eval.")
@@ -133,6 +139,8 @@ def run(params) -> dict:
                             "regimes": {r["regime"]: r for r in rows}})
     write_json(metrics, out / "metrics.json")
     write_text(render(inp, rows, params), out / "report.md")
+    for r in rows:
+        log_metrics({f"{r['regime']}/{k}": v for k, v in r.items()})
     for f in ("report.md", "metrics.json", "xi_curves.png", "learning_curves.png", "efficiency.png"):
         mlflow.log_artifact(str(out / f))
     log.info("report written to %s", out)

@@ -11,6 +11,7 @@ import pandas as pd
 from relbudget import estimators as est
 from relbudget.io import write_json, write_parquet, write_yaml
 from relbudget.plots import xi_curves
+from relbudget.tracking import log_metrics
 from relbudget.schemas import ROLLOUTS, read_table
 
 log = logging.getLogger("relbudget.xi")
@@ -53,8 +54,8 @@ def run(params) -> dict:
     xi_curves(curves, budgets, out / "xi_curves.png", tuple(params.report.paper_band))
     write_json(summary, out / "summary.json")
 
-    mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    mlflow.log_metrics({f"H_{k}": b["H"] for k, b in budgets.items()})
+    log_metrics(summary)
+    log_metrics({f"H_{k}": b["H"] for k, b in budgets.items()})
     for f in ("summary.json", "budgets.yaml", "xi_curves.png", "curves.parquet"):
         mlflow.log_artifact(str(out / f))
     log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s", summary["E_T"] or float("inf"),
