@@ -65,7 +65,7 @@ def pretrain(model, tokenizer, pairs: list[tuple[str, str]], p: BasePolicyParams
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % log_every == 0 or step == p.steps - 1:
-            rec = {"step": step, "loss": float(loss)}
+            rec = {"step": step, "loss": loss.item()}
             history.append(rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}")
             if on_log:

@@ -13,8 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Sizes small enough for a whole pipeline in well under a minute of compute on 2 cores.
 TINY = {
     "data": {"n_train": 8, "n_eval": 4, "levels": [1], "seed": 0},
-    "base_policy": {"hidden_size": 32, "n_layers": 1, "n_heads": 2, "intermediate_size": 64,
-                    "steps": 60, "batch_size": 32, "lr": 0.01, "n_traces": 300},
+    # About a third of attempts right after ~3 s of pre-training: hits and misses both occur.
+    "base_policy": {"hidden_size": 32, "n_layers": 2, "n_heads": 2, "intermediate_size": 64,
+                    "max_position": 128, "steps": 200, "batch_size": 64, "lr": 0.003,
+                    "n_traces": 60},
     "sampling": {"attempts": 4, "max_tokens": 24, "batch_size": 32, "chunk_prompts": 4},
     "xi": {"n_bootstrap": 50},
     "regimes": {"low": 0.5, "high": 2.0},

@@ -1,0 +1,381 @@
+"""flows/pipeline.py: the dvc.yaml pipeline as a cached Prefect flow, on tiny params.
+
+One project folder (a params.yaml, MLflow in SQLite) is shared by the module; the flow runs
+against a temporary Prefect API (prefect_test_harness). The last test starts a real Prefect
+server on 127.0.0.1, registers prefect.yaml's deployment and has a worker run it once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import yaml
+
+from flows import pipeline as fp
+from relbudget.params import Params, parse_params
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1]},
+    # the smallest policy that solves some one-digit sums (a policy that never does makes xi fail)
+    "base_policy": {"steps": 200, "hidden_size": 32, "n_layers": 2, "n_heads": 4,
+                    "intermediate_size": 64, "max_position": 128, "n_traces": 60},
+    "sampling": {"attempts": 2, "max_tokens": 40, "batch_size": 16, "chunk_prompts": 4},
+    "xi": {"n_bootstrap": 50},
+    "regimes": {"a": 1.0},
+    "train": {"stop": "steps", "max_steps": 2, "num_generations": 4, "prompts_per_step": 2,
+              "checkpoint_every": 50},
+    "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
+}
+FULL = not fp.missing_training_stages()
+RUN = dict(retries=1, retry_delay_s=0)
+
+
+def write_params(folder: Path, name: str = "params.yaml", **override) -> Path:
+    raw = json.loads(json.dumps(TINY))
+    for section, values in override.items():
+        raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
+    parse_params(raw)  # a typo in a test fails here, not inside the flow
+    (folder / name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    return folder / name
+
+
+def run_flow(**kwargs):
+    state = fp.pipeline(**{**RUN, **kwargs}, return_state=True)
+    return state, (state.result() if state.is_completed() else None)
+
+
+def expected_labels(params: Params) -> list[str]:
+    labels = list(fp.MEASUREMENT)
+    if FULL:
+        labels += [f"train@{r}" for r in params.regimes] + ["evaluate@base"]
+        labels += [f"evaluate@{r}" for r in params.regimes] + ["report"]
+    return labels
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, harness):
+    folder = tmp_path_factory.mktemp("project")
+    write_params(folder)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder}/mlflow.db")
+    yield folder
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    t0 = time.perf_counter()
+    state, summary = run_flow()
+    seconds = time.perf_counter() - t0
+    return {"state": state, "summary": summary, "seconds": seconds,
+            "data_dir_written": (project / "data").exists()}
+
+
+def stage_runs(project: Path, stage: str, flow_state=None) -> list:
+    """MLflow runs of a stage, oldest first; only those of one flow run when flow_state is given."""
+    client = mlflow.MlflowClient(f"sqlite:///{project}/mlflow.db")
+    exp = client.get_experiment_by_name("relbudget")
+    query = f"tags.stage = '{stage}'"
+    if flow_state is not None:
+        query += f" and tags.`prefect.flow_run_id` = '{flow_state.state_details.flow_run_id}'"
+    return client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
+
+
+# ---------------------------------------------------------------------------- fast unit checks
+
+
+def test_flow_parameters_are_validated_with_clear_errors():
+    with pytest.raises(fp.FlowConfigError, match=r"timeouts.trian: unknown key; did you mean 'train'"):
+        fp.flow_config(timeouts={"trian": 60})
+    with pytest.raises(fp.FlowConfigError, match=r"retries: Input should be greater than or equal to 0"):
+        fp.flow_config(retries=-1)
+    with pytest.raises(fp.FlowConfigError, match=r"timeouts.sample_t: Input should be greater than 0"):
+        fp.flow_config(timeouts={"sample_t": 0})
+    with pytest.raises(fp.FlowConfigError, match="out_root: Value error, must not be empty"):
+        fp.flow_config(out_root=" ")
+    cfg = fp.flow_config(timeouts={"train": 5}, retries=None)
+    assert cfg.timeouts.train == 5 and cfg.timeouts.sample_t == fp.Timeouts().sample_t
+    assert cfg.retries == 2
+
+
+def test_outputs_are_rerooted_and_the_dvc_paths_left_alone():
+    p = fp.rooted(parse_params({}), "runs/x")
+    assert p.paths.rollouts == "runs/x/data/rollouts/base.parquet"
+    assert p.paths.base_model == "runs/x/data/models/base"
+    assert fp.rooted(parse_params({}), ".").paths == parse_params({}).paths
+    with pytest.raises(fp.FlowConfigError, match="paths.xi is absolute"):
+        fp.rooted(parse_params({"paths": {"xi": "/abs/xi"}}), "runs/x")
+
+
+def test_code_key_covers_the_stage_and_the_library_modules_it_imports():
+    files = {f.relative_to(ROOT).as_posix() for f in fp.code_files("stages.sample_t", "stages._cli")}
+    assert {"stages/sample_t.py", "stages/_cli.py", "relbudget/tracking.py",
+            "relbudget/sampling/__init__.py", "relbudget/sampling/hf.py",
+            "relbudget/schemas.py"} <= files
+    assert "relbudget/cli.py" not in files and "stages/xi.py" not in files
+    for stage in fp.STAGES:
+        if fp._module_file(f"stages.{stage}") is not None:
+            import importlib
+
+            assert fp.stage_sections(stage) == list(importlib.import_module(f"stages.{stage}").SECTIONS)
+
+
+def test_stage_files_agree_with_dvc_yaml():
+    """The flow's inputs/outputs of each stage are the data deps/outs that dvc.yaml names."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    paths = params.paths.model_dump()
+
+    def resolve(s: str) -> str:
+        for k, v in paths.items():
+            s = s.replace("${paths.%s}" % k, v)
+        return s
+
+    def under(a: str, b: str) -> bool:
+        return a == b or a.startswith(b.rstrip("/") + "/")
+
+    checked = 0
+    for stage in fp.MEASUREMENT:
+        if stage not in dvc:
+            continue
+        spec = dvc[stage]
+        deps = [resolve(d) for d in spec.get("deps", []) if "${paths." in d]
+        outs = [resolve(next(iter(o)) if isinstance(o, dict) else o)
+                for key in ("outs", "metrics") for o in spec.get(key, [])]
+        ins, mine = fp.stage_io(stage, None, params)
+        assert all(any(under(i, d) for d in deps) for i in ins), (stage, ins, deps)
+        assert all(any(under(i, d) for i in ins) for d in deps), (stage, ins, deps)
+        assert all(any(under(o, m) for m in mine) for o in outs), (stage, outs, mine)
+        checked += 1
+    assert checked == len(fp.MEASUREMENT)
+
+
+# ---------------------------------------------------------------------------- the flow
+
+
+def test_flow_completes_and_writes_only_under_out_root(project, first_run):
+    state, summary = first_run["state"], first_run["summary"]
+    assert state.is_completed(), state.message
+    params = fp.rooted(Params.model_validate(TINY), fp.DEFAULT_OUT_ROOT)
+    assert list(summary["states"]) == expected_labels(params)
+    assert set(summary["states"].values()) == {"Completed"}
+    assert summary["half"] == ("full" if FULL else "measurement")
+    assert (project / "runs/prefect/data/rollouts/base.parquet").is_file()
+    assert (project / "runs/prefect/data/xi/budgets.yaml").is_file()
+    assert not first_run["data_dir_written"]  # the DVC view is untouched
+    assert (project / "runs/prefect/.gitignore").read_text().strip().endswith("*")
+    # every stage execution is one FINISHED MLflow run, tagged with its Prefect flow run
+    for stage in fp.MEASUREMENT:
+        (run,) = stage_runs(project, stage, state)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["orchestrator"] == "prefect"
+
+
+def test_second_run_executes_no_stage(project, first_run):
+    t0 = time.perf_counter()
+    state, summary = run_flow()
+    seconds = time.perf_counter() - t0
+    assert state.is_completed(), state.message
+    assert set(summary["states"].values()) == {"Cached"}, summary["states"]
+    assert stage_runs(project, "sample_t", state) == []  # no new MLflow run either
+    print(f"\nfirst run {first_run['seconds']:.1f} s, fully cached rerun {seconds:.1f} s (in-process)")
+
+
+def test_deleted_or_edited_output_reexecutes_its_stage_only(project, first_run):
+    summary_json = project / "runs/prefect/data/xi/summary.json"
+    before = summary_json.read_text()
+    summary_json.unlink()
+    state, summary = run_flow()
+    assert state.is_completed(), state.message
+    states = summary["states"]
+    assert states["xi"] == "Completed"
+    # xi rewrote the same outputs, so everything downstream is still valid
+    assert {s for label, s in states.items() if label != "xi"} == {"Cached"}, states
+    assert summary_json.read_text() == before
+
+    rollouts = project / "runs/prefect/data/rollouts/base.parquet"
+    table = pd.read_parquet(rollouts)
+    table.head(3).to_parquet(rollouts, index=False)  # edited by hand
+    state, summary = run_flow()
+    assert summary["states"]["sample_t"] == "Completed"
+    assert summary["states"]["base_policy"] == "Cached"
+    pd.testing.assert_frame_equal(pd.read_parquet(rollouts), table)
+
+
+def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
+    if FULL:  # a train param: train, evaluate@regime and report; evaluate@base does not use it
+        write_params(project, "changed.yaml", train={"max_steps": 3})
+        rerun = {"train@a", "evaluate@a", "report"}
+    else:  # measurement half only: a sampling param
+        write_params(project, "changed.yaml", sampling={"temperature": 0.7})
+        rerun = {"sample_t", "xi"}
+    state, summary = run_flow(params_file="changed.yaml")
+    assert state.is_completed(), state.message
+    assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, summary["states"]
+    assert {lb for lb, s in summary["states"].items() if s != "Completed"} == \
+        set(summary["states"]) - rerun
+    assert {s for lb, s in summary["states"].items() if lb not in rerun} == {"Cached"}
+
+    # back to the original params: their cached results exist, but the outputs on disk now come
+    # from the changed params, so exactly the same tasks execute again
+    state, summary = run_flow()
+    assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, summary["states"]
+
+
+def test_failing_stage_fails_the_flow_and_its_mlflow_run(project, harness):
+    # an invalid input: a base model that does not exist; base_policy records the reference,
+    # sample_t fails to load it (an OSError, so retried once)
+    write_params(project, "broken.yaml", base_policy={"model": "/nonexistent/model"})
+    state, _ = run_flow(params_file="broken.yaml", out_root="runs/broken")
+    assert state.is_failed()
+    assert "stage sample_t failed: OSError" in state.message
+    assert "not run: xi" in state.message
+    failed = stage_runs(project, "sample_t", state)
+    assert [r.info.status for r in failed] == ["FAILED", "FAILED"]  # first try and one retry
+    assert "OSError" in failed[-1].data.tags["error"]
+
+
+def test_timeout_fails_the_task_and_names_the_stage(project, harness):
+    state, _ = run_flow(out_root="runs/timeout", timeouts={"base_policy": 0.5})
+    assert state.is_failed()
+    assert "stage base_policy failed" in state.message and "timed out" in state.message
+    (run,) = stage_runs(project, "base_policy", state)
+    assert run.info.status == "FAILED"
+
+
+def test_invalid_flow_parameters_fail_before_any_stage(project, harness, capsys):
+    state, _ = run_flow(timeouts={"trian": 60})
+    assert state.is_failed() and "did you mean 'train'" in state.message
+    state, _ = run_flow(params_file="missing.yaml")
+    assert state.is_failed() and "params file not found: missing.yaml" in state.message
+    assert fp.main(["--timeout", "sample_t=abc"]) == 2
+    assert "is not a number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_same_outputs_as_the_dvc_stage_commands(project, first_run):
+    """dvc repro runs `python -m stages.NAME` on data/; the flow's tables are identical."""
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    for stage in fp.MEASUREMENT:
+        subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=project, env=env, check=True,
+                       capture_output=True, timeout=300)
+    flow_data = project / "runs/prefect/data"
+    for rel in ("prepared/train.parquet", "prepared/eval.parquet", "rollouts/base.parquet",
+                "xi/per_prompt.parquet", "xi/curves.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(project / "data" / rel),
+                                      pd.read_parquet(flow_data / rel), obj=rel)
+    assert (project / "data/xi/budgets.yaml").read_text() == (flow_data / "xi/budgets.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------- a real server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop a process started in its own session, and its children, by its group id."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_deployment_runs_on_a_local_server(project, first_run, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_API_HOST="127.0.0.1",
+               PWD=str(project), MLFLOW_TRACKING_URI=f"sqlite:///{project}/mlflow.db",
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    # the worker runs the entrypoint flows/pipeline.py in working_dir (the project folder)
+    if not (project / "flows").exists():
+        (project / "flows").symlink_to(ROOT / "flows")
+    prefect = str(VENV_BIN / "prefect")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, *args: str) -> None:
+        out = (logs / f"{name}.log").open("w")
+        procs.append(subprocess.Popen([prefect, *args], cwd=project, env=env, stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True))
+
+    def cli(*args: str) -> str:
+        res = subprocess.run([prefect, *args], cwd=project, env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout
+
+    try:
+        start("server", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert procs[0].poll() is None, (logs / "server.log").read_text()[-3000:]
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.5)
+        cli("work-pool", "create", "relbudget-local", "--type", "process", "--overwrite")
+        cli("--no-prompt", "deploy", "--prefect-file", str(ROOT / "prefect.yaml"), "--name", "scheduled")
+
+        dep = httpx.get(f"{api}/deployments/name/relbudget-pipeline/scheduled", timeout=10).json()
+        assert [s["schedule"]["cron"] for s in dep["schedules"]] == ["0 3 * * *"]
+        assert dep["job_variables"]["working_dir"] == str(project)
+        run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run",
+                         json={"parameters": {"retry_delay_s": 0}}, timeout=10).json()
+
+        start("worker", "worker", "start", "--pool", "relbudget-local", "--type", "process")
+        deadline = time.time() + 300
+        while True:
+            fr = httpx.get(f"{api}/flow_runs/{run['id']}", timeout=10).json()
+            if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            assert time.time() < deadline, (logs / "worker.log").read_text()[-3000:]
+            time.sleep(1)
+        assert fr["state"]["type"] == "COMPLETED", (fr["state"], (logs / "worker.log").read_text()[-3000:])
+        tasks = httpx.post(f"{api}/task_runs/filter", json={
+            "flow_runs": {"id": {"any_": [run["id"]]}}}, timeout=10).json()
+        assert {t["name"] for t in tasks} >= set(fp.MEASUREMENT)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
