@@ -110,6 +110,9 @@ def stage_run(stage: str, params: dict[str, Any], params_hash: str,
     except BaseException as err:
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
+        failures = getattr(err, "failures", None)  # a TableError carries every schema failure
+        if failures is not None and hasattr(failures, "to_csv"):
+            mlflow.log_text(failures.to_csv(index=False), "schema_failures.csv")
         mlflow.end_run(status="FAILED")
         raise
     else:

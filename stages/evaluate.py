@@ -19,7 +19,7 @@ from relbudget.tracking import log_metrics
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.evaluate")
-SECTIONS = ["evaluate", "paths"]
+SECTIONS = ["evaluate", "sampling", "base_policy", "paths"]
 
 
 def load_budgets(params) -> dict:

@@ -13,7 +13,7 @@ from relbudget.sampling import fingerprint, load_generator, requests_from, sampl
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.sample_t")
-SECTIONS = ["sampling", "paths"]
+SECTIONS = ["sampling", "base_policy", "paths"]
 
 
 def run(params) -> dict:

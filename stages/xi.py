@@ -15,7 +15,7 @@ from relbudget.tracking import log_metrics
 from relbudget.schemas import ROLLOUTS, read_table
 
 log = logging.getLogger("relbudget.xi")
-SECTIONS = ["xi", "regimes", "paths"]
+SECTIONS = ["xi", "regimes", "report", "paths"]
 
 
 def budgets_for(df: pd.DataFrame, regimes: dict[str, float], x) -> dict[str, dict]:

@@ -1,0 +1,648 @@
+"""The pipeline of dvc.yaml as a Prefect 3 flow: same stage functions, cached, scheduled.
+
+    prepare -> base_policy -> sample_t -> xi -> train@REGIME (one task per regime, fanned out)
+            -> evaluate@REGIME, evaluate@base -> report
+
+Every task calls the stage's own `run` through `stages._cli.execute`, the function behind
+`python -m stages.NAME` (and so behind `dvc repro`): one MLflow run per stage execution, ended
+FAILED on an exception. No stage logic lives here, only the wiring and the orchestration.
+
+Where it writes: every path of `params.paths` is re-rooted under the flow parameter `out_root`
+(default `runs/prefect`, relative to the working directory), so `runs/prefect/data/rollouts/...`
+instead of `data/rollouts/...`. The DVC view (`data/`, `dvc.lock`) is never touched and
+`dvc status` stays truthful. Prefect's result records live in `OUT_ROOT/.prefect-results`, the
+output manifests in `OUT_ROOT/.flow`. `out_root="."` writes `data/` itself (not recommended:
+`dvc status` then reports those outs as modified until `dvc repro`/`dvc commit`).
+
+Cache key of a task = hash of (stage, regime, the params sections the stage declares in its
+SECTIONS, the content of its input files, the source of the stage module and of every
+`relbudget`/`stages` module it imports, transitively). Results persist across flow runs. Before a
+cached result is used, the outputs on disk are checked against the manifest the task wrote when
+it last executed under that key; outputs that were deleted, edited, or written by a run with
+other params make the task execute again.
+
+Run:  python -m flows.pipeline                  (see --help; `serve` schedules it with a cron)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from prefect import allow_failure, flow, get_run_logger, task
+from prefect.context import FlowRunContext, TaskRunContext
+from prefect.filesystems import LocalFileSystem
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from relbudget.params import Params, ParamsError, Paths, load_params, section_hash
+
+PROJECT = Path(__file__).resolve().parent.parent
+MEASUREMENT = ("prepare", "base_policy", "sample_t", "xi")
+TRAINING = ("train", "evaluate", "report")
+STAGES = MEASUREMENT + TRAINING
+SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
+# Stages that draw from torch's process-global RNG (and set its global thread count): two of them
+# running at once in threads of one process would interleave their random streams.
+TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate"})
+OWN_PACKAGES = ("relbudget", "stages")  # the code whose source enters a cache key
+KEY_VERSION = "1"
+MISSING = "missing"
+DEFAULT_OUT_ROOT = "runs/prefect"
+RESULTS_DIR = ".prefect-results"
+STATE_DIR = ".flow"
+RUNNERS = ("threads", "processes", "dask", "ray")
+
+
+# --------------------------------------------------------------------------- flow parameters
+
+
+class FlowConfigError(ValueError):
+    """Flow parameters that do not validate; the message names every bad field."""
+
+
+class Timeouts(BaseModel):
+    """Seconds each task may run (one attempt) before Prefect fails it as TimedOut."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prepare: float = Field(1800, gt=0)
+    base_policy: float = Field(4 * 3600, gt=0)
+    sample_t: float = Field(4 * 3600, gt=0)
+    xi: float = Field(1800, gt=0)
+    train: float = Field(12 * 3600, gt=0)
+    evaluate: float = Field(4 * 3600, gt=0)
+    report: float = Field(1800, gt=0)
+
+
+class FlowConfig(BaseModel):
+    """Every flow parameter, validated before any stage runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params_file: str = Field("params.yaml", description="the params file, as for dvc repro")
+    out_root: str = Field(DEFAULT_OUT_ROOT, description="every output path is re-rooted here")
+    timeouts: Timeouts = Timeouts()
+    retries: int = Field(2, ge=0, le=10, description="retries of the sampling tasks")
+    retry_delay_s: float = Field(30.0, ge=0, le=3600,
+                                 description="first retry delay; doubles on each retry")
+    reproducible: bool = Field(True, description="thread runner: never run two torch stages at "
+                               "once, so outputs match dvc repro bit for bit")
+
+    @field_validator("params_file", "out_root")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = ["invalid flow parameters:"]
+    for e in err.errors():
+        loc = e["loc"]
+        field = ".".join(str(p) for p in loc)
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = list(Timeouts.model_fields if loc[0] == "timeouts" else FlowConfig.model_fields)
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = ("unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+                   + f" allowed: {', '.join(allowed)}")
+        elif "input" in e and e["type"] != "missing":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def flow_config(**values: Any) -> FlowConfig:
+    """FlowConfig from flow parameters (None means default), or FlowConfigError."""
+    try:
+        return FlowConfig.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as err:
+        raise FlowConfigError(_format_errors(err)) from None
+
+
+def rooted(params: Params, out_root: str) -> Params:
+    """The same params with every relative output path moved under out_root."""
+    root = Path(out_root)
+    moved = {}
+    for name, value in params.paths.model_dump().items():
+        p = Path(value)
+        if p.is_absolute():
+            raise FlowConfigError(f"paths.{name} is absolute ({value}); the flow re-roots relative "
+                                  f"paths under out_root, so make it relative")
+        moved[name] = value if root == Path(".") else (root / p).as_posix()
+    return params.model_copy(update={"paths": params.paths.model_copy(update=moved)})
+
+
+# --------------------------------------------------------------------------- the DAG's files
+
+
+def label_of(stage: str, regime: str | None) -> str:
+    return f"{stage}@{regime}" if regime else stage
+
+
+def stage_io(stage: str, regime: str | None, params: Params) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of one stage execution: DESIGN.md section 4, the data deps of dvc.yaml."""
+    p: Paths = params.paths
+    if stage == "prepare":
+        hf = params.data.hf
+        local = [hf.path] if params.data.source == "hf" and hf and Path(hf.path).exists() else []
+        return local, [p.prepared]
+    if stage == "base_policy":
+        return [p.prepared], [p.base_model]
+    if stage == "sample_t":
+        return [p.base_model, f"{p.prepared}/train.parquet"], [p.rollouts]
+    if stage == "xi":
+        return [p.rollouts], [p.xi]
+    if stage == "train":
+        return ([p.base_model, f"{p.prepared}/train.parquet", f"{p.xi}/budgets.yaml"],
+                [f"{p.models}/{regime}", f"{p.train}/{regime}"])
+    if stage == "evaluate":
+        policy = p.base_model if regime == "base" else f"{p.models}/{regime}"
+        return ([policy, f"{p.prepared}/eval.parquet", f"{p.xi}/budgets.yaml"],
+                [f"{p.eval}/{regime}.json", f"{p.eval}/{regime}_rollouts.parquet"])
+    if stage == "report":
+        return ([p.xi, p.eval, *(f"{p.train}/{r}/history.parquet" for r in params.regimes)],
+                [p.report])
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+
+
+# --------------------------------------------------------------------------- content hashing
+
+_file_memo: dict[tuple, str] = {}
+_memo_lock = threading.Lock()
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, memoised per (path, inode, size, mtime) within the process."""
+    st = path.stat()
+    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _memo_lock:
+        if stamp in _file_memo:
+            return _file_memo[stamp]
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    with _memo_lock:
+        _file_memo[stamp] = digest
+    return digest
+
+
+def tree_digest(path: str | Path) -> str:
+    """Content hash of a file or a folder (names and bytes, hidden entries skipped); MISSING."""
+    p = Path(path)
+    if p.is_file():
+        return file_digest(p)
+    if not p.is_dir():
+        return MISSING
+    files = sorted(f for f in p.rglob("*") if f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    if not files:
+        return MISSING  # an empty folder is no output
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(p).as_posix()}\0{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _module_file(name: str) -> Path | None:
+    base = PROJECT.joinpath(*name.split("."))
+    for candidate in (base / "__init__.py", base.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _own_imports(path: Path, module: str) -> set[str]:
+    """Project modules a source file imports anywhere (top level or inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                full = f"{base}.{node.module}" if node.module else base
+            else:
+                full = node.module or ""
+            names.add(full)
+            names.update(f"{full}.{a.name}" for a in node.names)  # may name a submodule
+    return {n for n in names if n.split(".")[0] in OWN_PACKAGES}
+
+
+def code_files(*roots: str) -> list[Path]:
+    """The files of the given modules and of every project module they import, transitively."""
+    seen: dict[str, Path | None] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
+            mod = ".".join(parts[:i])
+            if mod in seen:
+                continue
+            seen[mod] = f = _module_file(mod)
+            if f is not None:
+                todo.extend(_own_imports(f, mod))
+    return sorted({f for f in seen.values() if f is not None})
+
+
+def code_digest(stage: str) -> str:
+    h = hashlib.sha256()
+    for f in code_files(f"stages.{stage}", "stages._cli"):
+        h.update(f"{f.relative_to(PROJECT).as_posix()}\0{file_digest(f)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_sections(stage: str) -> list[str]:
+    """The stage module's SECTIONS, read from its source so a cache hit never imports torch."""
+    path = _module_file(f"stages.{stage}")
+    if path is not None:
+        for node in ast.parse(path.read_text()).body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "SECTIONS"):
+                try:
+                    return list(ast.literal_eval(node.value))
+                except ValueError:
+                    break
+    return list(importlib.import_module(f"stages.{stage}").SECTIONS)
+
+
+# --------------------------------------------------------------------------- cache key
+
+
+def base_key(stage: str, regime: str | None, params: Params) -> str:
+    inputs, _ = stage_io(stage, regime, params)
+    sections = stage_sections(stage)
+    blob = json.dumps({
+        "v": KEY_VERSION,
+        "stage": stage,
+        "regime": regime,
+        "params": section_hash(*(getattr(params, s) for s in sections)),
+        "inputs": {i: tree_digest(i) for i in inputs},
+        "code": code_digest(stage),
+    }, sort_keys=True)
+    return f"relbudget-{label_of(stage, regime).replace('@', '-at-')}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
+
+
+def _manifest(state_dir: str, label: str) -> Path:
+    return Path(state_dir) / f"{label}.json"
+
+
+def outputs_current(stage: str, regime: str | None, params: Params, state_dir: str, key: str) -> bool:
+    """True if the outputs on disk are those the task wrote when it last executed under `key`."""
+    f = _manifest(state_dir, label_of(stage, regime))
+    try:
+        recorded = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return False
+    _, outs = stage_io(stage, regime, params)
+    now = {o: tree_digest(o) for o in outs}
+    return recorded.get("key") == key and recorded.get("outputs") == now and MISSING not in now.values()
+
+
+def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    """Prefect cache_key_fn: inputs' content + params sections + code; outputs validated.
+
+    When the outputs on disk do not belong to this key (deleted, edited, or written under another
+    key), the stored result for the key is dropped so the task executes and records afresh.
+    """
+    stage, regime, params = parameters["stage"], parameters["regime"], parameters["params"]
+    key = base_key(stage, regime, params)
+    if not outputs_current(stage, regime, params, parameters["state_dir"], key):
+        storage = getattr(context.result_store, "result_storage", None)
+        if isinstance(storage, LocalFileSystem) and storage.basepath:
+            Path(storage.basepath, key).unlink(missing_ok=True)
+        else:  # cannot drop the record: use a one-off key (the next run converges)
+            key = f"{key}-rebuild-{uuid.uuid4().hex[:8]}"
+    return key
+
+
+# --------------------------------------------------------------------------- the task
+
+
+class StageFailed(RuntimeError):
+    """A stage execution that raised; names the stage. `transient` decides retries."""
+
+    def __init__(self, label: str, detail: str, transient: bool = True):
+        super().__init__(f"stage {label} failed: {detail}")
+        self.label, self.detail, self.transient = label, detail, transient
+
+    def __reduce__(self):
+        return type(self), (self.label, self.detail, self.transient)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Worth a retry: the environment failed (I/O, network, memory, a runtime/engine error, a
+    timeout), not the inputs. Invalid params or tables, missing files, bugs are not retried."""
+    deterministic = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+                     NotImplementedError, RecursionError)
+    return (isinstance(err, (OSError, TimeoutError, MemoryError, RuntimeError))
+            and not isinstance(err, deterministic))
+
+
+def retry_if_transient(task_, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageFailed as err:
+        return err.transient
+    except Exception as err:  # raised outside the stage: Prefect's timeout, a crash
+        return is_transient(err)
+    return True
+
+
+def _tag_mlflow_run(label: str) -> None:
+    import mlflow
+    from prefect.runtime import flow_run, task_run
+
+    mlflow.set_tags({"orchestrator": "prefect", "prefect.flow_run_id": str(flow_run.id),
+                     "prefect.flow_run_name": str(flow_run.name),
+                     "prefect.task_run_id": str(task_run.id), "prefect.task": label})
+
+
+def _json_safe(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+@task(persist_result=True, cache_key_fn=stage_cache_key)
+def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) -> dict:
+    """One stage execution through stages._cli.execute (its MLflow run ends FAILED on error)."""
+    from prefect.transactions import get_transaction
+
+    from relbudget.io import write_json
+    from stages._cli import execute
+
+    label = label_of(stage, regime)
+    logger = get_run_logger()
+    try:
+        module = importlib.import_module(f"stages.{stage}")
+
+        def fn(p: Params, *regime_arg: str) -> object:
+            _tag_mlflow_run(label)
+            return module.run(p, *regime_arg)
+
+        result = execute(stage, fn, params, list(module.SECTIONS), regime)
+        _, outs = stage_io(stage, regime, params)
+        digests = {o: tree_digest(o) for o in outs}
+        missing = [o for o, d in digests.items() if d == MISSING]
+        if missing:
+            raise FileNotFoundError(f"the stage finished without writing {', '.join(missing)}")
+    except Exception as err:
+        raise StageFailed(label, f"{type(err).__name__}: {err}",
+                          transient=is_transient(err)) from err
+    txn = get_transaction()
+    key = txn.key if txn is not None and txn.key else base_key(stage, regime, params)
+    write_json({"key": key, "outputs": digests}, _manifest(state_dir, label))
+    logger.info("%s wrote %s", label, ", ".join(outs))
+    return {"stage": label, "outputs": digests, "result": _json_safe(result)}
+
+
+# --------------------------------------------------------------------------- task runners
+
+
+def make_task_runner(kind: str | None = None, max_workers: int | None = None) -> TaskRunner:
+    """threads (default) | processes | dask | ray; from RELBUDGET_TASK_RUNNER when kind is None."""
+    kind = kind or os.environ.get("RELBUDGET_TASK_RUNNER") or "threads"
+    env_workers = os.environ.get("RELBUDGET_MAX_WORKERS")
+    max_workers = max_workers or (int(env_workers) if env_workers else None)
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=max_workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=max_workers)
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError("task runner 'dask' needs prefect-dask: pip install -e '.[dask]'") from None
+        address = os.environ.get("RELBUDGET_DASK_ADDRESS")
+        if address:
+            return DaskTaskRunner(address=address)
+        # One thread per worker process: torch's RNG is per process, so stages never share one.
+        return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers or 2, "threads_per_worker": 1,
+                                              "processes": True})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise RuntimeError("task runner 'ray' needs prefect-ray: pip install -e '.[ray]'") from None
+        return RayTaskRunner(address=os.environ.get("RELBUDGET_RAY_ADDRESS"))
+    raise ValueError(f"unknown task runner {kind!r}; choose one of {', '.join(RUNNERS)}")
+
+
+# --------------------------------------------------------------------------- the flow
+
+
+class PipelineFailed(RuntimeError):
+    pass
+
+
+class _DropThreadTimeoutWarning(logging.Filter):
+    """Prefect warns on every threaded task with a timeout; the README documents the semantics."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout of %s seconds configured for this task")
+
+
+_THREAD_TIMEOUT_FILTER = _DropThreadTimeoutWarning()
+logging.getLogger("prefect.task_runs").addFilter(_THREAD_TIMEOUT_FILTER)
+
+
+def missing_training_stages() -> list[str]:
+    return [s for s in TRAINING if importlib.util.find_spec(f"stages.{s}") is None]
+
+
+def _ship_stage_logs() -> Callable[[], None]:
+    """Send the stages' own log lines (logger 'relbudget') to the Prefect UI during the flow."""
+    from prefect.logging.handlers import APILogHandler
+
+    lg = logging.getLogger("relbudget")
+    if any(isinstance(h, APILogHandler) for h in lg.handlers):
+        return lambda: None
+    handler, level = APILogHandler(), lg.level
+    lg.addHandler(handler)
+    if lg.level == logging.NOTSET or lg.level > logging.INFO:
+        lg.setLevel(logging.INFO)
+
+    def undo() -> None:
+        lg.removeHandler(handler)
+        lg.setLevel(level)
+
+    return undo
+
+
+def _failure_text(state) -> str:
+    if state.name == "TimedOut":
+        return f"timed out ({state.message})"
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as err:  # the result itself could not be read
+        exc = err
+    return str(exc) if isinstance(exc, BaseException) else (state.message or state.name)
+
+
+@flow(name="relbudget-pipeline", task_runner=make_task_runner(), validate_parameters=True,
+      description="prepare -> base_policy -> sample_t -> xi -> train@regime -> evaluate -> report")
+def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
+             timeouts: dict[str, float] | None = None, retries: int = 2,
+             retry_delay_s: float = 30.0, reproducible: bool = True) -> dict:
+    """The dvc.yaml pipeline. Parameters: see FlowConfig; timeouts maps stage -> seconds."""
+    logger = get_run_logger()
+    cfg = flow_config(params_file=params_file, out_root=out_root, timeouts=timeouts,
+                      retries=retries, retry_delay_s=retry_delay_s, reproducible=reproducible)
+    params = rooted(load_params(cfg.params_file), cfg.out_root)  # validated before any compute
+    root = Path(cfg.out_root)
+    results_dir, state_dir = root / RESULTS_DIR, root / STATE_DIR
+    for d in (results_dir, state_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    if root != Path(".") and not (root / ".gitignore").exists():
+        (root / ".gitignore").write_text("# written by flows/pipeline.py: flow outputs, never committed\n*\n")
+    storage = results_dir.resolve()  # a Path: Prefect makes it a LocalFileSystem, nothing saved
+
+    missing = missing_training_stages()
+    if missing:
+        logger.warning("training half not available (missing: %s): running the measurement half "
+                       "only (%s)", ", ".join(f"stages/{m}.py" for m in missing), ", ".join(MEASUREMENT))
+    ctx = FlowRunContext.get()
+    serial = cfg.reproducible and isinstance(getattr(ctx, "task_runner", None), ThreadPoolTaskRunner)
+    logger.info("writing under %s (params %s); torch stages %s", root.resolve(), cfg.params_file,
+                "one at a time (reproducible)" if serial else "concurrent")
+
+    futures: dict[str, Any] = {}
+    last_torch: list[Any] = []
+
+    def submit(stage: str, regime: str | None, after: Iterable[str]) -> None:
+        label = label_of(stage, regime)
+        sampling = stage in SAMPLING
+        t = run_stage.with_options(
+            name=stage, task_run_name=label, result_storage=storage,
+            timeout_seconds=getattr(cfg.timeouts, stage),
+            retries=cfg.retries if sampling else 0,
+            retry_delay_seconds=exponential_backoff(cfg.retry_delay_s) if sampling else 0,
+            retry_jitter_factor=0.2 if sampling and cfg.retry_delay_s else None,
+            retry_condition_fn=retry_if_transient if sampling else None)
+        wait = [futures[a] for a in after]
+        if serial and stage in TORCH_STAGES:
+            wait += [allow_failure(f) for f in last_torch]
+        futures[label] = t.submit(stage, regime, params, str(state_dir), wait_for=wait)
+        if serial and stage in TORCH_STAGES:
+            last_torch[:] = [futures[label]]
+
+    undo_logs = _ship_stage_logs()
+    try:
+        submit("prepare", None, [])
+        submit("base_policy", None, ["prepare"])
+        submit("sample_t", None, ["base_policy"])
+        submit("xi", None, ["sample_t"])
+        if not missing:
+            for r in params.regimes:
+                submit("train", r, ["xi"])
+            submit("evaluate", "base", ["xi"])
+            for r in params.regimes:
+                submit("evaluate", r, [f"train@{r}"])
+            submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes)])
+        for f in futures.values():
+            f.wait()
+    finally:
+        undo_logs()
+
+    states = {label: f.state for label, f in futures.items()}
+    failed = {lb: _failure_text(s) for lb, s in states.items() if s.is_failed() or s.is_crashed()}
+    skipped = [lb for lb, s in states.items() if not s.is_final()]
+    summary = {"out_root": str(root), "half": "measurement" if missing else "full",
+               "missing_stages": missing, "states": {lb: s.name for lb, s in states.items()}}
+    logger.info("task states: %s", summary["states"])
+    if failed:
+        why = "; ".join(msg if msg.startswith(f"stage {lb} ") else f"stage {lb} failed: {msg}"
+                        for lb, msg in failed.items())
+        raise PipelineFailed(why + (f" (not run: {', '.join(skipped)})" if skipped else ""))
+    return summary
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _timeouts_arg(items: list[str]) -> dict[str, float] | None:
+    out: dict[str, float] = {}
+    for item in items:
+        stage, sep, value = item.partition("=")
+        if not sep:
+            raise FlowConfigError(f"--timeout wants STAGE=SECONDS, got {item!r}")
+        try:
+            out[stage] = float(value)
+        except ValueError:
+            raise FlowConfigError(f"--timeout {item!r}: {value!r} is not a number") from None
+    return out or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flows.pipeline", description=__doc__.split("\n")[0])
+    ap.add_argument("command", nargs="?", choices=["run", "serve"], default="run",
+                    help="run the flow once (default), or serve it as a scheduled deployment")
+    ap.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    ap.add_argument("--out-root", default=DEFAULT_OUT_ROOT, help=f"default {DEFAULT_OUT_ROOT}")
+    ap.add_argument("--timeout", action="append", default=[], metavar="STAGE=SECONDS")
+    ap.add_argument("--retries", type=int, default=2, help="retries of sampling tasks")
+    ap.add_argument("--retry-delay", type=float, default=30.0, help="first retry delay (s)")
+    ap.add_argument("--no-reproducible", action="store_true",
+                    help="threads: let torch stages run at once (outputs may then differ from dvc repro)")
+    ap.add_argument("--task-runner", choices=RUNNERS, default=None,
+                    help="default: $RELBUDGET_TASK_RUNNER or threads")
+    ap.add_argument("--max-workers", type=int, default=None)
+    ap.add_argument("--name", default="scheduled", help="serve: deployment name")
+    ap.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule (default daily 03:00)")
+    args = ap.parse_args(argv)
+    try:
+        kwargs = dict(params_file=args.params, out_root=args.out_root,
+                      timeouts=_timeouts_arg(args.timeout), retries=args.retries,
+                      retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible)
+        rooted(load_params(args.params), flow_config(**kwargs).out_root)  # fail fast, before Prefect
+    except (FlowConfigError, ParamsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    flow_ = pipeline
+    if args.task_runner or args.max_workers:
+        flow_ = pipeline.with_options(task_runner=make_task_runner(args.task_runner, args.max_workers))
+    if args.command == "serve":
+        flow_.serve(name=args.name, cron=args.cron, parameters=kwargs)
+        return 0
+    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+                                  temporary_settings)
+
+    # Without PREFECT_API_URL, Prefect starts a temporary server; on a busy machine its default
+    # 20 s start timeout is short. A running `prefect server start` is faster (README).
+    slow_start = {} if PREFECT_API_URL.value() else {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}
+    with temporary_settings(updates=slow_start):
+        state = flow_(**kwargs, return_state=True)
+    if not state.is_completed():
+        print(f"error: flow run {state.name}: {_failure_text(state)}", file=sys.stderr)
+        return 1
+    summary = state.result()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the importable module's flow, not this __main__ copy: the process, dask and ray runners
+    # then pickle the task by reference instead of by value.
+    from flows.pipeline import main as _main
+
+    sys.exit(_main())
