@@ -94,6 +94,9 @@ def test_stage_exception_ends_mlflow_run_failed(measured: Path):
     runs = mlflow.search_runs(experiment_names=["relbudget"], filter_string="tags.stage = 'xi'")
     assert list(runs["status"]) == ["FAILED"]
     assert "schema failure" in runs["tags.error"].iloc[0]
+    # Every failure case (not only the first) is kept as an artifact of the failed run.
+    failures = mlflow.artifacts.load_text(f"{runs['artifact_uri'].iloc[0]}/schema_failures.csv")
+    assert "multiple_fields_uniqueness" in failures and "prompt_id" in failures
     assert not Path("data/xi/summary.json").exists()
 
 
@@ -132,3 +135,39 @@ def test_early_exit_spends_min_T_Hmax_and_keeps_hits(rambling_policy: Path):
     assert full["n_tokens"].sum() > early["n_tokens"].sum()
     stopped = early[early["stop_reason"] == "first_correct"]
     assert len(stopped) > 0 and (stopped["n_tokens"] == stopped["first_correct_token"]).all()
+
+
+def test_train_killed_resumes_from_its_checkpoint(measured: Path):
+    import shutil
+
+    from stages import train
+
+    write_params(measured, data={"n_train": 24, "n_eval": 4, "levels": [1]},
+                 train={"stop": "steps", "max_steps": 40, "checkpoint_every": 2,
+                        "num_generations": 4, "prompts_per_step": 2})
+    params = load_params("params.yaml")
+    for name, mod in (("sample_t", sample_t), ("xi", xi)):
+        execute(name, mod.run, params, mod.SECTIONS)
+    execute("train", train.run, params, train.SECTIONS, "high")
+    reference = pd.read_parquet("data/train/high/history.parquet")
+    shutil.rmtree("data/models/high")
+    shutil.rmtree("data/train/high")
+
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "high"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = Path("data/train/.high.work")
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(work.glob("checkpoint-4*")):
+        assert proc.poll() is None, "train finished before it could be killed"
+        time.sleep(0.05)
+    time.sleep(0.2)  # mid-training; an unfinished checkpoint is skipped on resume
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not Path("data/models/high").exists()
+    assert not Path("data/train/high/history.parquet").exists()
+
+    execute("train", train.run, params, train.SECTIONS, "high")
+    resumed = pd.read_parquet("data/train/high/history.parquet")
+    cols = ["step", "generated_tokens", "cum_generated_tokens", "reward_mean", "frac_informative"]
+    pd.testing.assert_frame_equal(resumed[cols], reference[cols])
+    assert not work.exists()
