@@ -56,6 +56,16 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _no_checkpointing(config_cls) -> dict:
+    """Activation checkpointing off, under whichever name this transformers version uses
+    (5.24 renamed gradient_checkpointing to activation_checkpointing; 5.17 knows only the old)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    key = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {key: False}
+
+
 def grpo_config(train: TrainParams, H: int, output_dir: str | Path):
     """GRPOConfig for one regime: completions capped at H, one generation per optimizer step."""
     from trl import GRPOConfig
@@ -92,7 +102,7 @@ def grpo_config(train: TrainParams, H: int, output_dir: str | Path):
         # to both bf16 and checkpointing, which only slow down and perturb a tiny model).
         use_cpu=not _cuda(),
         bf16=False,
-        activation_checkpointing=False,  # transformers 5's name for gradient_checkpointing
+        **_no_checkpointing(GRPOConfig),
         report_to="none",  # MLflow is logged by HistoryCallback, into the stage's own run
         logging_steps=1,
         save_strategy="steps",

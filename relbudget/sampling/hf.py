@@ -15,6 +15,13 @@ from relbudget.sampling.common import Generation, Request
 from relbudget.verify import verify
 
 
+# Lower-cased strings one of which every answer candidate of a format starts with (see verify.py).
+# Until a row has written one, no candidate can exist, so the verifier is not run on it: on long
+# free text this keeps early exit's cost per step O(1) instead of re-decoding the whole row.
+ANCHORS = {"int": ("a:", "####", "answer"), "gsm8k": ("####", "answer"), "math": ("\\boxed", "\\fbox")}
+ANCHOR_WINDOW = 8  # tokens: every anchor is shorter, so one ending at the new token is inside
+
+
 def _may_terminate(piece: str, fmt: str) -> bool:
     if fmt == "math":
         return "}" in piece
@@ -31,6 +38,7 @@ class StopAtFirstCorrect(StoppingCriteria):
         self.early_exit = early_exit
         self.n_tokens = [0] * len(requests)
         self.ended: list[str | None] = [None] * len(requests)
+        self.anchored = [False] * len(requests)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
         step = input_ids.shape[1] - self.prompt_len
@@ -41,7 +49,14 @@ class StopAtFirstCorrect(StoppingCriteria):
             self.n_tokens[i] = step
             if last[i] == self.tok.eos_token_id:
                 self.ended[i] = "eos"
-            elif self.early_exit and _may_terminate(self.tok.decode([last[i]]), req.answer_format):
+            elif not self.early_exit:
+                continue
+            elif not self.anchored[i]:
+                start = max(self.prompt_len, input_ids.shape[1] - ANCHOR_WINDOW)  # generated text only
+                tail = self.tok.decode(input_ids[i, start:], skip_special_tokens=True)
+                self.anchored[i] = any(a in tail.lower() for a in ANCHORS.get(req.answer_format, ("",)))
+            if self.ended[i] is None and self.anchored[i] and \
+                    _may_terminate(self.tok.decode([last[i]]), req.answer_format):
                 text = self.tok.decode(input_ids[i, self.prompt_len:], skip_special_tokens=True)
                 if verify(text, req.answer, req.answer_format, ended=False).first_correct_chars:
                     self.ended[i] = "first_correct"
