@@ -64,6 +64,17 @@ def summary(history, seconds: float, H: int, warning: str | None) -> dict:
     return out
 
 
+def check_length(model, tokenizer, prompts, H: int) -> None:
+    """Refuse before training when the longest prompt plus H exceeds the model's context."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not limit:
+        return
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts["prompt"])
+    if longest + H > limit:
+        raise ValueError(f"H = {H} plus the longest prompt ({longest} tokens) exceeds the model's "
+                         f"max_position_embeddings ({limit}); lower the regime's xi or the prompts")
+
+
 def run(params, regime: str) -> dict:
     t, paths = params.train, params.paths
     entry = budget_entry(paths.xi, regime)
@@ -78,6 +89,7 @@ def run(params, regime: str) -> dict:
     log.info("train@%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", regime, H,
              len(prompts), t.stop, t.token_budget, t.max_steps)
 
+    check_length(model, tok, prompts, H)
     t0 = time.time()
     model, history = train_policy(model, tok, prompts, t, H, work)
     seconds = time.time() - t0

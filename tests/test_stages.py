@@ -171,3 +171,14 @@ def test_train_killed_resumes_from_its_checkpoint(measured: Path):
     cols = ["step", "generated_tokens", "cum_generated_tokens", "reward_mean", "frac_informative"]
     pd.testing.assert_frame_equal(resumed[cols], reference[cols])
     assert not work.exists()
+
+
+def test_horizon_beyond_the_model_context_is_refused_before_training():
+    from stages.train import check_length
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, 32, 1, 2, 64, max_position=40)
+    prompts = pd.DataFrame({"prompt": ["12+34=", "1+2="]})
+    check_length(model, tok, prompts, 34)  # 6 + 34 = 40 fits
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        check_length(model, tok, prompts, 35)
