@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from relbudget.estimators import to_json_safe
 from relbudget.evaluation import metrics_at
 from relbudget.io import write_json
 from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
@@ -59,17 +60,11 @@ def run(params, regime: str) -> dict:
               "attempts": e.attempts, "final_accuracy_at_cap": float(table["final_correct"].mean()),
               "seconds": time.time() - t0, "backend": backend,
               "at": {name: metrics_at(table, H, e.pass_k) for name, H in horizons.items()}}
-    write_json(_json_safe(result), out / f"{regime}.json")
+    write_json(to_json_safe(result), out / f"{regime}.json")
     for name, m in result["at"].items():
         log_metrics({f"{name}/{k}": v for k, v in m.items()})
     log.info("evaluate@%s: %s", regime, {n: round(m["accuracy"], 3) for n, m in result["at"].items()})
     return result
-
-
-def _json_safe(obj):
-    from relbudget.estimators import to_json_safe
-
-    return to_json_safe(obj)
 
 
 if __name__ == "__main__":
