@@ -30,17 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def natural_requests(n: int, seed: int, chat_tok=None):
+    """The built-in task in English, through the chat template (as sample_t gives it) when
+    `chat_tok` is given."""
+    from relbudget.models import render_prompts
     from relbudget.sampling import requests_from
-    from relbudget.sampling.common import Request
     from relbudget.task import builtin_splits
 
     train, _ = builtin_splits(n, 4, [1, 2], 2, seed=seed, style="natural")
-    reqs = requests_from(train)
-    if chat_tok is None:
-        return reqs
-    return [Request(r.prompt_id, chat_tok.apply_chat_template(
-        [{"role": "user", "content": r.prompt}], tokenize=False, add_generation_prompt=True),
-        r.answer, r.answer_format) for r in reqs]
+    return requests_from(train if chat_tok is None else render_prompts(train, chat_tok))
 
 
 def table_figures(table, seconds: float, extra: dict | None = None) -> dict:

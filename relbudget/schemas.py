@@ -68,7 +68,7 @@ PROMPTS = pa.DataFrameSchema(
         "prompt_id": pa.Column(str, unique=True),
         "prompt": pa.Column(str, pa.Check.str_length(min_value=1)),
         "answer": pa.Column(str, pa.Check.str_length(min_value=1)),
-        "answer_format": pa.Column(str, pa.Check.isin(["int", "gsm8k", "math"])),
+        "answer_format": pa.Column(str, pa.Check.isin(["int", "prose", "gsm8k", "math"])),
         "level": pa.Column(int, pa.Check.ge(0)),
     },
     strict=False,

@@ -8,7 +8,8 @@ as chain-of-thought does in real models:
     completion  7+5=12|4+8+1=13|3+1=4|A:432<eos>
 
 Levels are digits per operand. `style="natural"` poses the same problems in English for chat
-models, which answer with `Answer: N`.
+models (`Calculate 64 + 97.`); their answers are read with the `prose` answer format, which finds
+the number after `=`, `is`, `Answer:` and the like (see verify.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-NATURAL_TEMPLATE = ("What is {expr}? Add the numbers column by column, then write the result "
-                    "on the last line as 'Answer: N'.")
+# Measured on SmolLM2-135M-Instruct (chat template on, 16 problems x 4 attempts, T=0.7, 96 tokens):
+# correct answers 20/64 with this wording, 15/64 with "What is ...?", 12/64 when also asked to
+# write "Answer: N" (it rarely does; the request only derails it), 0/48 with a column-by-column
+# instruction.
+NATURAL_TEMPLATE = "Calculate {expr}."
+ANSWER_FORMAT = {"trace": "int", "natural": "prose"}
 
 
 def column_trace(operands: list[int]) -> str:
@@ -74,7 +79,7 @@ def to_frame(problems: list[tuple[int, list[int]]], split: str, style: str) -> p
         "prompt_id": [f"{split}-{i:05d}" for i in range(len(problems))],
         "prompt": [prompt_text(xs, style) for _, xs in problems],
         "answer": [str(sum(xs)) for _, xs in problems],
-        "answer_format": "int",
+        "answer_format": ANSWER_FORMAT[style],
         "level": [lvl for lvl, _ in problems],
         "solution": [column_trace(xs) for _, xs in problems],
     })

@@ -6,6 +6,11 @@ Answer formats
   policy), ``Answer: 432`` / ``answer is 432`` (chat models, any case) or ``#### 432``. Compared as
   exact integers on normalized strings (sign, grouping commas and leading zeros removed; ``-0`` is
   ``0``; a fractional part of zeros is allowed, ``432.0`` is 432). Never converted with ``int()``.
+- ``prose`` (the built-in task posed in English to a chat model, ``data.style: natural``): an
+  integer compared as ``int``, found after the anchors a small chat model actually writes:
+  ``Answer:`` / ``answer is``, ``=`` (``64 + 97 = 161``), ``equals``, ``is`` (``the sum is 161``),
+  ``makes``, ``gives`` or ``####``. Measured on SmolLM2-135M-Instruct: it almost never writes
+  ``Answer: N`` when asked to, but restates the sum as an equation or a sentence.
 - ``gsm8k``: a number after ``####``, ``Answer:`` or ``answer is``; numbers may carry a sign,
   thousands commas (``1,234``) and decimals. Compared as exact decimals (commas removed, leading
   zeros and trailing fractional zeros stripped), again on strings.
@@ -90,7 +95,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("int", "gsm8k", "math")
+FORMATS = ("int", "prose", "gsm8k", "math")
 
 MAX_SCAN_CHARS = 32_000
 MAX_NUMBER_DIGITS = 64
@@ -116,6 +121,8 @@ _ANSWER_WORD = r"\b(?i:answer)(?:[ \t]{0,3}(?i:is)\b[ \t]{0,3}:?|[ \t]{0,3}:)"
 _ANCHORS = {
     "int": re.compile(r"(?:(?<![A-Za-z_])A:|####|" + _ANSWER_WORD + ")" + _FILLER),
     "gsm8k": re.compile(r"(?:####|" + _ANSWER_WORD + ")" + _FILLER),
+    "prose": re.compile(r"(?:####|" + _ANSWER_WORD + r"|=|\b(?i:equals?|is|makes|gives)\b)"
+                        + _FILLER),
 }
 _SIGNED_DIGITS = re.compile(r"[+\-\u2212]?[0-9]+")
 _NUMBER_FULL = re.compile(
@@ -235,7 +242,7 @@ def extract_gold(raw: Any, fmt: str) -> str:
     gsm8k: the number after the last ``####`` (commas removed), or a bare number.
     math: the content of the last complete ``\\boxed{...}``/``\\fbox{...}``, or the field itself
     when it is a bare answer (one line of at most 200 characters; ``$...$`` stripped).
-    int: the integer, normalized (sign kept, leading zeros and commas removed).
+    int, prose: the integer, normalized (sign kept, leading zeros and commas removed).
     Raises ValueError with the reason when there is none.
     """
     _check_fmt(fmt)
@@ -248,12 +255,12 @@ def extract_gold(raw: Any, fmt: str) -> str:
     elif isinstance(raw, float):
         if not math.isfinite(raw):
             raise ValueError(f"answer is {raw!r}, not a finite number")
-        if fmt == "int" and not raw.is_integer():
+        if fmt in ("int", "prose") and not raw.is_integer():
             raise ValueError(f"answer {raw!r} is not an integer")
         raw = str(int(raw)) if raw.is_integer() and abs(raw) < 2 ** 53 else repr(raw)
     elif not isinstance(raw, str):
         raise ValueError(f"answer is {type(raw).__name__}, expected a string or number")
-    if fmt == "int":
+    if fmt in ("int", "prose"):
         canon = _canon_number(raw.strip())
         if canon is None or "." in canon:
             raise ValueError(f"answer {_short(raw)} is not an integer of at most "
@@ -372,7 +379,7 @@ def _canon_number(s: str) -> str | None:
 
 def _gold_number(gold: Any, fmt: str) -> str:
     canon = _canon_number(gold) if isinstance(gold, str) else None
-    if canon is None or (fmt == "int" and "." in canon):
+    if canon is None or (fmt in ("int", "prose") and "." in canon):
         raise ValueError(f"gold answer {_short(gold)} is not a valid {fmt} answer "
                          f"(use extract_gold on the dataset field)")
     return canon

@@ -15,6 +15,7 @@ import yaml
 from relbudget.estimators import to_json_safe
 from relbudget.evaluation import metrics_at
 from relbudget.io import write_json
+from relbudget.models import render_prompts
 from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
 from relbudget.tracking import log_metrics
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
@@ -51,6 +52,7 @@ def run(params, regime: str) -> dict:
     prompts = read_table(Path(params.paths.prepared) / "eval.parquet", PROMPTS)
     gen, tok, backend = load_generator(params.sampling.backend, folder, cap, e.temperature, 1.0,
                                        False, e.batch_size, e.seed, params.base_policy.trust_remote_code)
+    prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
     t0 = time.time()
     table = sample_table(gen, tok, requests_from(prompts), e.attempts, cap, e.seed, policy=regime,
                          chunk_prompts=max(1, len(prompts)), desc=f"evaluate@{regime}")

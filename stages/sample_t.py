@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from relbudget.models import render_prompts
 from relbudget.sampling import fingerprint, load_generator, requests_from, sample_table, set_threads
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
@@ -26,9 +27,10 @@ def run(params) -> dict:
     gen, tok, backend = load_generator(s.backend, params.paths.base_model, s.max_tokens,
                                        s.temperature, s.top_p, s.early_exit, s.batch_size, s.seed,
                                        params.base_policy.trust_remote_code)
+    prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
     # Chunks live beside the output, hidden; they let an interrupted run resume where it stopped.
     chunk_dir = out.parent / f".{out.stem}.chunks"
-    fp = fingerprint(s.model_dump(), backend, prompts["prompt_id"].tolist(),
+    fp = fingerprint(s.model_dump(), backend, prompts[["prompt_id", "prompt"]].values.tolist(),
                      _policy_stamp(params.paths.base_model))
     t0 = time.time()
     table = sample_table(gen, tok, requests_from(prompts), s.attempts, s.max_tokens, s.seed,

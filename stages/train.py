@@ -18,11 +18,11 @@ import yaml
 
 from relbudget.grpo import preflight, train_policy
 from relbudget.io import atomic_dir
-from relbudget.models import load_saved, save_policy
+from relbudget.models import load_saved, render_prompts, save_policy
 from relbudget.schemas import HISTORY, PROMPTS, read_table, write_table
 
 log = logging.getLogger("relbudget.train")
-SECTIONS = ["train", "regimes", "paths"]
+SECTIONS = ["train", "base_policy", "regimes", "paths"]
 
 
 def budget_entry(xi_dir: str | Path, regime: str) -> dict:
@@ -64,15 +64,21 @@ def summary(history, seconds: float, H: int, warning: str | None) -> dict:
     return out
 
 
-def check_length(model, tokenizer, prompts, H: int) -> None:
-    """Refuse before training when the longest prompt plus H exceeds the model's context."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if not limit:
-        return
+def check_length(model, tokenizer, prompts, H: int, train) -> int:
+    """The context a rollout needs (longest prompt + H), refused before training when the model or
+    TRL's colocated vLLM engine (`train.vllm_max_model_len`) cannot hold it. Returns the engine's
+    context to use."""
     longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts["prompt"])
-    if longest + H > limit:
+    need = longest + H
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and need > limit:
         raise ValueError(f"H = {H} plus the longest prompt ({longest} tokens) exceeds the model's "
                          f"max_position_embeddings ({limit}); lower the regime's xi or the prompts")
+    if train.use_vllm and train.vllm_max_model_len is not None and train.vllm_max_model_len < need:
+        raise ValueError(f"train.vllm_max_model_len = {train.vllm_max_model_len} cannot hold the "
+                         f"longest prompt ({longest} tokens) plus H = {H}; set it to at least {need} "
+                         "or leave it unset (null) to size it automatically")
+    return train.vllm_max_model_len or need
 
 
 def run(params, regime: str) -> dict:
@@ -85,13 +91,14 @@ def run(params, regime: str) -> dict:
 
     model, tok = load_saved(paths.base_model, params.base_policy.trust_remote_code)
     prompts = read_table(Path(paths.prepared) / "train.parquet", PROMPTS)
+    prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
     work = Path(paths.train) / f".{regime}.work"
     log.info("train@%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", regime, H,
              len(prompts), t.stop, t.token_budget, t.max_steps)
 
-    check_length(model, tok, prompts, H)
+    max_model_len = check_length(model, tok, prompts, H, t)
     t0 = time.time()
-    model, history = train_policy(model, tok, prompts, t, H, work)
+    model, history = train_policy(model, tok, prompts, t, H, work, max_model_len)
     seconds = time.time() - t0
 
     with atomic_dir(Path(paths.models) / regime) as tmp:

@@ -17,7 +17,7 @@ import yaml
 
 from relbudget import estimators as est
 from relbudget.models import char_tokenizer, save_policy, tiny_llama
-from relbudget.params import BasePolicyParams, load_params
+from relbudget.params import BasePolicyParams, load_params, parse_params
 from relbudget.pretrain import pretrain
 from relbudget.sampling import hf_generate_fn, requests_from, sample_table
 from relbudget.schemas import ROLLOUTS, read_table, validate
@@ -179,6 +179,13 @@ def test_horizon_beyond_the_model_context_is_refused_before_training():
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=40)
     prompts = pd.DataFrame({"prompt": ["12+34=", "1+2="]})
-    check_length(model, tok, prompts, 34)  # 6 + 34 = 40 fits
+    train = parse_params({"train": {"use_vllm": True}}).train
+    assert check_length(model, tok, prompts, 34, train) == 40  # 6 + 34 = 40 fits, sizes vLLM
     with pytest.raises(ValueError, match="max_position_embeddings"):
-        check_length(model, tok, prompts, 35)
+        check_length(model, tok, prompts, 35, train)
+    # TRL's colocated vLLM engine too small for prompt + H: refused, naming the field
+    small = parse_params({"train": {"use_vllm": True, "vllm_max_model_len": 39}}).train
+    with pytest.raises(ValueError, match=r"train.vllm_max_model_len = 39 .* at least 40"):
+        check_length(model, tok, prompts, 34, small)
+    roomy = parse_params({"train": {"use_vllm": True, "vllm_max_model_len": 64}}).train
+    assert check_length(model, tok, prompts, 34, roomy) == 64

