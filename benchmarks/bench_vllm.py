@@ -59,6 +59,28 @@ def run_sampling(fn, tok, reqs, args, policy: str):
     return table, time.time() - t0
 
 
+def raw_rows(reqs, args):
+    """The raw-decode batch: the prompts cycled to args.raw_rows rows."""
+    return [reqs[i % len(reqs)] for i in range(args.raw_rows)]
+
+
+def hf_raw_decode(model, tok, reqs, args) -> dict:
+    """Every row generates exactly raw_tokens tokens (no EOS, no padding waste)."""
+    import torch
+
+    prompts = [r.prompt for r in raw_rows(reqs, args)]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    t0 = time.time()
+    with torch.no_grad():
+        model.generate(**enc, do_sample=True, temperature=args.temperature, top_k=0,
+                       min_new_tokens=args.raw_tokens, max_new_tokens=args.raw_tokens,
+                       pad_token_id=tok.pad_token_id)
+    raw_s = time.time() - t0
+    n = len(prompts) * args.raw_tokens
+    return {"rows": len(prompts), "tokens": n, "seconds": round(raw_s, 2),
+            "tokens_per_s": round(n / raw_s, 1)}
+
+
 def bench_hf(folder: str, reqs, args) -> dict:
     import torch
 
@@ -72,21 +94,14 @@ def bench_hf(folder: str, reqs, args) -> dict:
     load_s = time.time() - t0
     fn = hf_generate_fn(model, tok, args.max_tokens, args.temperature, 1.0, False,
                         args.chunk_prompts * args.attempts)
+    if args.raw_only:
+        out = {"load_s": round(load_s, 1), "raw_decode": hf_raw_decode(model, tok, reqs, args)}
+        del model
+        return out
     table, secs = run_sampling(fn, tok, reqs, args, "hf")
     out = table_figures(table, secs, {"load_s": round(load_s, 1), "dtype": "float32",
                                       "torch_threads": args.threads})
-    # raw decode: every row generates exactly raw_tokens tokens (no EOS, no padding waste)
-    prompts = [r.prompt for r in reqs[: args.raw_rows]]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    t0 = time.time()
-    with torch.no_grad():
-        model.generate(**enc, do_sample=True, temperature=args.temperature, top_k=0,
-                       min_new_tokens=args.raw_tokens, max_new_tokens=args.raw_tokens,
-                       pad_token_id=tok.pad_token_id)
-    raw_s = time.time() - t0
-    n = len(prompts) * args.raw_tokens
-    out["raw_decode"] = {"rows": len(prompts), "tokens": n, "seconds": round(raw_s, 2),
-                         "tokens_per_s": round(n / raw_s, 1)}
+    out["raw_decode"] = hf_raw_decode(model, tok, reqs, args)
     del model
     return out
 
@@ -102,7 +117,7 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
 
     tok = AutoTokenizer.from_pretrained(tok_src)
     prompts = [TokensPrompt(prompt_token_ids=tok(r.prompt, add_special_tokens=False)["input_ids"])
-               for r in reqs[: args.raw_rows]]
+               for r in raw_rows(reqs, args)]
     sp = SamplingParams(max_tokens=args.raw_tokens, min_tokens=args.raw_tokens, ignore_eos=True,
                         temperature=args.temperature, top_k=0, seed=0, detokenize=False)
     t0 = time.time()
@@ -164,6 +179,8 @@ def main() -> None:
     ap.add_argument("--chunk-sizes", default="16,32")
     ap.add_argument("--raw-rows", type=int, default=16, help="raw decode: rows in one batch")
     ap.add_argument("--raw-tokens", type=int, default=128, help="raw decode: tokens per row")
+    ap.add_argument("--raw-only", action="store_true",
+                    help="only the raw-decode comparison (implies --skip-tiny)")
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--skip-tiny", action="store_true")
     ap.add_argument("--tiny-steps", type=int, default=200)
@@ -190,13 +207,13 @@ def main() -> None:
         results["smollm2_hf"] = bench_hf(folder, reqs, args)
         print(f"  hf       none         {json.dumps(results['smollm2_hf'])}", flush=True)
     opts = vb.EngineOptions(dtype=args.dtype, block_size=args.block_size, max_model_len=1024)
-    results["smollm2_vllm"] = bench_vllm_modes(folder, reqs, args, "smollm2",
-                                               ["none", "logits", "chunked"], chunk_sizes, opts)
+    results["smollm2_vllm"] = {} if args.raw_only else bench_vllm_modes(
+        folder, reqs, args, "smollm2", ["none", "logits", "chunked"], chunk_sizes, opts)
     results["smollm2_vllm"]["raw_decode"] = vllm_raw_decode(folder, reqs, args, opts)
     print(f"  smollm2  raw_decode   {json.dumps(results['smollm2_vllm']['raw_decode'])}")
     vb.shutdown_engines()
 
-    if not args.skip_tiny:
+    if not (args.skip_tiny or args.raw_only):
         from relbudget.sampling import requests_from
         from relbudget.task import builtin_splits
 
@@ -217,19 +234,20 @@ def main() -> None:
             vb.shutdown_engines()
 
     summary = {}
-    if "smollm2_hf" in results:
+    if "smollm2_hf" in results and not args.raw_only:
         hf_tps = results["smollm2_hf"]["tokens_per_s"]
         v_tps = results["smollm2_vllm"]["none"]["tokens_per_s"]
         summary["vllm_over_hf_tokens_per_s"] = round(v_tps / hf_tps, 2)
         print(f"\nthroughput (sampling workload)  HF {hf_tps} tok/s  vLLM {v_tps} tok/s  ratio "
               f"{summary['vllm_over_hf_tokens_per_s']}x (goal >= 2.5x)")
+    if "smollm2_hf" in results:
         hr = results["smollm2_hf"]["raw_decode"]["tokens_per_s"]
         vr = results["smollm2_vllm"]["raw_decode"]["tokens_per_s"]
         summary["vllm_over_hf_raw_decode"] = round(vr / hr, 2)
         print(f"throughput (raw decode, {args.raw_rows} rows x {args.raw_tokens} tokens)  HF {hr} "
               f"tok/s  vLLM {vr} tok/s  ratio {summary['vllm_over_hf_raw_decode']}x")
     for key in ("smollm2_vllm", "tiny_vllm"):
-        if key not in results:
+        if not results.get(key):
             continue
         r = results[key]
         base = r["none"]
