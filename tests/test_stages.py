@@ -189,3 +189,22 @@ def test_horizon_beyond_the_model_context_is_refused_before_training():
         check_length(model, tok, prompts, 34, small)
     roomy = parse_params({"train": {"use_vllm": True, "vllm_max_model_len": 64}}).train
     assert check_length(model, tok, prompts, 34, roomy) == 64
+
+
+def test_a_tokenizer_that_adds_bos_is_flagged_before_training(caplog):
+    from tokenizers.processors import TemplateProcessing
+
+    from stages.train import check_length
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, 32, 1, 2, 64, max_position=64)
+    prompts = pd.DataFrame({"prompt": ["12+34="]})
+    train = parse_params({}).train
+    with caplog.at_level("WARNING", logger="relbudget.train"):
+        check_length(model, tok, prompts, 8, train)
+    assert "special tokens" not in caplog.text
+    tok._tokenizer.post_processor = TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.bos_token_id)])
+    with caplog.at_level("WARNING", logger="relbudget.train"):
+        check_length(model, tok, prompts, 8, train)
+    assert "TRL will add them" in caplog.text and "<bos>" in caplog.text
