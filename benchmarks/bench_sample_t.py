@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from relbudget import estimators as est
+from relbudget.models import render_prompts
 from relbudget.params import load_params
 from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
 from relbudget.schemas import PROMPTS, read_table
@@ -29,6 +30,7 @@ def run_once(params, policy: str, early_exit: bool, n_prompts: int | None):
     prompts = prompts.head(n_prompts or s.n_prompts or len(prompts))
     gen, tok, backend = load_generator(s.backend, policy, s.max_tokens, s.temperature, s.top_p,
                                        early_exit, s.batch_size, s.seed)
+    prompts = render_prompts(prompts, tok, params.base_policy.chat_template)  # as sample_t does
     t0 = time.perf_counter()
     df = sample_table(gen, tok, requests_from(prompts), s.attempts, s.max_tokens, s.seed,
                       "bench", s.chunk_prompts, desc=f"early_exit={early_exit}")

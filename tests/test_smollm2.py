@@ -80,6 +80,11 @@ def test_smollm2_profile_prepare_base_policy_sample_t_offline(smollm2_project: P
     # turn at once in 78% of attempts (1 token). So: no attempt is a bare end of turn.
     assert (table["n_tokens"] > 1).all(), table["n_tokens"].tolist()
     # Each recorded T is where the prose verifier confirms the right sum in that completion.
+    # Early exit (on in the profile) on a BPE tokenizer: no token is spent after the first correct
+    # answer, so a hit's T is the attempt's length.
+    hits = table[table["first_correct_token"].notna()]
+    assert len(hits) >= 1, "no correct answer in 8 attempts: the check below would be empty"
+    assert (hits["first_correct_token"] == hits["n_tokens"]).all(), hits[["n_tokens", "first_correct_token"]]
     gold = dict(zip(prompts["prompt_id"], prompts["answer"]))
     for row in table.itertuples():
         v = verify(row.completion, gold[row.prompt_id], "prose", row.stop_reason == "eos")
