@@ -164,6 +164,9 @@ def main():
     from relbudget.task import builtin_splits
 
     train_df, _ = builtin_splits(max(P, PPS), 4, [1, 2], 2, seed=0, style="natural")
+    # Through SmolLM2's chat template, as sample_t and train give prompts to an instruct model.
+    from relbudget.models import render_prompts
+    train_df = render_prompts(train_df, AutoTokenizer.from_pretrained(folder))
 
     # ------------------------------------------------------------------ sample_t (library path)
     sampling_ok = all(mods[m] is True for m in ("pandera", "pydantic"))
