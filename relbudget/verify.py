@@ -96,6 +96,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 FORMATS = ("int", "prose", "gsm8k", "math")
+INTEGER_FORMATS = ("int", "prose")  # compared as exact integers
 
 MAX_SCAN_CHARS = 32_000
 MAX_NUMBER_DIGITS = 64
@@ -124,6 +125,12 @@ _ANCHORS = {
     "prose": re.compile(r"(?:####|" + _ANSWER_WORD + r"|=|\b(?i:equals?|is|makes|gives)\b)"
                         + _FILLER),
 }
+# Lower-cased strings, one of which every candidate's anchor contains (the anchors above and
+# _BOX_OPENERS below). Until a text holds one, no candidate can exist: early exit uses this to skip
+# the verifier (relbudget/sampling/common.py).
+ANCHOR_HINTS = {"int": ("a:", "####", "answer"), "gsm8k": ("####", "answer"),
+                "prose": ("####", "answer", "=", "equal", "is", "make", "give"),
+                "math": ("\\boxed", "\\fbox")}
 _SIGNED_DIGITS = re.compile(r"[+\-\u2212]?[0-9]+")
 _NUMBER_FULL = re.compile(
     r"([+\-\u2212]?)([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.([0-9]+))?")
@@ -255,12 +262,12 @@ def extract_gold(raw: Any, fmt: str) -> str:
     elif isinstance(raw, float):
         if not math.isfinite(raw):
             raise ValueError(f"answer is {raw!r}, not a finite number")
-        if fmt in ("int", "prose") and not raw.is_integer():
+        if fmt in INTEGER_FORMATS and not raw.is_integer():
             raise ValueError(f"answer {raw!r} is not an integer")
         raw = str(int(raw)) if raw.is_integer() and abs(raw) < 2 ** 53 else repr(raw)
     elif not isinstance(raw, str):
         raise ValueError(f"answer is {type(raw).__name__}, expected a string or number")
-    if fmt in ("int", "prose"):
+    if fmt in INTEGER_FORMATS:
         canon = _canon_number(raw.strip())
         if canon is None or "." in canon:
             raise ValueError(f"answer {_short(raw)} is not an integer of at most "
@@ -379,7 +386,7 @@ def _canon_number(s: str) -> str | None:
 
 def _gold_number(gold: Any, fmt: str) -> str:
     canon = _canon_number(gold) if isinstance(gold, str) else None
-    if canon is None or (fmt in ("int", "prose") and "." in canon):
+    if canon is None or (fmt in INTEGER_FORMATS and "." in canon):
         raise ValueError(f"gold answer {_short(gold)} is not a valid {fmt} answer "
                          f"(use extract_gold on the dataset field)")
     return canon

@@ -1,14 +1,18 @@
-"""What every sampling backend shares: turning generated token ids into rollout-table rows.
+"""What every sampling backend shares: the early-exit check, and turning generated token ids
+into rollout-table rows.
 
 A backend returns, per attempt, the generated token ids and why generation ended. Scoring is the
-same for every backend, so HF and vLLM write identical tables for identical generations.
+same for every backend, so HF and vLLM write identical tables for identical generations; early
+exit (HF stopping criterion, vLLM logits processor) asks one `FirstCorrect` check per new token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.verify import Verdict, verify
+from relbudget.verify import ANCHOR_HINTS, INTEGER_FORMATS, Verdict, verify
+
+ANCHOR_WINDOW = 8  # tokens: every anchor hint is shorter, so one ending at the new token is inside
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,76 @@ def token_count_for_chars(tokenizer, ids: list[int], n_chars: int) -> int:
     return lo
 
 
-def content_ids(tokenizer, ids: list[int]) -> list[int]:
-    """Generated ids up to and including EOS; the count of these is n_tokens."""
-    eos = tokenizer.eos_token_id
-    if eos in ids:
-        return ids[: ids.index(eos) + 1]
-    return ids
+@dataclass
+class RowCheck:
+    """One generation's state for `FirstCorrect`: its gold answer, and whether an answer anchor
+    has been written yet (no candidate can exist before one)."""
+
+    answer: str
+    fmt: str
+    anchored: bool = False
+
+
+class FirstCorrect:
+    """Does a generation's newest token confirm its first correct answer?
+
+    Called once per new token of each row, in order. Every test before `verify` is a necessary
+    condition, so the answer is exactly verify's; they keep the cost per token O(1) until the row
+    could hold a correct answer:
+    - an anchor can only be completed by a token holding its last character; only then is the
+      row's last ANCHOR_WINDOW tokens decoded to look for it (memoised per token id);
+    - a candidate is confirmed only by a terminator (a non-digit, '}' for math);
+    - an integer gold's digits must appear in the text.
+    """
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self._memo: dict[tuple[str, int, str], bool] = {}
+
+    def __call__(self, row: RowCheck, ids, last: int | None = None) -> bool:
+        """ids: the row's generated token ids so far (list or 1-D tensor), newest last, or a
+        function returning them (HF: built only for the few rows that get past the token tests);
+        `last`: the newest id, when the caller has it already."""
+        get = ids if callable(ids) else (lambda: ids)
+        last = int(get()[-1]) if last is None else last
+        hints = ANCHOR_HINTS[row.fmt]
+        if not row.anchored and self._per_token("anchor", last, row.fmt,
+                                                lambda p: any(h[-1] in p.lower() for h in hints)):
+            tail = self.tok.decode(get()[-ANCHOR_WINDOW:], skip_special_tokens=True).lower()
+            row.anchored = any(h in tail for h in hints)
+        if not (row.anchored and self._per_token("terminate", last, row.fmt,
+                                                 lambda p: may_terminate(p, row.fmt))):
+            return False
+        text = self.tok.decode(get(), skip_special_tokens=True)
+        digits = gold_digits(row.answer, row.fmt)
+        if digits is not None and digits not in text.replace(",", ""):
+            return False
+        return verify(text, row.answer, row.fmt, ended=False).first_correct_chars is not None
+
+    def _per_token(self, test: str, token_id: int, fmt: str, fn) -> bool:
+        key = (test, token_id, fmt)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = bool(fn(self.tok.decode([token_id])))
+        return hit
+
+
+def may_terminate(piece: str, fmt: str) -> bool:
+    """Whether a token's text can end an answer candidate (see verify.py: terminators)."""
+    if fmt == "math":
+        return "}" in piece
+    return any(not ch.isdigit() for ch in piece)
+
+
+def gold_digits(answer: str, fmt: str) -> str | None:
+    """The digits every correct number candidate contains (an integer gold's, without sign,
+    commas and leading zeros), or None where no such cheap necessary condition is used."""
+    if fmt not in INTEGER_FORMATS + ("gsm8k",):
+        return None
+    a = answer.strip().lstrip("+-\u2212").replace(",", "")
+    if not a.isdigit():
+        return None
+    return a.lstrip("0") or "0"
 
 
 def score(tokenizer, g: Generation, max_tokens: int, policy: str, keep_text: bool = True) -> dict:

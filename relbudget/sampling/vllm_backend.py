@@ -14,15 +14,14 @@ Token accounting, identical to the HF backend (`relbudget.sampling.hf`):
 Early exit at the first correct answer, two ways (both implemented, measured by
 benchmarks/bench_vllm.py; the default is the one that spent fewer tokens and less time):
 - "logits" (default): a batch-level logits processor (`FirstCorrectEOS`, vLLM's v1
-  `LogitsProcessor` API) runs the same check as the HF stopping criterion after every token of
-  every attempt (only when the token could end an answer and the text holds an answer anchor
-  and the gold's digits) and, once a correct answer is confirmed, forces EOS as the next token. The forced EOS is
-  dropped from the returned ids. Cost: one extra sampled token per hit, no re-prefill.
+  `LogitsProcessor` API) runs the HF stopping criterion's check (`common.FirstCorrect`) on the
+  newest token of every attempt and, once a correct answer is confirmed, forces EOS as the next
+  token. The forced EOS is dropped from the returned ids. Cost: one extra sampled token per hit, no re-prefill.
 - "chunked": generate `chunk_tokens` tokens at a time, verify each unfinished attempt, and
   resubmit only the unfinished ones as prompt + generated-so-far (prefix caching on). Up to
   chunk_tokens - 1 tokens per hit are generated past the answer and thrown away, and every round
   re-prefills each attempt's last partial KV block.
-Measured on this 2-core CPU (EARLY_EXIT_MEASURED): on the chatty tiny policy, 1024 attempts at
+Measured on this 2-core CPU: on the chatty tiny policy, 1024 attempts at
 cap 96 (25,300 tokens recorded by every mode), no early exit 33,780 tokens in 2.53 s; logits
 25,688 generated, 5,264 prefilled, 2.28 s; chunked c=8/16/32 27,283/27,239/33,031 generated,
 64,454/31,516/17,592 prefilled, 3.65/3.01/2.93 s. On SmolLM2 (its few hits come at EOS, so
@@ -67,7 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relbudget.sampling.common import Generation, Request
+from relbudget.sampling.common import FirstCorrect, Generation, Request, RowCheck
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +74,6 @@ log = logging.getLogger(__name__)
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 EXTRA_KEY = "relbudget_first_correct"  # SamplingParams.extra_args key read by FirstCorrectEOS
 DEFAULT_CHUNK_TOKENS = 32
-# benchmarks/bench_vllm.py on the 2-core CPU, tiny chatty policy, 1024 attempts, cap 96:
-# (mode, tokens generated, tokens prefilled, seconds); ~25,300 tokens recorded by every mode.
-EARLY_EXIT_MEASURED = (("none", 33780, 5264, 2.53), ("logits", 25688, 5264, 2.28),
-                       ("chunked_c8", 27283, 64454, 3.65), ("chunked_c16", 27239, 31516, 3.01),
-                       ("chunked_c32", 33031, 17592, 2.93))
 
 
 # ------------------------------------------------------------------------------ model folders
@@ -208,6 +202,9 @@ def pad_llama_head_dim(src: Path, dst: Path, new_head_dim: int) -> None:
             shutil.copy2(f, dst / f.name)
 
 
+_PADDED: dict[tuple, str] = {}  # source folder + content stamp -> padded copy, this process
+
+
 def resolve_model(ref: str) -> tuple[str, str]:
     """(folder or hub name vLLM loads, tokenizer source) for a policy reference."""
     from relbudget.models import SMOLLM2_GGUF
@@ -236,51 +233,12 @@ def resolve_model(ref: str) -> tuple[str, str]:
     return str(dst), str(folder)
 
 
-_PADDED: dict[tuple, str] = {}
-
-
-
-
 # ------------------------------------------------------------------- early exit: logits processor
 
-def _piece_may_terminate(tokenizer, token_id: int, fmt: str, cache: dict) -> bool:
-    """The HF criterion's test (`hf._may_terminate` on the decoded token), memoised per id."""
-    from relbudget.sampling.hf import _may_terminate
-
-    key = (token_id, fmt)
-    hit = cache.get(key)
-    if hit is None:
-        hit = cache[key] = _may_terminate(tokenizer.decode([token_id]), fmt)
-    return hit
-
-
-def confirms_correct(tokenizer, ids: list[int], answer: str, fmt: str, cache: dict) -> bool:
-    """True when the last token of `ids` confirms a correct answer: the HF criterion, exactly."""
-    from relbudget.verify import verify
-
-    if not ids or not _piece_may_terminate(tokenizer, ids[-1], fmt, cache):
-        return False
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    from relbudget.sampling.hf import ANCHORS
-
-    low = text.lower()
-    if not any(a in low for a in ANCHORS.get(fmt, ("",))):
-        return False  # no answer anchor yet: no candidate can exist (as in the HF criterion)
-    digits = _gold_digits(answer, fmt)
-    if digits is not None and digits not in text.replace(",", ""):
-        return False  # no number in the text can equal the gold: skip the verifier
-    return verify(text, answer, fmt, ended=False).first_correct_chars is not None
-
-
-def _gold_digits(answer: str, fmt: str) -> str | None:
-    """The digits every correct number candidate contains (an integer gold's, without sign,
-    commas and leading zeros), or None where no such cheap necessary condition is used."""
-    if fmt not in ("int", "prose", "gsm8k"):
-        return None
-    a = answer.strip().lstrip("+-\u2212").replace(",", "")
-    if not a.isdigit():
-        return None
-    return a.lstrip("0") or "0"
+def confirms_correct(check: FirstCorrect, ids: list[int], answer: str, fmt: str) -> bool:
+    """Whether the last token of finished `ids` confirms a correct answer (after the fact, so no
+    anchor state: the anchor hint is assumed and the remaining tests decide)."""
+    return bool(ids) and check(RowCheck(answer, fmt, anchored=True), ids)
 
 
 def _logits_processor_class():
@@ -302,8 +260,8 @@ def _logits_processor_class():
             self.tok = AutoTokenizer.from_pretrained(mc.tokenizer,
                                                      trust_remote_code=mc.trust_remote_code)
             self.eos = self.tok.eos_token_id
-            self.rows: dict[int, tuple[str, str, list[int]]] = {}
-            self.cache: dict = {}
+            self.check = FirstCorrect(self.tok)
+            self.rows: dict[int, tuple[RowCheck, list[int]]] = {}  # batch index -> (state, ids)
 
         @classmethod
         def validate_params(cls, params) -> None:
@@ -317,16 +275,16 @@ def _logits_processor_class():
         def update_state(self, batch_update: BatchUpdate | None) -> None:
             def new(params, _prompt_ids, output_ids):
                 arg = (params.extra_args or {}).get(EXTRA_KEY)
-                return None if arg is None else (str(arg[0]), str(arg[1]), output_ids)
+                return None if arg is None else (RowCheck(str(arg[0]), str(arg[1])), output_ids)
 
             process_dict_updates(self.rows, batch_update, new)
 
         def apply(self, logits):
             if not self.rows:
                 return logits
-            force = [i for i, (answer, fmt, out) in self.rows.items()
-                     if out and out[-1] >= 0 and out[-1] != self.eos
-                     and confirms_correct(self.tok, out, answer, fmt, self.cache)]
+            # called once per step, so each row's newest token is checked once, in order
+            force = [i for i, (row, out) in self.rows.items()
+                     if out and out[-1] >= 0 and out[-1] != self.eos and self.check(row, out)]
             if force:
                 logits[force] = float("-inf")
                 logits[force, self.eos] = 0.0
@@ -463,13 +421,6 @@ def _ids_of(output) -> list[int]:
     return list(output.outputs[0].token_ids)
 
 
-def _cut_at_eos(ids: list[int], eos: int) -> tuple[list[int], bool]:
-    """(ids up to and including the first EOS, whether there was one)."""
-    if eos in ids:
-        return ids[: ids.index(eos) + 1], True
-    return ids, False
-
-
 @dataclass
 class RunStats:
     """Work done by the engine, beyond what the table records (for the benchmark)."""
@@ -492,17 +443,18 @@ def generate_plain(llm, tok, prompts: list[list[int]], items: list[tuple[Request
               for i, (r, _) in enumerate(items)]
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                         use_tqdm=False)
-    cache: dict = {}
+    check = FirstCorrect(tok)
     gens = []
     for (req, attempt), out in zip(items, outs):
-        ids, hit_eos = _cut_at_eos(_ids_of(out), eos)
-        stats.generated += len(_ids_of(out))
+        ids = _ids_of(out)
+        stats.generated += len(ids)
+        hit_eos = bool(ids) and ids[-1] == eos  # generation stops at EOS (stop_token_ids)
         ended = "eos" if hit_eos else "length"
         if early_exit:
             body = ids[:-1] if hit_eos else ids
             # An EOS right after a confirming token was forced by FirstCorrectEOS: drop it. A
             # confirming token that is also the cap's last token ends first_correct too (as HF).
-            if confirms_correct(tok, body, req.answer, req.answer_format, cache):
+            if confirms_correct(check, body, req.answer, req.answer_format):
                 ids, ended = body, "first_correct"
         gens.append(Generation(req, attempt, ids, ended, seed))
     stats.prefilled += sum(len(p) for p in prompts)
@@ -517,7 +469,8 @@ def generate_chunked(llm, tok, prompts: list[list[int]], items: list[tuple[Reque
     from vllm.inputs import TokensPrompt
 
     eos = tok.eos_token_id
-    cache: dict = {}
+    check = FirstCorrect(tok)
+    rows = [RowCheck(r.answer, r.answer_format) for r, _ in items]
     gen: list[list[int]] = [[] for _ in items]
     ended: list[str | None] = [None] * len(items)
     for round_ in range(max_tokens):  # at most max_tokens / chunk_tokens rounds happen
@@ -535,13 +488,12 @@ def generate_chunked(llm, tok, prompts: list[list[int]], items: list[tuple[Reque
         for i, out in zip(active, outs):
             new = _ids_of(out)
             stats.generated += len(new)
-            req = items[i][0]
-            for t in new:  # the HF criterion, token by token: EOS first, then the verifier
+            for t in new:  # the HF criterion, token by token: EOS first, then the check
                 gen[i].append(t)
                 if t == eos:
                     ended[i] = "eos"
                     break
-                if confirms_correct(tok, gen[i], req.answer, req.answer_format, cache):
+                if check(rows[i], gen[i]):
                     ended[i] = "first_correct"
                     break
             if ended[i] is None and len(gen[i]) >= max_tokens:
@@ -578,7 +530,10 @@ def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, ear
         if not items:
             return []
         t0 = time.time()
-        prompts = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r, _ in items]
+        # each prompt tokenized once, not once per attempt
+        texts = list(dict.fromkeys(r.prompt for r, _ in items))
+        ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"]))
+        prompts = [ids[r.prompt] for r, _ in items]
         longest = max(len(p) for p in prompts)
         if longest + max_tokens > limit:
             raise ValueError(f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds the "
