@@ -113,9 +113,9 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
     from relbudget.sampling import vllm_backend as vb
 
     llm, tok_src = vb.get_engine(ref, 0, opts)
-    from transformers import AutoTokenizer
+    from relbudget.models import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tok_src)
+    tok = load_tokenizer(tok_src)
     prompts = [TokensPrompt(prompt_token_ids=tok(r.prompt, add_special_tokens=False)["input_ids"])
                for r in raw_rows(reqs, args)]
     sp = SamplingParams(max_tokens=args.raw_tokens, min_tokens=args.raw_tokens, ignore_eos=True,
@@ -189,7 +189,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from transformers import AutoTokenizer
+    from relbudget.models import load_tokenizer
 
     from relbudget.sampling import vllm_backend as vb
 
@@ -197,7 +197,7 @@ def main() -> None:
                      "load_average_at_start": os.getloadavg()}
     chunk_sizes = [int(c) for c in args.chunk_sizes.split(",") if c]
     folder = str(vb.smollm2_hf_folder())
-    tok = AutoTokenizer.from_pretrained(folder)
+    tok = load_tokenizer(folder)
     reqs = natural_requests(args.prompts, 0, None if args.raw_prompts else tok)
     print(f"SmolLM2-135M-Instruct ({folder}), {len(reqs)} prompts x {args.attempts} attempts, "
           f"cap {args.max_tokens}, T={args.temperature}, "

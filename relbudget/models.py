@@ -69,22 +69,40 @@ def smollm2_gguf_file() -> Path:
     return found[0]
 
 
+def load_tokenizer(ref: str | Path, trust_remote_code: bool = False, **kw):
+    """A policy's tokenizer set up for batched generation: pad = EOS when it has none, left pad."""
+    tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code, **kw)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
 def load_policy(ref: str | Path, trust_remote_code: bool = False, dtype=torch.float32):
     """Load (model, tokenizer) from a saved folder, an HF name, or the SmolLM2 GGUF file."""
     ref = str(ref)
     if ref == SMOLLM2_GGUF:
         gguf = smollm2_gguf_file()
-        kw = dict(gguf_file=gguf.name)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=dtype, **kw)
-    else:
-        tok = AutoTokenizer.from_pretrained(ref, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
+        tok = load_tokenizer(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=dtype, gguf_file=gguf.name)
+        forget_gguf_quantizer(model)  # dequantised on load; lets it be saved as safetensors
+        return model, tok
+    tok = load_tokenizer(ref, trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(ref, dtype=dtype, trust_remote_code=trust_remote_code)
     return model, tok
+
+
+def forget_gguf_quantizer(model) -> None:
+    """Let a GGUF-loaded model be saved. transformers dequantises GGUF weights on load but keeps
+    its GGUF quantizer attached, whose is_serializable() is False, so save_pretrained refuses;
+    the tensors are plain float weights by then, so dropping the marker is safe (round trip
+    checked: identical logits)."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
 
 
 def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:

@@ -43,10 +43,7 @@ def train_builtin(params: Params, folder: Path) -> dict:
 
 def convert_gguf(params: Params, folder: Path) -> dict:
     """Dequantise SmolLM2's GGUF once into HF safetensors, so later stages load it directly."""
-    from relbudget.sampling.vllm_backend import forget_gguf_quantizer  # no vllm import needed
-
     model, tok = load_policy(SMOLLM2_GGUF)
-    forget_gguf_quantizer(model)  # transformers refuses to save a model still marked as GGUF
     save_policy(model, tok, folder)
     return {"n_params": n_params(model)}
 

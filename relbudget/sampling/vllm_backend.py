@@ -95,26 +95,12 @@ def smollm2_hf_folder() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=folder.parent))
     log.info("converting %s to an HF folder at %s (once)", gguf.name, folder)
     model, tok = load_policy(SMOLLM2_GGUF)
-    forget_gguf_quantizer(model)
     save_policy(model, tok, tmp)
     try:
         tmp.rename(folder)
     except OSError:  # another process won the race
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
-
-
-def forget_gguf_quantizer(model) -> None:
-    """Let a GGUF-loaded model be saved. transformers dequantises GGUF weights on load but keeps
-    its GGUF quantizer attached, whose is_serializable() is False, so save_pretrained refuses;
-    the tensors are plain float weights by then, so dropping the marker is safe (round trip
-    checked: identical logits)."""
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    if getattr(model, "is_quantized", False):
-        model.is_quantized = False
 
 
 def _head_dim(cfg: dict) -> int:
@@ -254,11 +240,10 @@ def _logits_processor_class():
         """
 
         def __init__(self, vllm_config, device, is_pin_memory: bool):
-            from transformers import AutoTokenizer
+            from relbudget.models import load_tokenizer
 
             mc = vllm_config.model_config
-            self.tok = AutoTokenizer.from_pretrained(mc.tokenizer,
-                                                     trust_remote_code=mc.trust_remote_code)
+            self.tok = load_tokenizer(mc.tokenizer, mc.trust_remote_code)
             self.eos = self.tok.eos_token_id
             self.check = FirstCorrect(self.tok)
             self.rows: dict[int, tuple[RowCheck, list[int]]] = {}  # batch index -> (state, ids)
@@ -513,16 +498,13 @@ def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, ear
     """
     import time
 
-    from transformers import AutoTokenizer
+    from relbudget.models import load_tokenizer
 
     if early_exit_mode not in ("logits", "chunked"):
         raise ValueError(f"early_exit_mode must be 'logits' or 'chunked', got {early_exit_mode!r}")
     opts = options or EngineOptions()
     llm, tok_src = get_engine(str(ref), seed, opts, trust_remote_code)
-    tok = AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
+    tok = load_tokenizer(tok_src, trust_remote_code)
     limit = llm.llm_engine.model_config.max_model_len
     run_stats = stats if stats is not None else RunStats()
 
