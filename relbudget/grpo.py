@@ -266,12 +266,10 @@ def _gold_by_prompt(prompts_df: pd.DataFrame) -> dict[str, tuple[str, str]]:
 def _mlflow_log(metrics: dict[str, Any], step: int) -> None:
     import mlflow
 
-    if mlflow.active_run() is None:
-        return
-    clean = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-    if clean:
-        mlflow.log_metrics(clean, step=step)
+    from relbudget.tracking import log_metrics
+
+    if mlflow.active_run() is not None:  # a bare train_policy call (tests, sweeps) logs nothing
+        log_metrics(metrics, step=step)
 
 
 class HistoryCallback(TrainerCallback):

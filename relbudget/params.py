@@ -210,8 +210,6 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
-        # The GRPO batch is built as prompts_per_step * num_generations (relbudget/grpo.py), so it
-        # is divisible by num_generations by construction; no check is needed for it here.
         if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":
             raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below "
                              f"base_policy.max_position ({self.base_policy.max_position})")

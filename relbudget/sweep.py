@@ -12,7 +12,6 @@ standard error over seeds) and `metrics.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -104,11 +103,13 @@ def main(argv: list[str] | None = None) -> None:
         per_seed[seed] = run_seed(seed_params(base, args.xi, seed, out / f"seed{seed}",
                                               args.token_budget))
     table = aggregate(per_seed)
+    seconds = time.time() - t0
     efficiency(table, out / "efficiency.png", tuple(base.report.paper_band))
-    write_json({"seeds": args.seeds, "seconds": time.time() - t0,
+    write_json({"seeds": args.seeds, "seconds": seconds,
                 "regimes": table.to_dict(orient="records")}, out / "metrics.json")
-    write_text(render(table, time.time() - t0, args.seeds), out / "report.md")
-    print((out / "report.md").read_text())
+    report = render(table, seconds, args.seeds)
+    write_text(report, out / "report.md")
+    print(report)
 
 
 if __name__ == "__main__":

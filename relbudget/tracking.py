@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-import mlflow
+# Offline by design: MLflow's usage telemetry would only time out here. Set before the import,
+# which is when mlflow starts its telemetry client.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow  # noqa: E402
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "relbudget"
-# Offline by design: MLflow's usage telemetry would only time out here.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def metric_name(name: str) -> str:

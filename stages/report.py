@@ -139,8 +139,7 @@ def run(params) -> dict:
                             "regimes": {r["regime"]: r for r in rows}})
     write_json(metrics, out / "metrics.json")
     write_text(render(inp, rows, params), out / "report.md")
-    for r in rows:
-        log_metrics({f"{r['regime']}/{k}": v for k, v in r.items()})
+    log_metrics({f"{r['regime']}/{k}": v for r in rows for k, v in r.items()})
     for f in ("report.md", "metrics.json", "xi_curves.png", "learning_curves.png", "efficiency.png"):
         mlflow.log_artifact(str(out / f))
     log.info("report written to %s", out)

@@ -79,12 +79,12 @@ def check_length(model, tokenizer, prompts, H: int, train) -> int:
                          f"longest prompt ({longest} tokens) plus H = {H}; set it to at least {need} "
                          "or leave it unset (null) to size it automatically")
     first = str(prompts["prompt"].iloc[0])
-    if tokenizer(first)["input_ids"] != tokenizer(first, add_special_tokens=False)["input_ids"]:
+    with_specials = tokenizer(first)["input_ids"]
+    if with_specials != tokenizer(first, add_special_tokens=False)["input_ids"]:
         # TRL tokenizes string prompts with the tokenizer's special tokens (e.g. a BOS); the
         # rollout table was sampled without them, so T would describe a slightly other prompt.
         log.warning("this tokenizer adds special tokens to a prompt (%s); TRL will add them, the "
-                    "sampler did not", tokenizer.convert_ids_to_tokens(
-                        tokenizer(first)["input_ids"][:2]))
+                    "sampler did not", tokenizer.convert_ids_to_tokens(with_specials[:2]))
     return train.vllm_max_model_len or need
 
 

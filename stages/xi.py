@@ -54,8 +54,7 @@ def run(params) -> dict:
     xi_curves(curves, budgets, out / "xi_curves.png", tuple(params.report.paper_band))
     write_json(summary, out / "summary.json")
 
-    log_metrics(summary)
-    log_metrics({f"H_{k}": b["H"] for k, b in budgets.items()})
+    log_metrics({**summary, **{f"H_{k}": b["H"] for k, b in budgets.items()}})
     for f in ("summary.json", "budgets.yaml", "xi_curves.png", "curves.parquet"):
         mlflow.log_artifact(str(out / f))
     log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s", summary["E_T"] or float("inf"),

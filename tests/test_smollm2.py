@@ -39,7 +39,7 @@ def test_render_prompt_uses_the_chat_template_only_where_there_is_one():
     assert df["prompt"].tolist() == ["1+2="]                       # the table itself is untouched
 
 
-def test_bad_chat_template_value_names_the_field(tmp_path):
+def test_bad_chat_template_value_names_the_field():
     from relbudget.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match="base_policy.chat_template"):

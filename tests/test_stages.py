@@ -20,7 +20,7 @@ from relbudget.models import char_tokenizer, save_policy, tiny_llama
 from relbudget.params import BasePolicyParams, load_params, parse_params
 from relbudget.pretrain import pretrain
 from relbudget.sampling import hf_generate_fn, requests_from, sample_table
-from relbudget.schemas import ROLLOUTS, read_table, validate
+from relbudget.schemas import ROLLOUTS, validate
 from relbudget.task import builtin_splits, column_trace, make_problems, prompt_text
 from stages import base_policy, prepare, sample_t, xi
 from stages._cli import execute
