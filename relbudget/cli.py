@@ -1,7 +1,11 @@
 """The `relbudget` command line (DESIGN section 6), usable on any rollout table.
 
-    relbudget xi   --rollouts FILE [--horizon H ...] [--group-size G] [--json]
-    relbudget plan --rollouts FILE --target-xi X [--group-size G] [--json]
+    relbudget xi   --rollouts FILE [--horizon H ...] [--group-size G] [--reward R] [--json]
+    relbudget plan --rollouts FILE --target-xi X [--group-size G] [--reward R] [--json]
+
+`--reward within|final|budget` (default within) chooses the reward whose mean, variance and share
+of informative groups are reported per horizon (`reward_mean`, `reward_var`, `p_informative`);
+`p` = P(T <= H) is always there.
 
 Defaults come from relbudget.params.XiParams, the one source of the xi knobs. `--json` prints
 exactly one JSON object on stdout. Any error (missing file, schema failure, a bad number, a horizon
@@ -60,12 +64,12 @@ def _num(x: Any, fmt: str = ".4g") -> str:
 
 def cmd_xi(args: argparse.Namespace) -> int:
     xp = _xi_params(args)
-    df = read_table(args.rollouts, ROLLOUTS)
+    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
     cap = est.table_cap(df)
     horizons = args.horizon if args.horizon else est.summary_horizons(cap)
     s = est.summarize(df, horizons, group_size=xp.group_size, n_bootstrap=xp.n_bootstrap,
                       ci_level=xp.ci_level, seed=xp.seed, deficient_below=xp.deficient_below,
-                      ample_above=xp.ample_above)
+                      ample_above=xp.ample_above, reward=args.reward)
     if args.json:
         print(json.dumps(s, allow_nan=False))
         return 0
@@ -81,14 +85,17 @@ def cmd_xi(args: argparse.Namespace) -> int:
     print(f"mean per-prompt E[T|x] over solved prompts = {_num(s['E_T_prompt_mean'], '.2f')}; "
           f"unsolved prompts: {s['unsolved_share']:.1%}")
     print(f"group size G = {xp.group_size}; regimes: deficient xi < {xp.deficient_below:g}, "
-          f"ample xi > {xp.ample_above:g}")
+          f"ample xi > {xp.ample_above:g}; reward: {args.reward}")
     print()
-    head = f"{'H':>7} {'xi':>8} {'p(H)':>8} {'p(1-p)':>8} {'P_inf':>8} {'P_inf(p)':>9}  regime"
+    head = (f"{'H':>7} {'xi':>8} {'p(H)':>8} {'E[R]':>8} {'Var[R]':>8} {'P_inf':>8} "
+            f"{'P_inf(p)':>9}  regime")
     print(head)
     for r in s["horizons"]:
-        print(f"{r['H']:>7d} {r['xi']:>8.3f} {r['p']:>8.4f} {r['reward_var']:>8.4f} "
-              f"{r['p_informative']:>8.4f} {r['p_informative_pooled']:>9.4f}  {r['regime']}")
-    print("\nP_inf: unbiased per-prompt share of informative GRPO groups; "
+        print(f"{r['H']:>7d} {r['xi']:>8.3f} {r['p']:>8.4f} {r['reward_mean']:>8.4f} "
+              f"{r['reward_var']:>8.4f} {r['p_informative']:>8.4f} "
+              f"{r['p_informative_pooled']:>9.4f}  {r['regime']}")
+    print(f"\nE[R], Var[R]: mean and variance of the {args.reward} reward over attempts; "
+          "P_inf: unbiased per-prompt share of GRPO groups whose rewards are not all equal; "
           "P_inf(p): 1 - p^G - (1-p)^G from pooled p")
     return 0
 
@@ -100,8 +107,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not math.isfinite(args.target_xi) or args.target_xi <= 0:
         raise CLIError(f"--target-xi must be a finite number > 0, got {args.target_xi}")
     xp = _xi_params(args)
-    df = read_table(args.rollouts, ROLLOUTS)
-    out = est.to_json_safe(est.plan(df, args.target_xi, xp.group_size))
+    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
+    out = est.to_json_safe(est.plan(df, args.target_xi, xp.group_size, args.reward))
     if out["warning"]:
         print(f"relbudget plan: warning: {out['warning']}", file=sys.stderr)
     if args.json:
@@ -113,7 +120,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if out["extrapolated"]:
         print("p(H), reward variance and P_inf: not measurable above the cap (see warning)")
     else:
-        print(f"predicted at H: p = {out['p']:.4f}, reward variance p(1-p) = {out['reward_var']:.4f}, "
+        print(f"predicted at H: p = {out['p']:.4f}; {out['reward']} reward: mean "
+              f"{out['reward_mean']:.4f}, variance {out['reward_var']:.4f}, "
               f"P_inf(G={out['group_size']}) = {out['p_informative']:.4f} "
               f"(pooled-p formula {out['p_informative_pooled']:.4f})")
     return 0
@@ -132,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--rollouts", required=True, metavar="FILE", help="rollout table (parquet)")
         p.add_argument("--group-size", dest="group_size", type=int, default=None, metavar="G",
                        help=f"GRPO group size for P_inf (default {d.group_size})")
+        p.add_argument("--reward", choices=est.REWARDS, default="within",
+                       help="reward for reward_mean, reward_var and P_inf: within (1 if a correct "
+                       "answer within H), final (ended within H, last answer correct) or budget "
+                       "((H - T + 1) / H if T <= H, else 0) (default within)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     p = sub.add_parser("xi", help="E[T] with CI, and xi, p, P_inf, regime for each horizon")

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 REGIMES = ("deficient", "balanced", "ample")
 
@@ -31,6 +31,8 @@ CI_METHOD = "BCa"
 
 # Prompts x resamples held in memory at once by the bootstrap (indices are int64).
 _BOOTSTRAP_CELLS = 2_000_000
+# Attempts whose per-attempt temporaries are held at once where a formula needs many of them.
+_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------- per attempt
@@ -38,7 +40,7 @@ _BOOTSTRAP_CELLS = 2_000_000
 
 def _fct(df: pd.DataFrame) -> np.ndarray:
     """first_correct_token as float, NaN where the attempt has no correct answer."""
-    return pd.array(df["first_correct_token"], dtype="Float64").to_numpy(dtype=float, na_value=np.nan)
+    return df["first_correct_token"].to_numpy(dtype=float, na_value=np.nan)
 
 
 def is_hit(df: pd.DataFrame) -> pd.Series:
@@ -52,9 +54,15 @@ def consumed(df: pd.DataFrame) -> pd.Series:
     A hit costs the tokens up to its first correct answer (what follows is never needed); a miss
     costs every token it generated before the policy starts over.
     """
+    _, c = _hit_consumed(df)
+    return pd.Series(c.astype(np.int64), index=df.index, name="consumed")
+
+
+def _hit_consumed(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(hit, consumed as float) per attempt, from one read of first_correct_token."""
     fct = _fct(df)
-    n = df["n_tokens"].to_numpy(dtype=float)
-    return pd.Series(np.where(np.isnan(fct), n, fct).astype(np.int64), index=df.index, name="consumed")
+    hit = ~np.isnan(fct)
+    return hit, np.where(hit, fct, df["n_tokens"].to_numpy())
 
 
 def hit_within(df: pd.DataFrame, H: int) -> pd.Series:
@@ -102,19 +110,24 @@ def per_prompt(df: pd.DataFrame) -> pd.DataFrame:
     Columns: prompt_id, n_attempts, hits, consumed_sum, E_T (inf when unsolved), solved, E_T_lower.
     E_T_lower is E_T for a solved prompt and consumed_sum for an unsolved one: at least that many
     tokens went by without a correct answer, so it is the one finite number to plot for it.
+    Rows are sorted by prompt_id. O(attempts) after one sort of the distinct prompt ids.
     """
-    t = pd.DataFrame({"prompt_id": df["prompt_id"].to_numpy(),
-                      "hit": is_hit(df).to_numpy(), "consumed": consumed(df).to_numpy()})
-    out = (t.groupby("prompt_id", sort=True)
-           .agg(n_attempts=("hit", "size"), hits=("hit", "sum"), consumed_sum=("consumed", "sum"))
-           .reset_index())
-    out["hits"] = out["hits"].astype(np.int64)
-    out["solved"] = out["hits"] > 0
+    codes, ids = pd.factorize(df["prompt_id"], sort=True)
+    hit, c = _hit_consumed(df)
+
+    def per_code(weights: np.ndarray | None) -> np.ndarray:
+        # float sums of whole numbers are exact below 2**53
+        return np.bincount(codes, weights=weights, minlength=len(ids)).astype(np.int64)
+
+    hits = per_code(hit)
+    consumed_sum = per_code(c)
+    solved = hits > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        e_t = out["consumed_sum"].to_numpy(float) / out["hits"].to_numpy(float)
-    out["E_T"] = np.where(out["solved"], e_t, np.inf)
-    out["E_T_lower"] = np.where(out["solved"], out["E_T"], out["consumed_sum"].astype(float))
-    return out[["prompt_id", "n_attempts", "hits", "consumed_sum", "E_T", "solved", "E_T_lower"]]
+        e_t = np.where(solved, consumed_sum / hits, np.inf)
+    return pd.DataFrame({"prompt_id": np.asarray(ids, dtype=object),
+                         "n_attempts": per_code(None), "hits": hits,
+                         "consumed_sum": consumed_sum, "E_T": e_t, "solved": solved,
+                         "E_T_lower": np.where(solved, e_t, consumed_sum.astype(float))})
 
 
 def _ratio(c: np.ndarray, h: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -132,40 +145,82 @@ def pooled_E_T(df: pd.DataFrame) -> float:
     """
     if len(df) == 0:
         raise ValueError("the rollout table has no rows")
-    return float(_ratio(consumed(df).to_numpy(float), is_hit(df).to_numpy(float)))
+    hit, c = _hit_consumed(df)
+    return float(_ratio(c, hit))
+
+
+def _bootstrap_ratios(c: np.ndarray, h: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """sum(c) / sum(h) on each of n_resamples resamples of the n (c, h) pairs.
+
+    The resamples are drawn exactly as scipy.stats.bootstrap(paired=True, rng=default_rng(seed),
+    batch=B) draws them: per batch, rng.integers(0, n, (b, n)) indices, so both give the same
+    bootstrap distribution. Batches of _BOOTSTRAP_CELLS // n resamples bound the memory.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(c)
+    batch = max(1, _BOOTSTRAP_CELLS // n)
+    out = np.empty(n_resamples)
+    for k in range(0, n_resamples, batch):
+        i = rng.integers(0, n, (min(batch, n_resamples - k), n))
+        out[k:k + len(i)] = _ratio(c[i], h[i])
+    return out
+
+
+def _bca_levels(c: np.ndarray, h: np.ndarray, theta_b: np.ndarray, alpha: float) -> np.ndarray:
+    """The BCa interval's two quantile levels (Efron & Tibshirani 14.3, as scipy computes them).
+
+    z0 from the share of the bootstrap distribution below the estimate; the acceleration from the
+    jackknife, whose leave-one-prompt-out ratios are closed-form for a ratio of sums,
+    (C - c_i) / (Hh - h_i), so O(n) instead of scipy's O(n^2) re-evaluation. NaN levels (a
+    leave-one-out without any hit gives inf; all resamples equal gives 0 / 0) are left to the caller.
+    """
+    theta = _ratio(c, h)
+    below = np.count_nonzero(theta_b < theta) + np.count_nonzero(theta_b <= theta)
+    z0 = special.ndtri(below / (2 * len(theta_b)))
+    n = len(c)
+    theta_i = _ratio(c.sum() - c, h.sum() - h, axis=())
+    u = (n - 1) * (theta_i.mean() - theta_i)
+    a = 1 / 6 * (np.sum(u**3) / n**3) / (np.sum(u**2) / n**2) ** 1.5
+    z = np.array([special.ndtri(alpha), -special.ndtri(alpha)])
+    return special.ndtr(z0 + (z0 + z) / (1 - a * (z0 + z)))
 
 
 def ratio_ci(consumed_sum: np.ndarray, hits: np.ndarray, n_resamples: int = 999,
              level: float = 0.95, seed: int = 0, method: str = CI_METHOD) -> tuple[float, float]:
     """Bootstrap CI of sum(consumed_sum) / sum(hits), resampling the (prompt) pairs.
 
+    method: 'BCa' (default), 'percentile' or 'basic'. Equal to scipy.stats.bootstrap((c, h),
+    ratio, paired=True, method=..., batch=max(1, _BOOTSTRAP_CELLS // n),
+    rng=np.random.default_rng(seed)), which draws the same resamples, in O(n * n_resamples) time
+    (scipy's BCa jackknife is O(n^2)) and O(_BOOTSTRAP_CELLS) extra memory.
+
     Degenerate cases give a clear answer, not an exception: no hit at all -> (inf, inf);
     a single prompt -> (nan, nan), since one prompt says nothing about prompt-to-prompt spread.
     """
     c = np.asarray(consumed_sum, dtype=float)
     h = np.asarray(hits, dtype=float)
+    m = method.lower()
+    if m not in ("bca", "percentile", "basic"):
+        raise ValueError(f"CI method must be 'BCa', 'percentile' or 'basic', got {method!r}")
     if h.sum() == 0:
         return (math.inf, math.inf)
     if len(c) < 2:
         return (math.nan, math.nan)
 
-    def run(m: str) -> tuple[float, float]:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            # DegenerateDataWarning (all resamples equal) and inf ratios are handled below.
-            warnings.simplefilter("ignore")
-            res = stats.bootstrap((c, h), _ratio, paired=True, vectorized=True,
-                                  n_resamples=n_resamples, confidence_level=level, method=m,
-                                  batch=max(1, _BOOTSTRAP_CELLS // len(c)),
-                                  rng=np.random.default_rng(seed))
-        return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-    low, high = run(method)
-    # BCa's jackknife breaks when leaving one prompt out removes every hit (inf) or when every
-    # resample is equal; the percentile interval is still well defined there (its upper end may
-    # be inf, which is what the data say).
-    if math.isnan(low) or math.isnan(high):
-        low, high = run("percentile")
-    return low, high
+    alpha = (1 - level) / 2
+    with np.errstate(all="ignore"):
+        theta_b = _bootstrap_ratios(c, h, n_resamples, seed)
+        levels = _bca_levels(c, h, theta_b, alpha) if m == "bca" else np.array([alpha, 1 - alpha])
+        low, high = stats.quantile(theta_b, levels)
+        # BCa breaks when leaving one prompt out removes every hit (inf) or when every resample
+        # is equal; the percentile interval is still well defined there (its upper end may be
+        # inf, which is what the data say).
+        if m == "bca" and (math.isnan(low) or math.isnan(high)):
+            low, high = stats.quantile(theta_b, np.array([alpha, 1 - alpha]))
+        if m == "basic":
+            theta = _ratio(c, h)
+            low, high = 2 * theta - high, 2 * theta - low
+    return float(low), float(high)
 
 
 def bootstrap_ci(df: pd.DataFrame, n_resamples: int = 999, level: float = 0.95, seed: int = 0,
@@ -216,16 +271,25 @@ def curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
     if E_T is None:
         E_T = pooled_E_T(df)
 
+    fct = _fct(df)
+    hit = ~np.isnan(fct)
+    hf = fct[hit].astype(np.int64)
+    del fct
     codes, _ = pd.factorize(df["prompt_id"], sort=True)
     n_prompts = int(codes.max()) + 1
     k = np.bincount(codes, minlength=n_prompts).astype(float)  # attempts per prompt
-    fct = _fct(df)
 
-    # Hits sorted by prompt, then by token; rank r = hits of the same prompt that came before.
-    hit = ~np.isnan(fct)
-    hc, hf = codes[hit], fct[hit]
-    order = np.lexsort((hf, hc))
-    hc, hf = hc[order], hf[order]
+    # Hits sorted by prompt, then by token (one in-place sort of prompt * stride + token, which
+    # keeps a multi-million-row table's temporaries few); rank r = hits of the same prompt that
+    # came before.
+    stride = int(hf.max(initial=0)) + 1
+    key = codes[hit]
+    del codes, hit
+    key *= stride
+    key += hf
+    key.sort()
+    hc, hf = np.divmod(key, stride)
+    del key
     r = np.arange(len(hc)) - np.searchsorted(hc, hc, side="left")
 
     # Where each hit starts to count: the first horizon (in sorted order) with H >= token.
@@ -233,12 +297,15 @@ def curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
     j = np.searchsorted(H[h_order], hf, side="left")
     nH = len(H)
 
-    def accumulate(weights: np.ndarray) -> np.ndarray:
+    def accumulate(weights: np.ndarray | None) -> np.ndarray:
         # Sum of per-hit increments over hits with token <= H, for each sorted horizon.
         return np.cumsum(np.bincount(j, weights=weights, minlength=nH + 1))[:nH]
 
-    n_hits_sorted = accumulate(np.ones(len(hf)))
-    delta = p_mixed(r + 1, k[hc], G) - p_mixed(r, k[hc], G)
+    n_hits_sorted = accumulate(None)
+    delta = np.empty(len(hc))
+    for lo in range(0, len(hc), _CHUNK):  # p_mixed's temporaries on a chunk of hits at a time
+        r_s, k_s = r[lo:lo + _CHUNK], k[hc[lo:lo + _CHUNK]]
+        delta[lo:lo + _CHUNK] = p_mixed(r_s + 1, k_s, G) - p_mixed(r_s, k_s, G)
     mixed_sorted = p_mixed(np.zeros(n_prompts), k, G).sum() + accumulate(delta)
 
     # Back to the caller's order of horizons.
@@ -258,6 +325,220 @@ def curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
         "p_informative": mixed / n_prompts,
         "p_informative_pooled": 1.0 - p**G - (1.0 - p) ** G,
     })
+
+
+# ---------------------------------------------------------------- rewards at horizon H
+
+REWARDS = ("within", "final", "budget")
+
+
+def _check_reward(reward: str) -> str:
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
+    return reward
+
+
+def final_within(df: pd.DataFrame, H: int) -> pd.Series:
+    """The `final` reward at horizon H: the completion ended within H and its last answer is right.
+
+    A completion cut by H has no final answer (its text stops mid-way), so it scores 0 whatever
+    `final_correct` says of the truncated text. "Ended within H" is read from the table: stopped on
+    its own (`eos`, or the early exit `first_correct`, where first_correct_token == n_tokens) with
+    n_tokens <= H. A `length` row was cut at the cap, so it has no final answer even at H = cap.
+    With the early exit the last answer of a hit is its first correct one, so on such a table
+    `final` equals `within` for hits; the table cannot tell how the completion would have ended.
+    """
+    n = df["n_tokens"].to_numpy()
+    ended = (df["stop_reason"].to_numpy() != "length") & (n <= H)
+    return pd.Series(ended & df["final_correct"].to_numpy(dtype=bool), index=df.index,
+                     name="final_within")
+
+
+def budget_reward(df: pd.DataFrame, H: int) -> pd.Series:
+    """The length-aware `budget` reward at horizon H: (H - T + 1) / H if T <= H, else 0.
+
+    T is the completion's own first_correct_token (no restart across completions): 1 for an answer
+    at the first token, 1/H for one at the last token of the budget, 0 for none within H. This form
+    is taken from a summary of the paper (Wachi et al. 2026, arXiv 2602.01523) and was not checked
+    against the PDF.
+    """
+    fct = _fct(df)
+    with np.errstate(invalid="ignore"):
+        r = np.where(fct <= H, (H - fct + 1.0) / H, 0.0)
+    return pd.Series(r, index=df.index, name="budget_reward")
+
+
+def reward_at(df: pd.DataFrame, H: int, reward: str) -> pd.Series:
+    """Per-attempt reward at horizon H: `within` (float 0/1), `final` (float 0/1) or `budget`."""
+    _check_reward(reward)
+    if reward == "budget":
+        return budget_reward(df, H)
+    hit = hit_within(df, H) if reward == "within" else final_within(df, H)
+    return hit.astype(float).rename(reward)
+
+
+def p_all_equal(counts: np.ndarray, k: np.ndarray, group_size: int) -> np.ndarray:
+    """P(all G draws of a group fall in one class of c attempts), per (class, prompt) pair.
+
+    K >= G: C(c,G)/C(K,G) = prod_i (c-i)/(K-i) (unbiased for p_v^G, drawing without replacement;
+    a ratio of products, so no overflow for large G); K < G: the plug-in (c/K)^G.
+    """
+    G = _check_group_size(group_size)
+    c = np.asarray(counts, dtype=float)
+    k = np.asarray(k, dtype=float)
+    out = np.ones(np.broadcast(c, k).shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(G):
+            out = out * np.clip(c - i, 0.0, None) / (k - i)
+        plug_in = (c / k) ** G
+    return np.where(k >= G, out, plug_in)
+
+
+def _p_informative_runs(codes: np.ndarray, key: np.ndarray, k: np.ndarray, G: int) -> float:
+    """Mean over prompts of 1 - sum_v C(c_v,G)/C(K,G), for rows sorted so that equal keys of a
+    prompt are contiguous (codes: prompt index 0..P-1 per row, k: attempts per prompt)."""
+    start = np.ones(len(codes), dtype=bool)
+    start[1:] = (codes[1:] != codes[:-1]) | (key[1:] != key[:-1])
+    first = np.flatnonzero(start)
+    counts = np.diff(np.append(first, len(codes)))
+    run_prompt = codes[first]
+    same = np.bincount(run_prompt, weights=p_all_equal(counts, k[run_prompt], G),
+                       minlength=len(k))
+    return float(np.mean(1.0 - same))
+
+
+def reward_curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
+                  reward: str = "within") -> pd.DataFrame:
+    """Per H: reward_mean, reward_var (over all attempts) and p_informative for one reward.
+
+    p_informative is the unbiased per-prompt share of GRPO groups of G (drawn without replacement
+    from that prompt's K attempts) whose rewards are not all equal, averaged over prompts:
+    1 - sum over distinct reward values v of C(c_v,G)/C(K,G), the plug-in 1 - sum (c_v/K)^G when
+    K < G (as p_mixed). `within` is curves() itself (reward_mean = p). One pass over the rows per
+    horizon; rows are sorted once.
+    """
+    _check_reward(reward)
+    H = check_horizons(df, horizons)
+    G = _check_group_size(group_size)
+    if reward == "within":
+        cv = curves(df, H, G, E_T=math.nan)
+        return pd.DataFrame({"H": H, "reward_mean": cv["p"], "reward_var": cv["reward_var"],
+                             "p_informative": cv["p_informative"]})
+    codes, _ = pd.factorize(df["prompt_id"], sort=True)
+    k = np.bincount(codes).astype(float)
+    fct = _fct(df)
+    # Budget rewards of a prompt are equal iff their T (any T > H counting as one "none") are, and
+    # min(T, H + 1) is monotone in T: rows sorted by (prompt, T) keep equal rewards contiguous.
+    order = np.lexsort((np.nan_to_num(fct, nan=np.inf), codes))
+    codes_s, fct_s = codes[order], fct[order]
+    rows = []
+    for h in H:
+        r = reward_at(df, int(h), reward).to_numpy()
+        if reward == "budget":
+            key = np.where(fct_s <= h, fct_s, h + 1.0)
+            p_inf = _p_informative_runs(codes_s, key, k, G)
+        else:  # binary: p_mixed from the count of ones per prompt
+            ones = np.bincount(codes, weights=r, minlength=len(k))
+            p_inf = float(np.mean(p_mixed(ones, k, G)))
+        rows.append({"H": int(h), "reward_mean": float(r.mean()), "reward_var": float(r.var()),
+                     "p_informative": p_inf})
+    return pd.DataFrame(rows, columns=["H", "reward_mean", "reward_var", "p_informative"])
+
+
+def _reward_columns(cv: pd.DataFrame, df: pd.DataFrame, group_size: int,
+                    reward: str) -> pd.DataFrame:
+    """curves() with reward_mean added and, for a reward other than `within`, its reward_var and
+    p_informative in place of the binary ones (p and p_informative_pooled stay as they are)."""
+    cv = cv.copy()
+    rc = reward_curves(df, cv["H"], group_size, reward) if reward != "within" else \
+        cv.rename(columns={"p": "reward_mean"})
+    cv["reward_mean"] = rc["reward_mean"].to_numpy()
+    cv["reward_var"] = rc["reward_var"].to_numpy()
+    cv["p_informative"] = rc["p_informative"].to_numpy()
+    return cv
+
+
+# ---------------------------------------------------------------- the Gamma model of T
+
+
+def restart_T(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """T under restart semantics: (observed, right-censored) token counts, int64 arrays.
+
+    Per prompt, its attempts are walked in attempt order, adding up what each consumes (tokens to
+    the first correct answer for a hit, every token for a miss). Each hit closes one observed T
+    (the tokens since the previous hit of that prompt, or since its start); misses after a
+    prompt's last hit give one right-censored T, at least their sum (dropped when that sum is 0,
+    since T >= 0 says nothing). Observed T's come in (prompt_id, attempt) order.
+    """
+    codes, _ = pd.factorize(df["prompt_id"], sort=True)
+    order = np.lexsort((df["attempt"].to_numpy(), codes))
+    codes = codes[order]
+    c = consumed(df).to_numpy()[order]
+    hit = is_hit(df).to_numpy()[order]
+    cs = np.cumsum(c)
+    n_prompts = int(codes.max()) + 1 if len(codes) else 0
+    first = np.searchsorted(codes, np.arange(n_prompts), side="left")
+    last = np.searchsorted(codes, np.arange(n_prompts), side="right") - 1
+    start = (cs - c)[first]  # tokens before each prompt's first attempt (global cumsum)
+    ends = cs[hit]
+    hc = codes[hit]
+    new_prompt = np.ones(len(hc), dtype=bool)
+    new_prompt[1:] = hc[1:] != hc[:-1]
+    prev = np.where(new_prompt, start[hc], np.roll(ends, 1))
+    observed = ends - prev
+    mark = start.copy()
+    np.maximum.at(mark, hc, ends)  # ends grow within a prompt: the last hit's end
+    censored = cs[last] - mark
+    return observed.astype(np.int64), censored[censored > 0].astype(np.int64)
+
+
+def _sup_distance(cdf, t: np.ndarray, km: np.ndarray) -> float:
+    """sup over whole tokens t <= max(t) of |cdf(t) - KM(t)|: KM is flat between its jumps t_i, so
+    the sup is at a jump (cdf(t_i) vs KM(t_i)) or just before it (cdf(t_i - 1) vs KM(t_{i-1}))."""
+    before = np.concatenate([[0.0], km[:-1]])
+    return float(max(np.max(np.abs(cdf(t) - km)), np.max(np.abs(cdf(t - 1.0) - before))))
+
+
+def km_cdf(observed: np.ndarray, censored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier estimate of P(T <= t): its jump points t and values (scipy.stats.ecdf)."""
+    data = stats.CensoredData(uncensored=np.asarray(observed, float), right=np.asarray(censored, float))
+    cdf = stats.ecdf(data).cdf
+    return np.asarray(cdf.quantiles, float), np.asarray(cdf.probabilities, float)
+
+
+def fit_gamma_T(observed: np.ndarray, censored: np.ndarray) -> dict[str, Any]:
+    """Maximum-likelihood T ~ Gamma(K, rate) (and Exponential, K = 1) with right censoring.
+
+    One pooled fit over all prompts (the per-prompt T | x of the theory mixed over prompts).
+    Goodness of fit: the sup-distance between the fitted CDF and the Kaplan-Meier estimate over
+    whole tokens up to the largest T seen (T counts tokens, so the fit is read as the law of
+    ceil(X), whose CDF at a whole t is the Gamma CDF at t). With the Exponential, the mean
+    (sum observed + sum censored) / n_observed is the pooled E_T of the same table.
+    """
+    obs = np.asarray(observed, dtype=float)
+    cens = np.asarray(censored, dtype=float)
+    if len(obs) == 0:
+        raise ValueError("no correct answer in the rollout table, so no T is observed and the "
+                         "Gamma model of T cannot be fitted")
+    data = stats.CensoredData(uncensored=obs, right=cens)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        K, _, scale = stats.gamma.fit(data, floc=0)
+        _, e_scale = stats.expon.fit(data, floc=0)
+    t, km = km_cdf(obs, cens)
+    gamma, expon = stats.gamma(K, scale=scale), stats.expon(scale=e_scale)
+    return {
+        "K": float(K), "rate": float(1.0 / scale), "mean": float(K * scale),
+        "n_observed": int(len(obs)), "n_censored": int(len(cens)),
+        "sup_distance": _sup_distance(gamma.cdf, t, km),
+        "expon_rate": float(1.0 / e_scale), "expon_mean": float(e_scale),
+        "expon_sup_distance": _sup_distance(expon.cdf, t, km),
+    }
+
+
+def fit_gamma(df: pd.DataFrame) -> dict[str, Any]:
+    """fit_gamma_T on the restart-semantics T of a rollout table (see restart_T)."""
+    return fit_gamma_T(*restart_T(df))
 
 
 # ---------------------------------------------------------------- regimes and horizons
@@ -289,8 +570,12 @@ def summary_horizons(max_tokens: int, fractions: Iterable[float] = (0.125, 0.25,
 # ---------------------------------------------------------------- planner and summary
 
 
-def plan(df: pd.DataFrame, target_xi: float, group_size: int) -> dict[str, Any]:
+def plan(df: pd.DataFrame, target_xi: float, group_size: int,
+         reward: str = "within") -> dict[str, Any]:
     """The horizon for a target xi: H = max(1, round(target_xi * E_T)), with p, p(1-p), P_inf at H.
+
+    reward_mean, reward_var and p_informative are those of `reward` (reward_curves); for `within`
+    reward_mean = p and the rest is p(1-p) and the unbiased P_inf, as always.
 
     If H is above the table's cap the data cannot measure p there: the predictions are None,
     `extrapolated` is True and `warning` says why (sample again with a larger max_tokens).
@@ -298,6 +583,7 @@ def plan(df: pd.DataFrame, target_xi: float, group_size: int) -> dict[str, Any]:
     if target_xi is None or not math.isfinite(target_xi) or target_xi <= 0:
         raise ValueError(f"target xi must be a finite number > 0, got {target_xi!r}")
     G = _check_group_size(group_size)
+    _check_reward(reward)
     E_T = pooled_E_T(df)
     if not math.isfinite(E_T):
         raise ValueError("no attempt in the rollout table is correct, so E[T] is infinite and "
@@ -305,25 +591,31 @@ def plan(df: pd.DataFrame, target_xi: float, group_size: int) -> dict[str, Any]:
     H = max(1, int(math.floor(target_xi * E_T + 0.5)))  # round half up
     cap = table_cap(df)
     out: dict[str, Any] = {"target_xi": float(target_xi), "H": H, "xi": H / E_T, "E_T": E_T,
-                           "group_size": G, "max_tokens": cap, "extrapolated": H > cap,
-                           "warning": None}
+                           "group_size": G, "reward": reward, "max_tokens": cap,
+                           "extrapolated": H > cap, "warning": None}
     if H > cap:
-        out.update(p=None, reward_var=None, p_informative=None, p_informative_pooled=None)
+        out.update(p=None, reward_mean=None, reward_var=None, p_informative=None,
+                   p_informative_pooled=None)
         out["warning"] = (f"H={H} is above the table's cap max_tokens={cap}; p(H), reward variance "
                           f"and P_inf cannot be measured there (sample with max_tokens >= {H})")
         return out
-    row = curves(df, [H], G, E_T=E_T).iloc[0]
-    out.update({c: float(row[c]) for c in ("p", "reward_var", "p_informative", "p_informative_pooled")})
+    row = _reward_columns(curves(df, [H], G, E_T=E_T), df, G, reward).iloc[0]
+    out.update({c: float(row[c]) for c in ("p", "reward_mean", "reward_var", "p_informative",
+                                           "p_informative_pooled")})
     return out
 
 
 def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_size: int = 8,
               n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0,
-              deficient_below: float = 0.5, ample_above: float = 3.0) -> dict[str, Any]:
+              deficient_below: float = 0.5, ample_above: float = 3.0,
+              reward: str = "within") -> dict[str, Any]:
     """The DESIGN section 6 `xi` summary, JSON-safe (inf and nan become None).
 
-    horizons=None uses summary_horizons(cap).
+    horizons=None uses summary_horizons(cap). Per horizon, reward_mean, reward_var and
+    p_informative are those of `reward` (for `within`: p, p(1-p) and P_inf); p and
+    p_informative_pooled (1 - p^G - (1-p)^G) always refer to the binary p(H).
     """
+    _check_reward(reward)
     cap = table_cap(df)
     H = check_horizons(df, summary_horizons(cap) if horizons is None else horizons)
     pp = per_prompt(df)
@@ -331,10 +623,11 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
     low, high = ratio_ci(pp["consumed_sum"].to_numpy(), pp["hits"].to_numpy(),
                          n_resamples=n_bootstrap, level=ci_level, seed=seed)
     solved = pp["solved"].to_numpy()
-    cv = curves(df, H, group_size, E_T=E_T)
+    cv = _reward_columns(curves(df, H, group_size, E_T=E_T), df, group_size, reward)
     rows = []
     for c in cv.itertuples(index=False):
-        rows.append({"H": int(c.H), "xi": c.xi, "p": c.p, "reward_var": c.reward_var,
+        rows.append({"H": int(c.H), "xi": c.xi, "p": c.p, "reward_mean": c.reward_mean,
+                     "reward_var": c.reward_var,
                      "p_informative": c.p_informative,
                      "p_informative_pooled": c.p_informative_pooled,
                      "regime": regime_of(c.xi, deficient_below, ample_above)})
@@ -349,6 +642,7 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
         "horizons": rows,
         "max_tokens": cap,
         "group_size": int(group_size),
+        "reward": reward,
         "ci_level": float(ci_level),
         "ci_method": CI_METHOD,
         "n_bootstrap": int(n_bootstrap),

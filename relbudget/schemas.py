@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow as pa_lib
+import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
 from relbudget.io import write_parquet
@@ -34,6 +37,26 @@ def _first_correct_implies_end(df: pd.DataFrame) -> pd.Series:
     return (df["stop_reason"] != "first_correct") | (df["first_correct_token"] == df["n_tokens"])
 
 
+def _attempt_unique(df: pd.DataFrame) -> pd.Series:
+    """False on each row whose (prompt_id, attempt) occurs more than once.
+
+    Counts prompt code * stride + attempt with np.bincount (about 16 bytes a row) where attempts
+    are dense, as they are (0..K-1); DataFrame.duplicated, what `unique=` runs, hashes the pairs
+    at about 40 bytes a row, which dominates reading a multi-million-row table.
+    """
+    if "prompt_id" not in df or "attempt" not in df:
+        return pd.Series(True, index=df.index)  # the missing column is reported on its own
+    codes, uniques = pd.factorize(df["prompt_id"])
+    attempt = df["attempt"].to_numpy()
+    if (len(df) and attempt.dtype.kind == "i" and attempt.min() >= 0 and codes.min() >= 0
+            and len(uniques) * (int(attempt.max()) + 1) <= 2 * len(df) + 1024):
+        codes *= int(attempt.max()) + 1
+        codes += attempt
+        twice = np.flatnonzero(np.bincount(codes) > 1)
+        return pd.Series(~np.isin(codes, twice) if len(twice) else True, index=df.index)
+    return ~df.duplicated(["prompt_id", "attempt"], keep=False)
+
+
 def _fct_within_attempt(df: pd.DataFrame) -> pd.Series:
     fct = df["first_correct_token"]
     return fct.isna() | ((fct >= 1) & (fct <= df["n_tokens"]))
@@ -52,12 +75,12 @@ ROLLOUTS = pa.DataFrameSchema(
         "seed": pa.Column(int),
     },
     checks=[
+        pa.Check(_attempt_unique, name="multiple_fields_uniqueness"),  # as pandera's unique=
         pa.Check(_fct_within_attempt, error="first_correct_token must lie in 1..n_tokens"),
         pa.Check(_length_implies_cap, error="stop_reason 'length' implies n_tokens == max_tokens"),
         pa.Check(_first_correct_implies_end,
                  error="stop_reason 'first_correct' implies first_correct_token == n_tokens"),
     ],
-    unique=["prompt_id", "attempt"],
     strict=False,  # extra columns (completion text, logprobs) are allowed
     coerce=False,
     name="rollouts",
@@ -112,14 +135,18 @@ def _explain(err: SchemaErrors, what: str) -> TableError:
 def validate(df: pd.DataFrame, schema: pa.DataFrameSchema, what: str | None = None) -> pd.DataFrame:
     """Validate lazily; raise TableError naming every failing check and row (capped)."""
     try:
-        return schema.validate(df, lazy=True)
+        # pandera deep-copies the frame unless inplace; no schema here coerces, so nothing is
+        # written, and a shallow copy (copy-on-write) still hands the caller a new frame.
+        return schema.validate(df.copy(deep=False), lazy=True, inplace=True)
     except SchemaErrors as err:
         raise _explain(err, what or schema.name) from None
 
 
 def normalise_rollouts(df: pd.DataFrame) -> pd.DataFrame:
     """Bring the columns to their schema dtypes (a nullable int for first_correct_token)."""
-    df = df.copy()
+    # Shallow: columns are replaced, never written into (copy-on-write, pandas >= 3), so the
+    # caller's frame is untouched without copying a multi-million-row table.
+    df = df.copy(deep=False)
     for col in ("attempt", "n_tokens", "max_tokens", "seed"):
         if col in df and df[col].dtype != "int64" and df[col].notna().all():
             df[col] = df[col].astype("int64")
@@ -134,11 +161,26 @@ def write_table(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) 
     return df
 
 
-def read_table(path: str | Path, schema: pa.DataFrameSchema) -> pd.DataFrame:
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """pd.read_parquet, one column at a time: only one column is held twice (Arrow and pandas)
+    at once, so the peak memory is about the frame's own size rather than twice it."""
+    meta = pq.read_schema(path)
+    names = [c for c in meta.names if columns is None or c in columns]
+    if any(isinstance(c, str) for c in (meta.pandas_metadata or {}).get("index_columns", [])):
+        return pd.read_parquet(path, columns=names)  # a stored index: read it once, with the rest
+    df = pd.DataFrame({c: pd.read_parquet(path, columns=[c])[c] for c in names}, copy=False)
+    pa_lib.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages
+    return df
+
+
+def read_table(path: str | Path, schema: pa.DataFrameSchema,
+               schema_columns_only: bool = False) -> pd.DataFrame:
+    """Read and validate a table; schema_columns_only skips extra columns (completion text, ...)
+    that the caller does not need, which can be most of a rollout table's size."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{schema.name} table not found: {path}")
-    df = pd.read_parquet(path)
+    df = _read_parquet(path, list(schema.columns) if schema_columns_only else None)
     if schema is ROLLOUTS:
         df = normalise_rollouts(df)
     return validate(df, schema, f"{schema.name} table {path}")

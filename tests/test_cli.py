@@ -91,6 +91,21 @@ def test_plan_json_and_human(table):
     assert r.returncode == 0 and f"H = {out['H']}" in r.stdout
 
 
+def test_xi_reward_budget_json_and_human(table):
+    path, df = table
+    r = run("xi", "--rollouts", path, "--json", "--reward", "budget", "--horizon", 64,
+            "--n-bootstrap", 100)
+    assert r.returncode == 0, r.stderr
+    h = json.loads(r.stdout)["horizons"][0]
+    want = est.reward_curves(df, [64], XiParams().group_size, "budget").iloc[0]
+    assert h["reward_mean"] == pytest.approx(want["reward_mean"])
+    assert h["reward_var"] == pytest.approx(want["reward_var"])
+    assert h["p_informative"] == pytest.approx(want["p_informative"])
+    assert h["p"] == pytest.approx(est.hit_within(df, 64).mean())
+    r = run("xi", "--rollouts", path, "--reward", "budget", "--n-bootstrap", 100)
+    assert r.returncode == 0 and "E[R]" in r.stdout and "reward: budget" in r.stdout
+
+
 def test_plan_beyond_cap_warns(table):
     path, _ = table
     r = run("plan", "--rollouts", path, "--target-xi", 10, "--json")

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,45 @@ def test_bootstrap_degenerate_and_deterministic(tiny):
     same = tiny_table([(p, 4, 4) for p in "abcde"], CAP)
     assert est.bootstrap_ci(same, 99) == pytest.approx((4.0, 4.0))
     assert est.bootstrap_ci(tiny, 199, seed=3) == est.bootstrap_ci(tiny, 199, seed=3)
+
+
+def _scipy_ratio_ci(c, h, n_resamples, level, seed, method):
+    """The reference: scipy.stats.bootstrap on the same pairs, with ratio_ci's batch size and a
+    generator with the same seed, so it draws the very same resamples (ratio_ci reproduces
+    scipy's rng.integers calls); where BCa is undefined, ratio_ci's percentile fallback."""
+    from scipy import stats
+
+    def run(m):
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap((c, h), est._ratio, paired=True, vectorized=True,
+                                  n_resamples=n_resamples, confidence_level=level, method=m,
+                                  batch=max(1, est._BOOTSTRAP_CELLS // len(c)),
+                                  rng=np.random.default_rng(seed))
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+    low, high = run(method)
+    if method == "BCa" and (math.isnan(low) or math.isnan(high)):
+        low, high = run("percentile")
+    return low, high
+
+
+@pytest.mark.parametrize("cells", [est._BOOTSTRAP_CELLS, 97])  # one batch; many odd-sized ones
+def test_ratio_ci_equals_scipy_bootstrap_on_the_same_resamples(monkeypatch, cells):
+    # ratio_ci computes the BCa jackknife in closed form (O(prompts)); scipy re-evaluates the
+    # statistic on every leave-one-out sample (O(prompts^2)). Same resamples, same interval.
+    monkeypatch.setattr(est, "_BOOTSTRAP_CELLS", cells)
+    tables = [make_rollouts(n, k, seed=n) for n, k in ((3, 2), (20, 4), (57, 8), (150, 3))]
+    tables.append(tiny_table([("s", 3, 3)] + [(f"u{i}", 10, None) for i in range(12)], CAP))
+    tables.append(tiny_table([(p, 4, 4) for p in "abcde"], CAP))  # every resample equal
+    for df in tables:
+        pp = est.per_prompt(df)
+        c, h = pp["consumed_sum"].to_numpy(float), pp["hits"].to_numpy(float)
+        for method, level, seed in (("BCa", 0.95, 0), ("BCa", 0.8, 5), ("percentile", 0.9, 1),
+                                    ("basic", 0.95, 2)):
+            got = est.ratio_ci(c, h, 299, level, seed, method)
+            want = _scipy_ratio_ci(c, h, 299, level, seed, method)
+            assert got == pytest.approx(want, rel=1e-6, abs=1e-6), (len(c), method)
 
 
 # ---------------------------------------------------------------- curves over H

@@ -316,6 +316,10 @@ HOSTILE = [
     pytest.param(_random_mb(), id="1MB-random-bytes"),
 ]
 GOLDS = {"int": "42", "prose": "42", "gsm8k": "42", "math": "\\frac{1}{2}"}
+# A correct answer in each format, and the characters that confirm it (its terminator included;
+# the closing brace for math).
+ANSWERS = {"int": ("A:42\n", 5), "prose": ("Answer: 42\n", 11), "gsm8k": ("#### 42\n", 8),
+           "math": ("\\boxed{\\frac{1}{2}}\n", 19)}
 TIMINGS: dict[str, float] = {}
 
 
@@ -329,9 +333,16 @@ def test_hostile_inputs_are_fast(text, fmt, request):
         dt = time.perf_counter() - t0
         TIMINGS[request.node.callspec.id + f"-ended={ended}"] = dt
         assert dt < 1.0, f"{dt:.2f}s"
-        assert isinstance(v, Verdict) and r in (0.0, 1.0, 2.0)
-        assert v.first_correct_chars is None or v.first_correct_chars <= min(len(text),
-                                                                             V.MAX_SCAN_CHARS)
+        # No hostile text holds the gold answer (nor a look-alike: other digits, signs, nesting),
+        # so nothing is correct and no reward is paid.
+        assert isinstance(v, Verdict) and r == 0.0
+        assert (v.first_correct_chars, v.at_eos, v.final_correct) == (None, False, False)
+        # The same text after a genuine answer: that answer is still found, confirmed right
+        # where it ends, however hostile what follows is.
+        answer, confirmed_at = ANSWERS[fmt]
+        after = verify(answer + text, GOLDS[fmt], fmt, ended)
+        assert (after.first_correct_chars, after.at_eos) == (confirmed_at, False)
+        assert after.n_candidates >= 1
 
 
 def test_hostile_values_never_correct():
