@@ -1,7 +1,7 @@
 """The pipeline of dvc.yaml as a Prefect 3 flow: same stage functions, cached, scheduled.
 
     prepare -> base_policy -> sample_t -> xi -> train@REGIME (one task per regime, fanned out)
-            -> evaluate@REGIME, evaluate@base -> report
+            -> evaluate@REGIME, evaluate@base, sweep@CELL (one per xi x seed) -> report
 
 Every task calls the stage's own `run` through `stages._cli.execute`, the function behind
 `python -m stages.NAME` (and so behind `dvc repro`): one MLflow run per stage execution, ended
@@ -48,16 +48,16 @@ from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTa
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from relbudget.params import Params, ParamsError, Paths, load_params, section_hash
+from relbudget.params import Params, ParamsError, Paths, load_params, params_hash
 
 PROJECT = Path(__file__).resolve().parent.parent
 MEASUREMENT = ("prepare", "base_policy", "sample_t", "xi")
-TRAINING = ("train", "evaluate", "report")
+TRAINING = ("train", "evaluate", "sweep", "report")
 STAGES = MEASUREMENT + TRAINING
 SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
 # running at once in threads of one process would interleave their random streams.
-TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate"})
+TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep"})
 OWN_PACKAGES = ("relbudget", "stages")  # the code whose source enters a cache key
 KEY_VERSION = "1"
 MISSING = "missing"
@@ -65,6 +65,8 @@ DEFAULT_OUT_ROOT = "runs/prefect"
 RESULTS_DIR = ".prefect-results"
 STATE_DIR = ".flow"
 RUNNERS = ("threads", "processes", "dask", "ray")
+REPORT_ARTIFACT = "relbudget-report"  # Prefect artifact keys: lowercase letters, digits, dashes
+SWEEP_ARTIFACT = "relbudget-sweep"
 
 
 # --------------------------------------------------------------------------- flow parameters
@@ -85,6 +87,7 @@ class Timeouts(BaseModel):
     xi: float = Field(1800, gt=0)
     train: float = Field(12 * 3600, gt=0)
     evaluate: float = Field(4 * 3600, gt=0)
+    sweep: float = Field(12 * 3600, gt=0)
     report: float = Field(1800, gt=0)
 
 
@@ -175,9 +178,11 @@ def stage_io(stage: str, regime: str | None, params: Params) -> tuple[list[str],
         policy = p.base_model if regime == "base" else f"{p.models}/{regime}"
         return ([policy, f"{p.prepared}/eval.parquet", f"{p.xi}/budgets.yaml"],
                 [f"{p.eval}/{regime}.json", f"{p.eval}/{regime}_rollouts.parquet"])
+    if stage == "sweep":
+        return ([p.base_model, p.prepared, f"{p.xi}/E_T.json"], [f"{p.sweep}/{regime}"])
     if stage == "report":
-        return ([p.xi, p.eval, *(f"{p.train}/{r}/history.parquet" for r in params.regimes)],
-                [p.report])
+        return ([p.xi, p.eval, *(f"{p.train}/{r}/history.parquet" for r in params.regimes),
+                 *(f"{p.sweep}/{cell}" for cell, _, _ in params.sweep.cells())], [p.report])
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
 
 
@@ -297,7 +302,7 @@ def base_key(stage: str, regime: str | None, params: Params) -> str:
         "v": KEY_VERSION,
         "stage": stage,
         "regime": regime,
-        "params": section_hash(*(getattr(params, s) for s in sections)),
+        "params": params_hash(params, sections),  # the MLflow tag's hash: no paths
         "inputs": {i: tree_digest(i) for i in inputs},
         "code": code_digest(stage),
     }, sort_keys=True)
@@ -372,11 +377,22 @@ def retry_if_transient(task_, task_run, state) -> bool:
 
 def _tag_mlflow_run(label: str) -> None:
     import mlflow
-    from prefect.runtime import flow_run, task_run
+    from prefect.runtime import task_run
 
-    mlflow.set_tags({"orchestrator": "prefect", "prefect.flow_run_id": str(flow_run.id),
-                     "prefect.flow_run_name": str(flow_run.name),
-                     "prefect.task_run_id": str(task_run.id), "prefect.task": label})
+    mlflow.set_tags({"prefect.task_run_id": str(task_run.id), "prefect.task": label})
+
+
+def flow_pipeline_run():
+    """This flow run as one pipeline execution: the parent MLflow run of its stage runs, and the
+    `pipeline_run` tag (`prefect-FLOW_RUN_ID`) on all of them."""
+    from prefect.runtime import flow_run
+
+    from relbudget.tracking import PipelineRun
+
+    rid = str(flow_run.id)
+    return PipelineRun(f"prefect-{rid}", f"flow {flow_run.name}",
+                       {"orchestrator": "prefect", "prefect.flow_run_id": rid,
+                        "prefect.flow_run_name": str(flow_run.name)})
 
 
 def _json_safe(obj: Any) -> Any:
@@ -400,7 +416,8 @@ def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) ->
             _tag_mlflow_run(label)
             return module.run(p, *regime_arg)
 
-        result = execute(stage, fn, params, list(module.SECTIONS), regime)
+        result = execute(stage, fn, params, list(module.SECTIONS), regime,
+                         pipeline=flow_pipeline_run())
         _, outs = stage_io(stage, regime, params)
         digests = {o: tree_digest(o) for o in outs}
         missing = [o for o, d in digests.items() if d == MISSING]
@@ -489,6 +506,26 @@ def _ship_stage_logs() -> Callable[[], None]:
     return undo
 
 
+def publish_report(report_dir: Path) -> list[str]:
+    """The report as artifacts of this flow run (a cached report too): report.md as Markdown and
+    the per-xi sweep table of metrics.json. Returns the keys published."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    published = []
+    md = report_dir / "report.md"
+    if md.exists():
+        create_markdown_artifact(markdown=md.read_text(), key=REPORT_ARTIFACT,
+                                 description=f"relbudget report ({md}); plots: MLflow, {report_dir}")
+        published.append(REPORT_ARTIFACT)
+    metrics = report_dir / "metrics.json"
+    rows = json.loads(metrics.read_text()).get("sweep_by_xi") if metrics.exists() else None
+    if isinstance(rows, list) and rows:
+        create_table_artifact(table=_json_safe(rows), key=SWEEP_ARTIFACT,
+                              description="learning efficiency per swept xi (mean over seeds)")
+        published.append(SWEEP_ARTIFACT)
+    return published
+
+
 def _failure_text(state) -> str:
     if state.name == "TimedOut":
         return f"timed out ({state.message})"
@@ -558,7 +595,11 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
             submit("evaluate", "base", ["xi"])
             for r in params.regimes:
                 submit("evaluate", r, [f"train@{r}"])
-            submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes)])
+            cells = [cell for cell, _, _ in params.sweep.cells()]
+            for cell in cells:
+                submit("sweep", cell, ["xi"])
+            submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes),
+                                    *(f"sweep@{c}" for c in cells)])
         for f in futures.values():
             f.wait()
     finally:
@@ -570,6 +611,8 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
     summary = {"out_root": str(root), "half": "measurement" if missing else "full",
                "missing_stages": missing, "states": {lb: s.name for lb, s in states.items()}}
     logger.info("task states: %s", summary["states"])
+    if "report" in states and states["report"].is_completed():
+        summary["artifacts"] = publish_report(Path(params.paths.report))
     if failed:
         why = "; ".join(msg if msg.startswith(f"stage {lb} ") else f"stage {lb} failed: {msg}"
                         for lb, msg in failed.items())

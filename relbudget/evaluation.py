@@ -1,10 +1,16 @@
-"""Evaluation metrics of a policy from its evaluation rollouts (sampled without early exit).
+"""Evaluation of a policy: sampling its evaluation rollouts, and the metrics at each horizon.
 
 One sampling pass at cap max(H, H_eval) answers every horizon up to it, because a generation
-cut at H is a prefix of the generation at the cap (DESIGN section 2).
+cut at H is a prefix of the generation at the cap (DESIGN section 2). Sampling stops a completion
+at its first correct answer (early exit): accuracy within H, first-answer accuracy, E[T] and
+pass@k are the same as without it, and a policy that runs on after a correct answer costs no
+more than the tokens up to it. Lengths and tokens after the first correct answer are therefore
+measured in training (the history), not here.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,6 +68,35 @@ def metrics_at(df: pd.DataFrame, H: int, pass_k: list[int]) -> dict:
         "tokens_after_correct": tokens_after_correct(df, H),
         "unsolved_share": float(1 - est.per_prompt(c)["solved"].mean()),
     }
+    if "first_answer_correct" in df:
+        # the first answer, when correct, is the first correct one: within H iff its token is
+        out["first_answer_accuracy"] = float((df["first_answer_correct"].astype(bool)
+                                              & est.hit_within(df, H)).mean())
     for k in pass_k:
         out[f"pass@{k}"] = pass_at_k(df, H, k)
     return out
+
+
+def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[str, int], e,
+                    base_policy, backend: str, policy: str,
+                    attempts: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Sample a saved policy on the eval prompts at cap max(horizons), with early exit, and
+    measure it at every named horizon. `e` is the evaluate params section, `base_policy` gives
+    trust_remote_code and chat_template; `attempts` overrides e.attempts (pass@k above it is
+    skipped). Returns (rollout table, result); the result holds no timings."""
+    from relbudget.models import render_prompts
+    from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
+
+    attempts = attempts or e.attempts
+    set_threads(e.threads)
+    cap = max(horizons.values())
+    gen, tok, used = load_generator(backend, folder, cap, e.temperature, 1.0, True, e.batch_size,
+                                    e.seed, base_policy.trust_remote_code)
+    prompts = render_prompts(prompts, tok, base_policy.chat_template)
+    table = sample_table(gen, tok, requests_from(prompts), attempts, cap, e.seed, policy=policy,
+                         chunk_prompts=max(1, len(prompts)), desc=f"evaluate@{policy}")
+    pass_k = [k for k in e.pass_k if k <= attempts]
+    result = {"policy": policy, "cap": cap, "n_prompts": len(prompts), "attempts": attempts,
+              "backend": used, "answers_per_completion_at_cap": float(table["n_answers"].mean()),
+              "at": {name: metrics_at(table, H, pass_k) for name, H in horizons.items()}}
+    return table, result

@@ -140,11 +140,22 @@ def _miss(ids: list[int], H: int) -> dict:
             "stop_reason": "length" if len(ids) >= H else "eos"}
 
 
-def reward_of(row: dict, mode: str) -> float:
+def reward_of(row: dict, mode: str, H: int | None = None) -> float:
     """within: 1 if a correct answer appears in the completion (capped at H, so within H);
-    final: 1 if the last answer is correct. (`after_answer` acts at generation time, not here.)"""
+    final: 1 if the last complete answer is correct (also in a completion cut at H; the table-level
+    `estimators.final_within` is stricter and scores a cut completion 0); budget: (H - T + 1) / H
+    if T <= H else 0, with T the completion's first_correct_token (this length-aware form is taken
+    from a summary of the paper, Wachi et al. 2026, arXiv 2602.01523, and was not checked against
+    the PDF). H defaults to the row's max_tokens (the horizon the completion was scored at).
+    (`after_answer` acts at generation time, not here.)"""
+    fct = row["first_correct_token"]
     if mode == "within":
-        return 1.0 if row["first_correct_token"] is not None else 0.0
+        return 1.0 if fct is not None else 0.0
+    if mode == "budget":
+        if fct is None:
+            return 0.0
+        H = int(H if H is not None else row["max_tokens"])
+        return (H - fct + 1) / H if fct <= H else 0.0
     return 1.0 if row["final_correct"] else 0.0
 
 
@@ -176,6 +187,10 @@ def step_stats(rows: list[dict], rewards: list[float], H: int, G: int) -> dict:
         "n_hits": int(hit.sum()),
         "hit_rate": float(hit.mean()),
         "final_correct_rate": float(np.mean([bool(r["final_correct"]) for r in rows])),
+        # answer candidates per completion (an unscorable completion counts 0)
+        "attempts_per_completion": float(np.mean([r.get("n_answers", 0) for r in rows])),
+        "first_answer_correct_rate": float(np.mean([bool(r.get("first_answer_correct", False))
+                                                    for r in rows])),
     }
 
 
@@ -188,8 +203,8 @@ class BudgetReward:
     """
 
     def __init__(self, tokenizer, H: int, num_generations: int, mode: str = "within"):
-        if mode not in ("within", "final"):
-            raise ValueError(f"reward mode must be 'within' or 'final', got {mode!r}")
+        if mode not in ("within", "final", "budget"):
+            raise ValueError(f"reward mode must be 'within', 'final' or 'budget', got {mode!r}")
         self.tokenizer, self.H, self.G = tokenizer, int(H), int(num_generations)
         self.mode = mode
         self.__name__ = f"reward_{mode}"  # TRL names its reward metrics after this
@@ -211,7 +226,7 @@ class BudgetReward:
                 if failed == 1:
                     log.warning("verifier failed on a completion (reward 0): %s: %s",
                                 type(err).__name__, err)
-        rewards = [reward_of(r, self.mode) for r in rows]
+        rewards = [reward_of(r, self.mode, self.H) for r in rows]
         try:
             self.pending = step_stats(rows, rewards, self.H, self.G)
             self.pending["verifier_failures"] = failed
@@ -281,7 +296,6 @@ class HistoryCallback(TrainerCallback):
         self.rows: list[dict] = list(rows or [])
         self.unlogged: dict = {}
         self.t0 = time.perf_counter()
-        self.seconds_before = self.rows[-1].get("wall_seconds", 0.0) if self.rows else 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.t0 = time.perf_counter()  # wall_seconds counts training, not model loading
@@ -297,11 +311,13 @@ class HistoryCallback(TrainerCallback):
             log.warning("step %d: no rollout statistics were recorded", state.global_step)
             return control
         row = {"step": int(state.global_step), **stats,
-               "cum_generated_tokens": self.cum_tokens + stats["generated_tokens"], "H": self.H,
-               "wall_seconds": self.seconds_before + time.perf_counter() - self.t0}
+               "cum_generated_tokens": self.cum_tokens + stats["generated_tokens"], "H": self.H}
         self.rows.append(row)
-        # sent with TRL's metrics of the same step in on_log: one MLflow call per step (~30 ms each)
-        self.unlogged = {k: v for k, v in row.items() if k != "step"}
+        # sent with TRL's metrics of the same step in on_log: one MLflow call per step (~30 ms each).
+        # The wall clock (of this process) goes to MLflow only: the history is a tracked output
+        # and holds no timings, so an unchanged rerun writes the same bytes.
+        self.unlogged = {**{k: v for k, v in row.items() if k != "step"},
+                         "wall_seconds": time.perf_counter() - self.t0}
         if row["step"] % LOG_EVERY == 0:
             log.info("step %d: %d tokens, reward %.3f, informative %.2f, length %.1f, xi_t %.2f",
                      row["step"], row["cum_generated_tokens"], row["reward_mean"],
@@ -343,7 +359,8 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
     for c in ("reward_mean", "frac_informative", "frac_reward_zero_std", "clipped_ratio",
               "mean_length", "tokens_after_correct", "E_T", "xi_t"):
         df[c] = df[c].astype(float)
-    extra = [c for c in df.columns if c not in HISTORY_COLUMNS]
+    # no timings (a checkpoint from an older version may still carry wall_seconds)
+    extra = [c for c in df.columns if c not in HISTORY_COLUMNS and c != "wall_seconds"]
     return df[HISTORY_COLUMNS + extra]
 
 

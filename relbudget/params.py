@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +37,7 @@ class Paths(Section):
     train: str = "data/train"
     eval: str = "data/eval"
     report: str = "data/report"
+    sweep: str = "data/sweep"
 
 
 class HFSource(Section):
@@ -58,9 +60,10 @@ class DataParams(Section):
     n_eval: int = Field(128, gt=0)
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="digits per operand")
     operands: int = Field(2, ge=2, le=4)
-    style: Literal["trace", "natural"] = Field(
-        "trace", description="trace: compact column-sum prompt for the built-in policy; "
-        "natural: an instruction in English for chat models (SmolLM2)")
+    style: Literal["retry", "trace", "natural"] = Field(
+        "retry", description="retry: the built-in policy self-corrects (several attempts per "
+        "completion, see base_policy.slip_*); trace: one attempt then EOS (a budget that stops "
+        "binding); natural: an instruction in English for chat models (SmolLM2)")
     hf: HFSource | None = None
     seed: int = 0
 
@@ -94,6 +97,14 @@ class BasePolicyParams(Section):
     batch_size: int = Field(64, gt=0)
     lr: float = Field(3e-3, gt=0)
     n_traces: int = Field(20000, gt=0, description="distinct training problems for the traces")
+    # Self-correcting traces (data.style: retry): the policy's imperfection lives in the data.
+    slip_carry: float = Field(0.5, ge=0, lt=1, description="chance that a column with a carry "
+                              "is written off by one in a pre-training attempt")
+    slip_plain: float = Field(0.05, ge=0, lt=1, description="the same for a column without carry")
+    continue_rate: float = Field(0.99, ge=0, le=1, description="chance that a trace goes on with "
+                                 "another attempt after each attempt, right or wrong")
+    trace_tokens: int = Field(320, gt=0, description="longest pre-training completion; set it "
+                              "to at least sampling.max_tokens so every position is trained")
     seed: int = 0
     threads: int = Field(1, gt=0)
 
@@ -137,12 +148,15 @@ class TrainParams(Section):
     stop: Literal["tokens", "steps"] = "tokens"
     token_budget: int = Field(150_000, gt=0, description="completion tokens per regime (compute-matched)")
     max_steps: int = Field(400, gt=0, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
-    reward: Literal["within", "final"] = Field(
+    reward: Literal["within", "final", "budget"] = Field(
         "within", description="within: 1 if a correct answer appears within H (the theory); "
-        "final: the last answer in the completion must be correct")
+        "final: the last answer in the completion must be correct; budget: (H - T + 1) / H if "
+        "T <= H else 0, T the completion's first correct token (the length-aware form a summary "
+        "of the paper reports; not checked against the PDF)")
     after_answer: Literal["keep", "stop"] = Field(
-        "keep", description="keep: text after the first correct answer is generated and trained on; "
-        "stop: generation ends at the first correct answer (no tokens spent after it)")
+        "stop", description="stop (the theory's episode): generation ends at the first correct "
+        "answer, no token is spent or trained on after it; keep: text after the first correct "
+        "answer is generated and trained on (a self-correcting policy then runs on to H)")
     num_generations: int = Field(8, ge=2)
     prompts_per_step: int = Field(8, gt=0)
     lr: float = Field(1e-4, gt=0)
@@ -178,6 +192,57 @@ class EvaluateParams(Section):
         return self
 
 
+def cell_name(xi: float, seed: int) -> str:
+    """A sweep cell's name and folder, as dvc.yaml spells it: xi${item.xi}-s${item.seed}."""
+    return f"xi{xi}-s{seed}"
+
+
+def parse_cell(cell: str) -> tuple[float, int]:
+    """(xi, seed) of a cell name; ValueError unless it is xi<XI>-s<SEED> with a finite XI > 0."""
+    head, sep, seed = cell.rpartition("-s")
+    try:
+        xi, s = float(head[2:]), int(seed)
+    except ValueError:
+        xi = s = None
+    if not (head.startswith("xi") and sep and xi is not None and math.isfinite(xi) and xi > 0):
+        raise ValueError(f"sweep cell {cell!r} is not of the form xi<XI>-s<SEED> with XI > 0")
+    return xi, s
+
+
+class SweepParams(Section):
+    """The xi x seed grid of `dvc repro` (stage sweep@XI-SEED): each cell trains GRPO from the base
+    policy at H = max(1, round(xi * E[T])) on `token_budget` generated completion tokens with
+    train.seed = SEED, then evaluates the policy at H_eval (and its own H)."""
+
+    xi: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 1.75, 3.0, 6.0],
+                            description="target xi values (H = xi * E[T] of the base policy)")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="train seeds per xi")
+    token_budget: int = Field(40_000, gt=0, description="generated completion tokens per cell")
+    eval_attempts: int = Field(4, gt=0, description="samples per eval prompt in each cell")
+
+    @field_validator("xi")
+    @classmethod
+    def _xi(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("sweep.xi must hold at least one value")
+        if any(not (math.isfinite(x) and x > 0) for x in v):
+            raise ValueError(f"every sweep.xi value must be finite and > 0, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"sweep.xi values must be distinct, got {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"sweep.seeds must be a non-empty list of distinct seeds, got {v}")
+        return v
+
+    def cells(self) -> list[tuple[str, float, int]]:
+        """(name, xi, seed) of every cell, xi-major."""
+        return [(cell_name(x, s), x, s) for x in self.xi for s in self.seeds]
+
+
 class ReportParams(Section):
     paper_band: tuple[float, float] = (1.5, 2.0)
 
@@ -194,6 +259,7 @@ class Params(Section):
         description="regime name -> target xi; train@NAME trains at H = xi * E[T]")
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    sweep: SweepParams = SweepParams()
     report: ReportParams = ReportParams()
 
     @field_validator("regimes")
@@ -213,6 +279,17 @@ class Params(Section):
         if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":
             raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below "
                              f"base_policy.max_position ({self.base_policy.max_position})")
+        b = self.base_policy
+        if b.model == "builtin" and self.data.style == "retry":
+            longest_prompt = self.data.operands * (max(self.data.levels) + 1)  # "999+999="
+            if b.trace_tokens + longest_prompt >= b.max_position:
+                raise ValueError(f"base_policy.trace_tokens ({b.trace_tokens}) plus the longest "
+                                 f"prompt ({longest_prompt}) must be below base_policy.max_position "
+                                 f"({b.max_position})")
+            if b.trace_tokens < self.sampling.max_tokens:
+                raise ValueError(f"base_policy.trace_tokens ({b.trace_tokens}) is below "
+                                 f"sampling.max_tokens ({self.sampling.max_tokens}): the policy "
+                                 "would be sampled at positions it never saw in pre-training")
         if self.evaluate.h_eval > self.sampling.max_tokens * 4:
             raise ValueError("evaluate.h_eval is more than 4x sampling.max_tokens; raise the cap first")
         return self
@@ -268,7 +345,34 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 
 def section_hash(*sections: BaseModel | Any) -> str:
-    """A short stable hash of the params a stage reads (tagged on its MLflow run, used as cache key)."""
+    """A short stable hash of params sections (pydantic sections or plain JSON values)."""
     blob = json.dumps([s.model_dump(mode="json") if isinstance(s, BaseModel) else s for s in sections],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Sections that say where files go, not what is computed: left out of params_hash.
+NOT_SCIENCE = frozenset({"paths"})
+
+
+def dump_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
+    """{name: its JSON-ready value} for named sections of params, or single fields of a section
+    by dotted name ('sweep.token_budget')."""
+    out = {}
+    for name in sections:
+        value = params
+        for part in name.split("."):
+            value = getattr(value, part)
+        out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return out
+
+
+def params_hash(params: Params, sections: Iterable[str]) -> str:
+    """The hash of the science a stage reads: its params sections without `paths`.
+
+    One function for the MLflow tag `params_hash` and the Prefect flow's cache key, so the same
+    science hashes the same under `dvc repro` (paths under data/) and the flow (paths re-rooted).
+    Threads and batch sizes stay in: they can change floating-point results (reduction order,
+    padding), so two runs that differ in them are not the same computation."""
+    dumped = dump_sections(params, sorted(set(sections) - NOT_SCIENCE))
+    return section_hash(dumped)

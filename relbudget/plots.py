@@ -8,16 +8,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
 
+from relbudget import estimators as est  # noqa: E402
 from relbudget.io import atomic_path  # noqa: E402
 
 REGIME_COLORS = {"deficient": "tab:red", "balanced": "tab:green", "ample": "tab:blue"}
 
 
 def _save(fig, path: str | Path) -> None:
+    """Write a PNG deterministically: the same figure gives the same bytes (the plots are DVC
+    outputs). Agg's PNG holds no date; the "Software" text chunk (matplotlib's version) is
+    dropped too, so only what is drawn decides the bytes."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
 
 
@@ -59,24 +66,84 @@ def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Non
     _save(fig, path)
 
 
-def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] = (1.5, 2.0)) -> None:
-    """Gain in accuracy at H_eval and fall in E[T], per 100k generated tokens, against xi.
+def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] = (1.5, 2.0),
+               regimes: pd.DataFrame | None = None, peak: dict | None = None) -> None:
+    """Gain in accuracy at H_eval and fall in E[T], per 100k generated tokens, against xi (log).
 
     `rows` has columns xi, gain_per_100k, E_T_fall_per_100k and optional *_err columns
-    (standard errors over seeds) drawn as error bars.
+    (standard errors over seeds) drawn as error bars; `regimes` (same columns and `regime`) are
+    drawn as labelled markers; `peak` ({xi, low, high}) as a line with its interval shaded.
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, label in ((a, "gain_per_100k", "accuracy gain at H_eval per 100k tokens"),
                            (b, "E_T_fall_per_100k", "fall in E[T] per 100k tokens")):
         ax.axvspan(*band, color="grey", alpha=0.15, label=f"paper's band [{band[0]}, {band[1]}]")
-        err = rows[f"{col}_err"] if f"{col}_err" in rows else None
-        ax.errorbar(rows["xi"], rows[col], yerr=err, marker="o", capsize=3, lw=1.5)
-        for r in rows.itertuples(index=False):
-            ax.annotate(str(r.regime), (r.xi, getattr(r, col)), fontsize=8,
-                        xytext=(4, 4), textcoords="offset points")
+        err = rows[f"{col}_err"].fillna(0) if f"{col}_err" in rows else None
+        ax.errorbar(rows["xi"], rows[col], yerr=err, marker="o", capsize=3, lw=1.5,
+                    label="mean +- s.e. over seeds" if err is not None else None)
+        if regimes is not None and len(regimes):
+            ax.scatter(regimes["xi"], regimes[col], marker="x", color="tab:red", zorder=3,
+                       label="named regimes")
+            for r in regimes.itertuples(index=False):
+                ax.annotate(str(r.regime), (r.xi, getattr(r, col)), fontsize=8,
+                            xytext=(4, 4), textcoords="offset points")
+        if peak is not None and ax is a:
+            ax.axvline(peak["xi"], color="tab:green", lw=1, label=f"peak xi = {peak['xi']:g}")
+            if peak["high"] > peak["low"]:
+                ax.axvspan(peak["low"], peak["high"], color="tab:green", alpha=0.08)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")
+        ax.set_xticks(sorted(rows["xi"]))
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set(xlabel="xi = H / E[T] (base policy)", ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def xi_t_sweep(histories: dict[float, list[pd.DataFrame]], slopes: dict[float, float | None],
+               path: str | Path) -> None:
+    """xi_t = H / E_t[T] over training, one colour per swept xi (one line per seed), with the
+    mean fitted slope per 10k tokens in the legend."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for i, (xi, hs) in enumerate(sorted(histories.items())):
+        color = cmap(i / max(len(histories) - 1, 1))
+        slope = slopes.get(xi)
+        for j, h in enumerate(hs):
+            label = None if j else (f"xi = {xi:g}" + (f" (slope {slope:+.3f} / 10k tok)"
+                                                      if slope is not None else ""))
+            ax.plot(h["cum_generated_tokens"] / 1e3, h["xi_t"], color=color, lw=1, alpha=0.8,
+                    label=label)
+    ax.set(xlabel="generated completion tokens (thousands)", ylabel="xi_t = H / E_t[T]",
+           title="xi over training, per swept xi", yscale="log")
+    ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def gamma_fit(df: pd.DataFrame, path: str | Path, fit: dict | None = None) -> None:
+    """Kaplan-Meier CDF of T (restart semantics, censoring handled) against the fitted Gamma(K,
+    rate) CDF and the Exponential (dashed); the title gives K and both sup-distances. `fit` is
+    estimators.fit_gamma(df) when the caller has it already."""
+    observed, censored = est.restart_T(df)
+    fit = fit or est.fit_gamma_T(observed, censored)
+    t, km = est.km_cdf(observed, censored)
+    grid = np.linspace(0.0, float(t.max()), 400)
+    gamma = stats.gamma(fit["K"], scale=1.0 / fit["rate"])
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.step(t, km, where="post", color="black", lw=1.5,
+            label=f"Kaplan-Meier ({fit['n_observed']} observed, {fit['n_censored']} censored)")
+    ax.plot(grid, gamma.cdf(grid), color="tab:orange",
+            label=f"Gamma fit: K = {fit['K']:.2f}, rate = {fit['rate']:.4g}")
+    ax.plot(grid, stats.expon(scale=fit["expon_mean"]).cdf(grid), color="tab:blue", ls="--",
+            label=f"Exponential fit (K = 1), sup-distance {fit['expon_sup_distance']:.3f}")
+    ax.set(xlabel="T (tokens to the first correct answer, restart semantics)",
+           ylabel="P(T <= t)", ylim=(0, 1.0),
+           title=f"T ~ Gamma: K = {fit['K']:.2f}, sup |fit - KM| = {fit['sup_distance']:.3f}")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
     _save(fig, path)

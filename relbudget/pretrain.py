@@ -1,8 +1,10 @@
 """Supervised pre-training of the built-in base policy on column-sum traces.
 
-The goal is an *imperfect* policy with a spread of T: a few minutes of next-token training on
-traces leaves it right most of the time on short sums and often wrong on long ones, which is
-what RL under a budget needs to have something to learn. Loss is on completion tokens only.
+The goal is an *imperfect* policy with a spread of T, which is what RL under a budget needs to
+have something to learn. With self-correcting traces (`data.style: retry`) the imperfection is
+in the data (slip rates, see relbudget/task.py) and pre-training runs until the policy imitates
+it; with single-attempt traces (`trace`) it comes from stopping pre-training early. Loss is on
+completion tokens only; a trace cut before its end gets no EOS.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ from tqdm.auto import tqdm
 from relbudget.params import BasePolicyParams
 
 
-def encode_pairs(tokenizer, pairs: list[tuple[str, str]]) -> list[tuple[list[int], int]]:
-    """(ids of prompt+completion+eos, prompt length) per pair."""
+def encode_pairs(tokenizer, pairs: list[tuple]) -> list[tuple[list[int], int]]:
+    """(ids of prompt+completion[+eos], prompt length) per (prompt, completion[, ends]) pair;
+    EOS is appended unless `ends` is given and false (a trace cut short)."""
     out = []
-    for prompt, completion in pairs:
+    for prompt, completion, *ends in pairs:
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        out.append((p + c + [tokenizer.eos_token_id], len(p)))
+        eos = [tokenizer.eos_token_id] if (not ends or ends[0]) else []
+        out.append((p + c + eos, len(p)))
     return out
 
 
@@ -44,7 +48,7 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, tokenizer, pairs: list[tuple[str, str]], p: BasePolicyParams,
+def pretrain(model, tokenizer, pairs: list[tuple], p: BasePolicyParams,
              log_every: int = 50, on_log=None) -> list[dict]:
     """Train in place; returns the loss history (one dict per logged step)."""
     torch.manual_seed(p.seed)

@@ -7,7 +7,26 @@ as chain-of-thought does in real models:
     prompt      347+85=
     completion  7+5=12|4+8+1=13|3+1=4|A:432<eos>
 
-Levels are digits per operand. `style="natural"` poses the same problems in English for chat
+Levels are digits per operand.
+
+`style="retry"` (the default) makes the policy self-correct, like a reasoning model that keeps
+going until it finds the answer: a completion holds attempts joined by `||`, each a full column
+trace that may carry a *slip* (one column total off by one, the rest of the attempt consistent
+with it, so its answer is wrong; at most one slip per attempt):
+
+    completion  7+5=13|4+8+1=14|3+1=4|A:442||5+7=12|8+4+1=13|1+3=4|A:432||...
+
+(the terms of each column in a random order, so that no attempt is a copy of the one before).
+
+After each attempt the pre-training traces go on with probability `continue_rate` whatever the
+attempt's correctness (the policy cannot tell its own slip from a right sum), so a completion
+without a correct answer runs on until it stops or hits the cap, and T (tokens to the first
+correct answer) keeps growing with the number of failed attempts. The slip rates are the knob
+for the policy's imperfection: a column with a carry slips with `slip_carry`, one without with
+`slip_plain`, so long sums with many carries are hard and short ones easy. `style="trace"` is
+the single-attempt task: one attempt, then EOS, so the budget stops binding above ~30 tokens.
+
+`style="natural"` poses the same problems in English for chat
 models (`Calculate 64 + 97.`); their answers are read with the `prose` answer format, which finds
 the number after `=`, `is`, `Answer:` and the like (see verify.py).
 """
@@ -22,7 +41,8 @@ import pandas as pd
 # write "Answer: N" (it rarely does; the request only derails it), 0/48 with a column-by-column
 # instruction.
 NATURAL_TEMPLATE = "Calculate {expr}."
-ANSWER_FORMAT = {"trace": "int", "natural": "prose"}
+ANSWER_FORMAT = {"retry": "int", "trace": "int", "natural": "prose"}
+ATTEMPT_SEP = "||"
 
 
 def column_trace(operands: list[int]) -> str:
@@ -38,6 +58,61 @@ def column_trace(operands: list[int]) -> str:
         parts.append(f"{'+'.join(terms)}={total}")
         carry = total // 10
     return "|".join(parts) + f"|A:{sum(operands)}"
+
+
+def carry_columns(operands: list[int]) -> list[bool]:
+    """Per column (least significant first) of the correct sum: does it carry in or out?"""
+    digits = [str(x)[::-1] for x in operands]
+    carry, out = 0, []
+    for col in range(max(len(d) for d in digits)):
+        total = sum(int(d[col]) for d in digits if col < len(d)) + carry
+        out.append(bool(carry) or total >= 10)
+        carry = total // 10
+    return out
+
+
+def slipped_trace(operands: list[int], rng: np.random.Generator, slip_carry: float,
+                  slip_plain: float, shuffle: bool = False) -> str:
+    """One attempt: the column trace with at most one slip. Column by column, a column with a
+    carry (in the correct sum) slips with probability slip_carry, one without with slip_plain,
+    until one slips: its total is written off by one, and later columns and the answer follow
+    the written totals, so the attempt states a wrong answer."""
+    rates = [slip_carry if c else slip_plain for c in carry_columns(operands)]
+    draws = rng.random(len(rates))
+    slip = next((j for j, (u, r) in enumerate(zip(draws, rates)) if u < r), None)
+    digits = [str(x)[::-1] for x in operands]
+    carry, parts, answer = 0, [], []
+    for col in range(len(rates)):
+        terms = [d[col] for d in digits if col < len(d)]
+        if shuffle:
+            # Terms in a random order: attempts do not repeat each other verbatim, so the policy
+            # cannot learn to copy its last attempt (and its slip) instead of adding again.
+            # Measured: consecutive attempts with the same answer 0.64 -> 0.49.
+            terms = [terms[i] for i in rng.permutation(len(terms))]
+        if carry:
+            terms.append(str(carry))
+        total = sum(int(t) for t in terms)
+        if col == slip:
+            total = total - 1 if total > 0 and rng.random() < 0.5 else total + 1
+        parts.append(f"{'+'.join(terms)}={total}")
+        answer.append(str(total % 10))
+        carry = total // 10
+    if carry:
+        answer.append(str(carry))
+    return "|".join(parts) + f"|A:{int(''.join(reversed(answer)))}"
+
+
+def retry_completion(operands: list[int], rng: np.random.Generator, slip_carry: float,
+                     slip_plain: float, continue_rate: float, max_chars: int) -> tuple[str, bool]:
+    """A self-correcting completion: attempts joined by `||`, going on after each attempt with
+    probability continue_rate. Returns (text, ended): ended=False when the text was cut at
+    max_chars (the policy would have gone on), so no EOS follows it in pre-training."""
+    text = slipped_trace(operands, rng, slip_carry, slip_plain, shuffle=True)
+    while len(text) < max_chars:
+        if rng.random() >= continue_rate:
+            return text, True
+        text += ATTEMPT_SEP + slipped_trace(operands, rng, slip_carry, slip_plain, shuffle=True)
+    return text[:max_chars], False
 
 
 def make_problems(n: int, levels: list[int], operands: int, rng: np.random.Generator,
@@ -68,6 +143,7 @@ def capacity(levels: list[int], operands: int) -> int:
 
 
 def prompt_text(xs: list[int], style: str) -> str:
+    """The prompt as the policy reads it (retry and trace share the compact form)."""
     expr = "+".join(str(x) for x in xs)
     if style == "natural":
         return NATURAL_TEMPLATE.format(expr=" + ".join(str(x) for x in xs))
@@ -95,15 +171,27 @@ def builtin_splits(n_train: int, n_eval: int, levels: list[int], operands: int, 
 
 
 def trace_corpus(n: int, levels: list[int], operands: int, seed: int,
-                 exclude: set[str] | None = None) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs to pre-train the built-in base policy; eval prompts excluded."""
+                 exclude: set[str] | None = None, retry=None) -> list[tuple[str, str, bool]]:
+    """(prompt, completion, ends_with_eos) triples to pre-train the built-in base policy; eval
+    prompts excluded. `retry` (BasePolicyParams) asks for self-correcting multi-attempt traces;
+    without it each completion is one correct attempt then EOS (the single-attempt task).
+
+    A retry trace is cut at a length drawn uniformly up to `retry.trace_tokens` characters (one
+    token each), so every position up to the sampling cap is trained at about half the cost of
+    full-length traces."""
     rng = np.random.default_rng(seed + 7919)
-    pairs = []
+    out = []
     # Small levels hold few distinct problems (one digit, two operands: 100); draw at most 90%.
     n = min(n, int(0.9 * capacity(levels, operands)))
     for _, xs in make_problems(n, levels, operands, rng):
         p = prompt_text(xs, "trace")
         if exclude and p in exclude:
             continue
-        pairs.append((p, column_trace(xs)))
-    return pairs
+        if retry is None:
+            out.append((p, column_trace(xs), True))
+            continue
+        first = len(column_trace(xs))
+        cut = int(rng.integers(first, max(first, retry.trace_tokens) + 1))
+        out.append((p, *retry_completion(xs, rng, retry.slip_carry, retry.slip_plain,
+                                         retry.continue_rate, cut)))
+    return out

@@ -7,10 +7,11 @@ import logging
 import sys
 from typing import Callable
 
-from relbudget.params import Params, ParamsError, load_params, section_hash
-from relbudget.tracking import TrackingError, stage_run
+from relbudget.params import Params, ParamsError, dump_sections, load_params, params_hash
+from relbudget.tracking import PipelineRun, TrackingError, stage_run
 
 log = logging.getLogger("relbudget")
+REGIME_STAGES = ("train", "evaluate")  # their argument names a regime of params.yaml
 
 
 def setup_logging() -> None:
@@ -20,18 +21,15 @@ def setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def section_dump(params: Params, sections: list[str]) -> dict:
-    return {s: getattr(params, s).model_dump(mode="json") if hasattr(getattr(params, s), "model_dump")
-            else getattr(params, s) for s in sections}
-
-
 def execute(stage: str, fn: Callable[..., object], params: Params, sections: list[str],
-            regime: str | None = None) -> object:
-    """Run one stage execution as one MLflow run tagged with its params hash."""
-    dumped = section_dump(params, sections)
-    if regime is not None and regime != "base" and regime not in params.regimes:
+            regime: str | None = None, pipeline: PipelineRun | None = None) -> object:
+    """Run one stage execution as one MLflow run tagged with its params hash (science params
+    only), nested under its pipeline execution's parent run (`pipeline`, or found from the
+    environment: see relbudget.tracking.pipeline_run)."""
+    dumped = dump_sections(params, sections)
+    if stage in REGIME_STAGES and regime not in (None, "base") and regime not in params.regimes:
         raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: {', '.join(params.regimes)}")
-    with stage_run(stage, dumped, section_hash(dumped), regime=regime):
+    with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline):
         return fn(params, regime) if regime is not None else fn(params)
 
 

@@ -30,7 +30,8 @@ def train_builtin(params: Params, folder: Path) -> dict:
     model = tiny_llama(tok, p.hidden_size, p.n_layers, p.n_heads, p.intermediate_size, p.max_position)
     # Eval prompts never appear in the traces, so evaluation measures generalisation.
     eval_prompts = set(pd.read_parquet(Path(params.paths.prepared) / "eval.parquet")["prompt"])
-    pairs = trace_corpus(p.n_traces, d.levels, d.operands, p.seed, exclude=eval_prompts)
+    pairs = trace_corpus(p.n_traces, d.levels, d.operands, p.seed, exclude=eval_prompts,
+                         retry=p if d.style == "retry" else None)
     log.info("pre-training a %d-parameter Llama on %d traces for %d steps",
              n_params(model), len(pairs), p.steps)
     t0 = time.time()

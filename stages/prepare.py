@@ -10,6 +10,7 @@ import mlflow
 from relbudget.params import Params
 from relbudget.schemas import PROMPTS, write_table
 from relbudget.task import builtin_splits
+from relbudget.tracking import log_dataset
 
 log = logging.getLogger("relbudget.prepare")
 SECTIONS = ["data", "paths"]
@@ -24,8 +25,9 @@ def run(params: Params) -> dict:
 
         train, eval_ = load_hf_prompts(d.hf, d.n_train, d.n_eval, d.seed)
     out = Path(params.paths.prepared)
-    write_table(train, PROMPTS, out / "train.parquet")
-    write_table(eval_, PROMPTS, out / "eval.parquet")
+    for name, table in (("train", train), ("eval", eval_)):
+        write_table(table, PROMPTS, out / f"{name}.parquet")
+        log_dataset(table, out / f"{name}.parquet", name)
     stats = {"n_train": len(train), "n_eval": len(eval_)}
     mlflow.log_metrics(stats)
     log.info("wrote %d train and %d eval prompts to %s", len(train), len(eval_), out)

@@ -19,7 +19,9 @@ import yaml
 from relbudget.grpo import preflight, train_policy
 from relbudget.io import atomic_dir
 from relbudget.models import load_saved, render_prompts, save_policy
+from relbudget.report import FINAL_STEPS, final_xi_t
 from relbudget.schemas import HISTORY, PROMPTS, read_table, write_table
+from relbudget.tracking import log_dataset, log_policy
 
 log = logging.getLogger("relbudget.train")
 SECTIONS = ["train", "base_policy", "regimes", "paths"]
@@ -40,9 +42,13 @@ def budget_entry(xi_dir: str | Path, regime: str) -> dict:
     return entry
 
 
+def _nan_if_none(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
 def summary(history, seconds: float, H: int, warning: str | None) -> dict:
     """Final metrics of the run (MLflow and the stage's return value)."""
-    last = history.tail(10)  # the end of training, smoothed over a few steps
+    last = history.tail(FINAL_STEPS)  # the end of training, smoothed over a few steps
     steps = int(history["step"].max()) if len(history) else 0
     tokens = int(history["cum_generated_tokens"].iloc[-1]) if len(history) else 0
     out = {
@@ -56,7 +62,7 @@ def summary(history, seconds: float, H: int, warning: str | None) -> dict:
         "final_frac_informative": float(last["frac_informative"].mean()) if len(last) else math.nan,
         "final_mean_length": float(last["mean_length"].mean()) if len(last) else math.nan,
         "final_tokens_after_correct": float(last["tokens_after_correct"].mean()) if len(last) else math.nan,
-        "final_xi_t": float(last["xi_t"].mean()) if len(last) else math.nan,
+        "final_xi_t": _nan_if_none(final_xi_t(history)),  # the report's definition
         "first_E_T": float(history["E_T"].iloc[0]) if len(history) else math.nan,
         "final_E_T": float(last["E_T"].mean()) if len(last) else math.nan,
         "preflight_warning": warning is not None,
@@ -98,6 +104,7 @@ def run(params, regime: str) -> dict:
 
     model, tok = load_saved(paths.base_model, params.base_policy.trust_remote_code)
     prompts = read_table(Path(paths.prepared) / "train.parquet", PROMPTS)
+    log_dataset(prompts, Path(paths.prepared) / "train.parquet", "training")
     prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
     work = Path(paths.train) / f".{regime}.work"
     log.info("train@%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", regime, H,
@@ -119,6 +126,7 @@ def run(params, regime: str) -> dict:
     mlflow.log_metrics({f"summary/{k}": float(v) for k, v in stats.items()
                         if isinstance(v, (int, float)) and math.isfinite(float(v))})
     mlflow.log_artifact(str(hist_path))
+    log_policy(model, tok, Path(paths.models) / regime)
     log.info("train@%s done: %s", regime, stats)
     return stats
 

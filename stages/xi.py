@@ -10,7 +10,7 @@ import pandas as pd
 
 from relbudget import estimators as est
 from relbudget.io import write_json, write_parquet, write_yaml
-from relbudget.plots import xi_curves
+from relbudget.plots import gamma_fit, xi_curves
 from relbudget.tracking import log_metrics
 from relbudget.schemas import ROLLOUTS, read_table
 
@@ -47,19 +47,25 @@ def run(params) -> dict:
                           for k, b in budgets.items()}
     curves = est.curves(df, est.default_horizons(summary["max_tokens"]), x.group_size)
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
+    summary["gamma"] = est.to_json_safe(est.fit_gamma(df))  # ValueError on a table without a hit
 
     write_parquet(per_prompt_table(df, budgets), out / "per_prompt.parquet")
     write_parquet(curves, out / "curves.parquet")
     write_yaml(budgets, out / "budgets.yaml")
     xi_curves(curves, budgets, out / "xi_curves.png", tuple(params.report.paper_band))
+    gamma_fit(df, out / "gamma_fit.png", summary["gamma"])
     write_json(summary, out / "summary.json")
+    # What the sweep cells read: it changes only with the rollouts, so editing regimes or the
+    # bootstrap leaves every cell cached.
+    write_json({k: summary[k] for k in ("E_T", "n_attempts", "n_hits")}, out / "E_T.json")
 
-    log_metrics({**summary, **{f"H_{k}": b["H"] for k, b in budgets.items()}})
-    for f in ("summary.json", "budgets.yaml", "xi_curves.png", "curves.parquet"):
+    log_metrics({**summary, **{f"H_{k}": b["H"] for k, b in budgets.items()},
+                 "gamma_K": summary["gamma"]["K"]})
+    for f in ("summary.json", "budgets.yaml", "xi_curves.png", "gamma_fit.png", "curves.parquet"):
         mlflow.log_artifact(str(out / f))
-    log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s", summary["E_T"] or float("inf"),
-             summary["E_T_ci"], 100 * summary["unsolved_share"],
-             {k: b["H"] for k, b in budgets.items()})
+    log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s; Gamma K = %.2f",
+             summary["E_T"] or float("inf"), summary["E_T_ci"], 100 * summary["unsolved_share"],
+             {k: b["H"] for k, b in budgets.items()}, summary["gamma"]["K"])
     return summary
 
 

@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Sizes small enough for a whole pipeline in well under a minute of compute on 2 cores.
 TINY = {
-    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "seed": 0},
+    # The single-attempt task keeps these pipeline tests fast; tests/test_task_retry.py and
+    # test_retry_policy_* cover the self-correcting default.
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "seed": 0, "style": "trace"},
     # About a third of attempts right after ~3 s of pre-training: hits and misses both occur.
     "base_policy": {"hidden_size": 32, "n_layers": 2, "n_heads": 2, "intermediate_size": 64,
                     "max_position": 128, "steps": 200, "batch_size": 64, "lr": 0.003,
@@ -23,6 +25,7 @@ TINY = {
     "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
               "checkpoint_every": 2},
     "evaluate": {"attempts": 4, "h_eval": 24, "pass_k": [1, 4], "batch_size": 32},
+    "sweep": {"xi": [1.0, 2.0], "seeds": [0], "token_budget": 300, "eval_attempts": 2},
 }
 
 
@@ -38,10 +41,17 @@ def tiny_params(**overrides) -> dict:
     return deep_update(deep_update(raw, TINY), overrides)
 
 
+def no_outside_pipeline(monkeypatch) -> None:
+    """Stage runs in a test belong to no pipeline run of the shell that started pytest."""
+    for var in ("RELBUDGET_PIPELINE_RUN", "DVC_STAGE", "DVC_EXP_NAME"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    no_outside_pipeline(monkeypatch)
     return uri
 
 
@@ -57,4 +67,5 @@ def project(tmp_path, monkeypatch) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     monkeypatch.chdir(dest)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dest / 'mlflow.db'}")
+    no_outside_pipeline(monkeypatch)
     return dest

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 TINY = {
-    "data": {"n_train": 8, "n_eval": 4, "levels": [1]},
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "style": "trace"},
     # the smallest policy that solves some one-digit sums (a policy that never does makes xi fail)
     "base_policy": {"steps": 200, "hidden_size": 32, "n_layers": 2, "n_heads": 4,
                     "intermediate_size": 64, "max_position": 128, "n_traces": 60},
@@ -38,6 +38,7 @@ TINY = {
     "train": {"stop": "steps", "max_steps": 2, "num_generations": 4, "prompts_per_step": 2,
               "checkpoint_every": 50},
     "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
+    "sweep": {"xi": [1.0], "seeds": [0], "eval_attempts": 2},
 }
 FULL = not fp.missing_training_stages()
 RUN = dict(retries=1, retry_delay_s=0)
@@ -61,7 +62,8 @@ def expected_labels(params: Params) -> list[str]:
     labels = list(fp.MEASUREMENT)
     if FULL:
         labels += [f"train@{r}" for r in params.regimes] + ["evaluate@base"]
-        labels += [f"evaluate@{r}" for r in params.regimes] + ["report"]
+        labels += [f"evaluate@{r}" for r in params.regimes]
+        labels += [f"sweep@{cell}" for cell, _, _ in params.sweep.cells()] + ["report"]
     return labels
 
 
@@ -186,11 +188,29 @@ def test_flow_completes_and_writes_only_under_out_root(project, first_run):
     assert (project / "runs/prefect/data/xi/budgets.yaml").is_file()
     assert not first_run["data_dir_written"]  # the DVC view is untouched
     assert (project / "runs/prefect/.gitignore").read_text().strip().endswith("*")
-    # every stage execution is one FINISHED MLflow run, tagged with its Prefect flow run
+    # every stage execution is one FINISHED MLflow run, tagged with its Prefect flow run, a child
+    # of the flow run's parent run; all of them carry the same pipeline_run tag
+    flow_run_id = str(state.state_details.flow_run_id)
+    (parent,) = stage_runs(project, "pipeline", state)
+    assert parent.data.tags["pipeline_run"] == f"prefect-{flow_run_id}"
+    assert parent.info.status == "FINISHED"
     for stage in fp.MEASUREMENT:
         (run,) = stage_runs(project, stage, state)
         assert run.info.status == "FINISHED"
         assert run.data.tags["orchestrator"] == "prefect"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["pipeline_run"] == f"prefect-{flow_run_id}"
+    if FULL:  # the report is an artifact of the flow run
+        from prefect.artifacts import Artifact
+
+        assert fp.REPORT_ARTIFACT in summary["artifacts"]
+        art = Artifact.get(fp.REPORT_ARTIFACT)
+        assert art.type == "markdown" and str(art.flow_run_id) == flow_run_id
+        assert art.data == (project / "runs/prefect/data/report/report.md").read_text()
+        # in MLflow, beside report.md, a page that renders with its plots embedded
+        (report,) = stage_runs(project, "report", state)
+        html = mlflow.MlflowClient().download_artifacts(report.info.run_id, "report.html")
+        assert Path(html).read_text().count('src="data:image/png;base64,') >= 4
 
 
 def test_second_run_executes_no_stage(project, first_run):
@@ -225,9 +245,9 @@ def test_deleted_or_edited_output_reexecutes_its_stage_only(project, first_run):
 
 
 def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
-    if FULL:  # a train param: train, evaluate@regime and report; evaluate@base does not use it
+    if FULL:  # a train param: train, evaluate@regime, the sweep cells and report; not evaluate@base
         write_params(project, "changed.yaml", train={"max_steps": 3})
-        rerun = {"train@a", "evaluate@a", "report"}
+        rerun = {"train@a", "evaluate@a", "sweep@xi1.0-s0", "report"}
     else:  # measurement half only: a sampling param
         write_params(project, "changed.yaml", sampling={"temperature": 0.7})
         rerun = {"sample_t", "xi"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from relbudget.params import ParamsError, load_params, parse_params, section_hash
+from relbudget.params import ParamsError, load_params, params_hash, parse_params, section_hash
 
 # (params override, text the error must contain). The list of bad inputs lives here, not in prose.
 BAD = [
@@ -30,11 +30,17 @@ BAD = [
     ({"data": {"source": "web"}}, "'builtin' or 'hf'"),
     ({"base_policy": {"hidden_size": 30, "n_heads": 4}}, "not divisible by n_heads"),
     ({"sampling": {"max_tokens": 600}}, "must be below base_policy.max_position"),
-    ({"train": {"reward": "sparse"}}, "'within' or 'final'"),
+    ({"train": {"reward": "sparse"}}, "'within', 'final' or 'budget'"),
     ({"train": {"num_generations": 1}}, "train.num_generations"),
     ({"train": {"lr": "fast"}}, "train.lr"),
     ({"evaluate": {"pass_k": [1, 16], "attempts": 8}}, "pass_k values [16]"),
     ({"train": {"min_p_informative": 2}}, "train.min_p_informative"),
+    ({"base_policy": {"slip_carry": 1.0}}, "base_policy.slip_carry"),
+    ({"base_policy": {"continue_rate": 1.5}}, "base_policy.continue_rate"),
+    ({"base_policy": {"trace_tokens": 100}, "sampling": {"max_tokens": 200}},
+     "trace_tokens (100) is below sampling.max_tokens (200)"),
+    ({"base_policy": {"trace_tokens": 510, "max_position": 512}}, "must be below base_policy.max_position"),
+    ({"data": {"style": "chain"}}, "'retry', 'trace' or 'natural'"),
 ]
 
 
@@ -67,3 +73,17 @@ def test_section_hash_tracks_only_its_section():
     a, b = parse_params({}), parse_params({"train": {"lr": 0.5}})
     assert section_hash(a.sampling) == section_hash(b.sampling)
     assert section_hash(a.train) != section_hash(b.train)
+
+
+def test_params_hash_is_over_the_science_only():
+    """The MLflow tag and the flow's cache key: the same science under DVC's paths and the flow's
+    re-rooted ones hashes the same; any science knob changes it."""
+    from flows.pipeline import rooted
+
+    a = parse_params({})
+    sections = ["train", "regimes", "paths"]
+    assert params_hash(a, sections) == params_hash(rooted(a, "runs/prefect"), sections)
+    assert params_hash(a, sections) == params_hash(a, ["train", "regimes"])
+    assert params_hash(a, sections) == params_hash(a, ["regimes", "paths", "train"])
+    assert params_hash(parse_params({"train": {"lr": 0.5}}), sections) != params_hash(a, sections)
+    assert params_hash(parse_params({"regimes": {"x": 1.0}}), sections) != params_hash(a, sections)

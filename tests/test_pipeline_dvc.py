@@ -41,7 +41,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     log = sh("dvc", "repro", cwd=repo)
     assert ran_stages(log) == {"prepare", "base_policy", "sample_t", "xi", "train@low",
                                "train@high", "evaluate@low", "evaluate@high", "evaluate_base",
-                               "report"}
+                               "sweep@1.0-0", "sweep@2.0-0", "report"}
 
     # Outputs exist and pass their schemas.
     rollouts = read_table(repo / "data/rollouts/base.parquet", ROLLOUTS)
@@ -56,25 +56,57 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
         assert "H_eval" in json.loads((repo / f"data/eval/{r}.json").read_text())["at"]
     report = (repo / "data/report/report.md").read_text()
     assert "| low |" in report and "| high |" in report
-    for png in ("xi_curves.png", "learning_curves.png", "efficiency.png"):
+    for png in ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png"):
         assert (repo / "data/report" / png).read_bytes()[:4] == b"\x89PNG"
+    # the sweep cells: H = xi * E[T] from the xi stage, aggregated by the report
+    metrics = json.loads((repo / "data/report/metrics.json").read_text())
+    assert [(c["xi"], c["seed"]) for c in metrics["sweep"]] == [(1.0, 0), (2.0, 0)]
+    assert [c["H"] for c in metrics["sweep"]] == [max(1, int(x * summary["E_T"] + 0.5)) for x in (1, 2)]
+    assert metrics["peak"]["xi"] in (1.0, 2.0) and "paper's band" in metrics["peak_sentence"]
+    for cell in ("xi1.0-s0", "xi2.0-s0"):
+        read_table(repo / f"data/sweep/{cell}/history.parquet", HISTORY)
+        assert "first_answer_accuracy" in json.loads(
+            (repo / f"data/sweep/{cell}/eval.json").read_text())["at"]["H_eval"]
+    assert not list((repo / "data/sweep").glob(".*.work"))  # no weights or checkpoints left
 
     # One MLflow run per stage execution, all FINISHED, tagged by stage and regime.
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["relbudget"])
-    assert len(runs) == 10
+    parents, runs = runs[runs["tags.stage"] == "pipeline"], runs[runs["tags.stage"] != "pipeline"]
+    assert len(runs) == 12
     assert set(runs["status"]) == {"FINISHED"}
-    assert set(runs["tags.regime"]) == {"", "low", "high", "base"}
+    # one dvc repro = one pipeline run: one parent, every stage run its child, one shared tag
+    assert len(parents) == 1 and parents["tags.pipeline_run"].iloc[0].startswith("dvc-repro-")
+    assert set(runs["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    assert set(runs["tags.pipeline_run"]) == set(parents["tags.pipeline_run"])
+    assert set(runs["tags.regime"]) == {"", "low", "high", "base", "xi1.0-s0", "xi2.0-s0"}
 
     # Nothing changed: nothing runs.
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == set()
 
-    # A train param changes: only train, evaluate of the regimes and report run.
+    # Forced rerun with unchanged inputs: every output has the same bytes (no timings, fixed plot
+    # metadata), so dvc.lock does not change (a fresh clone's `git status` stays clean).
+    lock = (repo / "dvc.lock").read_text()
+    sh("dvc", "repro", "-f", cwd=repo)
+    assert (repo / "dvc.lock").read_text() == lock
+
+    # One swept xi changes: only that cell and report run (dvc status says so first).
     params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["sweep"]["xi"] = [1.0, 1.5]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = sh("dvc", "status", cwd=repo)
+    changed = {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
+    assert changed == {"sweep@1.5-0", "report"}, status
+    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"sweep@1.5-0", "report"}
+    metrics = json.loads((repo / "data/report/metrics.json").read_text())
+    assert [c["xi"] for c in metrics["sweep"]] == [1.0, 1.5]  # the stale xi = 2 cell is left out
+
+    # A train param changes: train, evaluate of the regimes, every cell and report run.
     params["train"]["lr"] = 2e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == {
-        "train@low", "train@high", "evaluate@low", "evaluate@high", "report"}
+        "train@low", "train@high", "evaluate@low", "evaluate@high", "sweep@1.0-0", "sweep@1.5-0",
+        "report"}
 
 
 def test_bad_params_fail_before_any_work(repo: Path):

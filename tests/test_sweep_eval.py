@@ -1,19 +1,19 @@
-"""Evaluation metrics on hand-made tables, and the xi x seed sweep at tiny sizes."""
+"""Evaluation metrics on hand-made tables: pass@k, censoring, first-answer accuracy beside
+accuracy within H, answers per completion. (The xi x seed sweep is a DVC matrix stage:
+tests/test_pipeline_dvc.py.)"""
 
 from __future__ import annotations
 
 import itertools
-import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from relbudget.evaluation import censor, mean_length_at, metrics_at, pass_at_k, tokens_after_correct
-from relbudget.params import load_params
+from relbudget.grpo import step_stats
+from relbudget.models import char_tokenizer
+from relbudget.sampling.common import Generation, Request, score
 from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
-from stages import base_policy, prepare, sample_t
-from stages._cli import execute
 
 
 def table(rows):
@@ -53,20 +53,46 @@ def test_metrics_at_a_shorter_horizon_are_a_cut_of_the_cap():
         pass_at_k(EVAL, 10, 5)
 
 
-@pytest.mark.slow
-def test_sweep_over_xi_and_seeds(project: Path):
-    from relbudget import sweep
+# ---------------------------------------------------------------- first answer vs within H
 
-    params = load_params("params.yaml")
-    for name, mod in (("prepare", prepare), ("base_policy", base_policy), ("sample_t", sample_t)):
-        execute(name, mod.run, params, mod.SECTIONS)
-    sweep.main(["--xi", "0.5", "2", "--seeds", "0", "1", "--token-budget", "300"])
-    out = Path("data/sweep")
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert [r["regime"] for r in metrics["regimes"]] == ["xi_0_5", "xi_2"]
-    assert all(r["n_seeds"] == 2 for r in metrics["regimes"])
-    assert all("gain_per_100k_err" in r for r in metrics["regimes"])
-    assert (out / "efficiency.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| xi_2 |" in (out / "report.md").read_text()
-    for seed in (0, 1):
-        assert (out / f"seed{seed}/report/report.md").exists()
+
+def score_text(text: str, attempt: int = 0, eos: bool = True, early: bool = False, cap: int = 64):
+    """Score a completion of 3+4 written one character per token (the char tokenizer), EOS last."""
+    tok = char_tokenizer()
+    ids = tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
+    ended = "first_correct" if early else ("eos" if eos else "length")
+    gen = Generation(Request("p", "3+4=", "7", "int"), attempt, ids, ended, 0)
+    return score(tok, gen, cap, policy="t")
+
+
+@pytest.mark.parametrize("text,first_ok,n_answers,fct", [
+    ("3+4=8|A:8||3+4=7|A:7", False, 2, 21),  # first answer wrong, a later one right (EOS: 21)
+    ("3+4=7|A:7||3+4=8|A:8", True, 2, 10),   # first answer right ('|' confirms it: token 10)
+    ("3+4=8|A:8||3+4=9|A:9", False, 2, None),
+    ("3+4=7|", False, 0, None),              # no answer at all
+])
+def test_first_answer_correct_on_multi_answer_completions(text, first_ok, n_answers, fct):
+    row = score_text(text)
+    assert row["first_answer_correct"] is first_ok
+    assert row["n_answers"] == n_answers
+    assert row["first_correct_token"] == fct
+
+
+def test_first_answer_accuracy_beside_accuracy_within_H():
+    rows = [score_text("3+4=8|A:8||3+4=7|A:7", 0),  # within H=21, first answer wrong
+            score_text("3+4=7|A:7||3+4=8|A:8", 1),  # first answer right at token 10
+            score_text("3+4=7|A:7|", 2, eos=False, early=True),  # early exit at the '|' (10)
+            score_text("3+4=8|A:8||3+4=9|A:9", 3)]
+    df = validate(normalise_rollouts(pd.DataFrame(rows)), ROLLOUTS)  # extra columns are allowed
+    at21, at10, at9 = (metrics_at(df, H, [1]) for H in (21, 10, 9))
+    assert at21["accuracy"] == pytest.approx(3 / 4)
+    assert at21["first_answer_accuracy"] == pytest.approx(2 / 4)
+    assert at10["accuracy"] == at10["first_answer_accuracy"] == pytest.approx(2 / 4)
+    assert at9["accuracy"] == at9["first_answer_accuracy"] == 0.0
+
+
+def test_training_history_counts_attempts_per_completion():
+    rows = [score_text(t) for t in ("3+4=8|A:8||3+4=7|A:7", "3+4=7|A:7", "3+4=7|")]
+    stats = step_stats(rows, [1.0, 1.0, 0.0], H=64, G=3)
+    assert stats["attempts_per_completion"] == pytest.approx((2 + 1 + 0) / 3)
+    assert stats["first_answer_correct_rate"] == pytest.approx(1 / 3)

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from relbudget.grpo import BudgetReward, HistoryCallback, preflight, train_policy
+from relbudget.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
+                            train_policy)
 from relbudget.models import char_tokenizer, load_saved, save_policy, tiny_llama
 from relbudget.params import BasePolicyParams, TrainParams, parse_params
 from relbudget.pretrain import pretrain
@@ -27,18 +28,29 @@ H = 24
 TINY = dict(num_generations=4, prompts_per_step=2, lr=1e-3, threads=1)
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format."""
+def _pretrained(folder, after_answer: str = ""):
+    """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format in folder;
+    `after_answer` is text it learns to write after its answer, before EOS."""
     torch.manual_seed(0)
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, heads=4, intermediate=64, max_position=128)
     p = BasePolicyParams(hidden_size=32, n_layers=2, n_heads=4, intermediate_size=64,
                          max_position=128, steps=200, batch_size=64, lr=3e-3, threads=1)
-    pretrain(model, tok, trace_corpus(60, [1], 2, seed=0), p, log_every=10**9)
-    folder = tmp_path_factory.mktemp("base")
+    corpus = [(q, c + after_answer, eos) for q, c, eos in trace_corpus(60, [1], 2, seed=0)]
+    pretrain(model, tok, corpus, p, log_every=10**9)
     save_policy(model, tok, folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    return _pretrained(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(scope="module")
+def rambler_dir(tmp_path_factory):
+    """Keeps writing guesses after its answer, as RL-ed policies do: early exit has work to do."""
+    return _pretrained(tmp_path_factory.mktemp("rambler"), after_answer="|A:0|A:0|A:0")
 
 
 @pytest.fixture(scope="module")
@@ -121,20 +133,44 @@ def test_preflight_warns_and_refuses():
 # ---------------------------------------------------------------- the trainer
 
 
-def test_stop_mode_spends_nothing_after_the_answer(base_dir, prompts, tmp_path):
-    model, tok = load_saved(base_dir)
+def test_stop_mode_spends_nothing_after_the_answer(rambler_dir, prompts, tmp_path, monkeypatch):
+    # Keep what the trainer generated, as the (real) reward receives it.
+    seen = []
+    real = BudgetReward.__call__
+
+    def keep(self, prompts, completions, completion_ids, answer, answer_format, stop_reason=None,
+             **kw):
+        seen.append((completion_ids, answer, answer_format, stop_reason))
+        return real(self, prompts, completions, completion_ids, answer, answer_format,
+                    stop_reason=stop_reason, **kw)
+
+    monkeypatch.setattr(BudgetReward, "__call__", keep)
+    model, tok = load_saved(rambler_dir)
     t = TrainParams(stop="steps", max_steps=3, after_answer="stop", **TINY)
     _, hist = train_policy(model, tok, prompts, t, H, tmp_path / "work")
     validate(hist, HISTORY)
     assert list(hist["step"]) == [1, 2, 3]  # steps mode: exactly max_steps
     assert hist["n_hits"].sum() > 0
+    # tokens_after_correct is 0 by construction once a completion is labelled 'first_correct'
+    # (its answer is then taken to end it), so check the tokens themselves: scored without the
+    # label, every correct answer is confirmed by its completion's last token, and the early
+    # exit did stop completions there.
+    early, generated = 0, 0
+    for ids, answers, fmts, reasons in seen:
+        for i, completion in enumerate(ids):
+            row = score_completion(tok, completion, answers[i], fmts[i], H)
+            assert row["first_correct_token"] in (None, row["n_tokens"]), tok.decode(completion)
+            early += reasons[i] == "first_correct"
+            generated += len(completion)
+    assert early > 0
+    assert generated == hist["generated_tokens"].sum()
     assert (hist["tokens_after_correct"] == 0).all()
 
 
 def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
     t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
     model, tok = load_saved(base_dir)
-    _, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
+    straight_model, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
 
     real = HistoryCallback.on_step_end
 
@@ -152,9 +188,12 @@ def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch)
     model, tok = load_saved(base_dir)
     trained, resumed = train_policy(model, tok, prompts, t, H, tmp_path / "work")
     assert list(resumed["step"]) == [1, 2, 3, 4]
-    # steps 1-2 come back from the checkpoint; 3-4 are drawn as in the uninterrupted run
-    pd.testing.assert_series_equal(resumed["generated_tokens"], straight["generated_tokens"])
-    assert resumed["cum_generated_tokens"].iloc[-1] == straight["cum_generated_tokens"].iloc[-1]
+    # steps 1-2 come back from the checkpoint; 3-4 are drawn and trained as in the uninterrupted
+    # run (same optimizer state, same seeds): the same history (it holds no timings) and weights
+    assert "wall_seconds" not in resumed
+    pd.testing.assert_frame_equal(resumed, straight)
+    expected = straight_model.state_dict()
+    assert all(torch.equal(expected[k], v) for k, v in trained.state_dict().items())
 
     # killed after the final checkpoint: a rerun trains no further step, it loads that checkpoint
     model, tok = load_saved(base_dir)
@@ -214,6 +253,18 @@ def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkey
     assert len(client.get_metric_history(run.info.run_id, "xi_t")) >= 1
     assert run.data.metrics["summary/generated_tokens"] == cum[-1]
     assert run.data.metrics["cum_generated_tokens"] == cum[-1]  # the per-step metric's last value
+    # timings go to MLflow, never into the tracked history
+    assert "wall_seconds" not in hist and run.data.metrics["wall_seconds"] > 0
+    # the prompts it read as a dataset, the trained policy as an MLflow model that loads
+    assert [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs] == [
+        ("prompts-train", "training")]
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.name == "policy" and model.source_run_id == run.info.run_id
+    assert "policy_model_error" not in run.data.tags
+    from mlflow import transformers as mlflow_transformers
+
+    loaded = mlflow_transformers.load_model(model.model_uri, return_type="components")
+    assert loaded["model"].num_parameters() == trained.num_parameters()
 
 
 def test_stage_names_a_missing_regime(tmp_path):

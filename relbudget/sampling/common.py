@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.verify import ANCHOR_HINTS, INTEGER_FORMATS, Verdict, verify
+from relbudget.verify import (ANCHOR_HINTS, INTEGER_FORMATS, Verdict, answer_is_correct,
+                              find_candidates, verify)
 
 ANCHOR_WINDOW = 8  # tokens: every anchor hint is shorter, so one ending at the new token is inside
 
@@ -120,8 +121,20 @@ def gold_digits(answer: str, fmt: str) -> str | None:
     return a.lstrip("0") or "0"
 
 
+def first_answer_correct(text: str, gold: str, fmt: str, ended: bool, v: Verdict) -> bool:
+    """Whether the first complete answer candidate of `text` is correct (never true without a
+    correct candidate, so the candidates are only listed then)."""
+    if v.first_correct_chars is None:
+        return False
+    first = find_candidates(text, fmt, ended)[0]
+    return answer_is_correct(first.value, gold, fmt)
+
+
 def score(tokenizer, g: Generation, max_tokens: int, policy: str, keep_text: bool = True) -> dict:
-    """One rollout-table row (DESIGN section 5) for one generation."""
+    """One rollout-table row (DESIGN section 5) for one generation, with two extra columns:
+    `first_answer_correct` (the first answer candidate is correct; it then is the first correct
+    one, so it lies within H exactly when first_correct_token <= H) and `n_answers` (complete
+    answer candidates in the completion: attempts per completion)."""
     ids = g.token_ids
     n_tokens = len(ids)
     ended = g.ended
@@ -146,6 +159,9 @@ def score(tokenizer, g: Generation, max_tokens: int, policy: str, keep_text: boo
         "final_correct": bool(v.final_correct),
         "policy": policy,
         "seed": g.seed,
+        "first_answer_correct": first_answer_correct(text, g.request.answer, g.request.answer_format,
+                                                     ended == "eos", v),
+        "n_answers": int(v.n_candidates),
     }
     if keep_text:
         row["completion"] = text
