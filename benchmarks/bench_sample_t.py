@@ -29,7 +29,7 @@ def run_once(params, policy: str, early_exit: bool, n_prompts: int | None):
     prompts = read_table(Path(params.paths.prepared) / "train.parquet", PROMPTS)
     prompts = prompts.head(n_prompts or s.n_prompts or len(prompts))
     gen, tok, backend = load_generator(s.backend, policy, s.max_tokens, s.temperature, s.top_p,
-                                       early_exit, s.batch_size, s.seed)
+                                       early_exit, s.batch_size)
     prompts = render_prompts(prompts, tok, params.base_policy.chat_template)  # as sample_t does
     t0 = time.perf_counter()
     df = sample_table(gen, tok, requests_from(prompts), s.attempts, s.max_tokens, s.seed,

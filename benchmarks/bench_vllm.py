@@ -10,10 +10,10 @@ Figures, not a test (no asserts). Run in the vLLM virtualenv:
    recorded tokens (the rollout table's n_tokens) / wall seconds of sampling; engine start and
    model load are reported apart.
 2. Early exit on SmolLM2 and on a "chatty" tiny policy (the built-in architecture trained to
-   write its answer and keep going, so a hit happens mid-text): none vs the logits processor vs
-   chunked generation. Recorded tokens are what the table counts (the same semantics as the HF
-   backend); generated tokens are what the engine sampled (forced EOS, thrown-away chunk tails);
-   prefilled tokens count resubmitted prompts.
+   write its answer and keep going, so a hit happens mid-text): none vs the logits processor.
+   Recorded tokens are what the table counts (the same semantics as the HF backend); generated
+   tokens are what the engine sampled (a forced EOS per hit); prefilled tokens count prompts.
+   (A chunked early-exit mode was measured and removed: docs/benchmarks.md.)
 """
 
 from __future__ import annotations
@@ -21,12 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def natural_requests(n: int, seed: int, chat_tok=None):
@@ -112,7 +109,7 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
 
     from relbudget.sampling import vllm_backend as vb
 
-    llm, tok_src = vb.get_engine(ref, 0, opts)
+    llm, tok_src = vb.get_engine(ref, opts)
     from relbudget.models import load_tokenizer
 
     tok = load_tokenizer(tok_src)
@@ -128,37 +125,24 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
             "tokens_per_s": round(n / secs, 1)}
 
 
-def bench_vllm_modes(ref: str, reqs, args, label: str, modes, chunk_sizes, opts) -> dict:
+def bench_vllm_modes(ref: str, reqs, args, label: str, opts) -> dict:
     from relbudget.sampling import vllm_backend as vb
 
     out = {}
     t0 = time.time()
-    vb.get_engine(ref, 0, opts)
+    vb.get_engine(ref, opts)
     out["engine_start_s"] = round(time.time() - t0, 1)
-    for mode in modes:
-        for c in (chunk_sizes if mode == "chunked" else [None]):
-            stats = vb.RunStats()
-            fn, tok = vb.vllm_generate_fn(ref, args.max_tokens, args.temperature, 1.0,
-                                          mode != "none", 0,
-                                          early_exit_mode="chunked" if mode == "chunked" else "logits",
-                                          chunk_tokens=c or vb.DEFAULT_CHUNK_TOKENS, options=opts,
-                                          stats=stats)
-            table, secs = run_sampling(fn, tok, reqs, args, f"{label}:{mode}")
-            name = mode if c is None else f"chunked_c{c}"
-            out[name] = table_figures(table, secs, {
-                "generated": stats.generated, "prefilled": stats.prefilled,
-                "rounds": stats.rounds, "engine_tokens_per_s":
-                    round(stats.generated / max(stats.seconds, 1e-9), 1)})
-            print(f"  {label:8s} {name:12s} {json.dumps(out[name])}", flush=True)
+    for mode in ("none", "logits"):
+        stats = vb.RunStats()
+        fn, tok = vb.vllm_generate_fn(ref, args.max_tokens, args.temperature, 1.0, mode != "none",
+                                      options=opts, stats=stats)
+        table, secs = run_sampling(fn, tok, reqs, args, f"{label}:{mode}")
+        out[mode] = table_figures(table, secs, {
+            "generated": stats.generated, "prefilled": stats.prefilled,
+            "rounds": stats.rounds, "engine_tokens_per_s":
+                round(stats.generated / max(stats.seconds, 1e-9), 1)})
+        print(f"  {label:8s} {mode:12s} {json.dumps(out[mode])}", flush=True)
     return out
-
-
-def build_chatty_tiny(folder: Path, steps: int) -> Path:
-    """The tests' chatty tiny policy (tests/test_vllm.py: build_tiny_policy)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_vllm import build_tiny_policy  # noqa: E402
-
-    return build_tiny_policy(folder, steps=steps)
 
 
 def main() -> None:
@@ -172,11 +156,9 @@ def main() -> None:
                     help="HF torch threads (1: vLLM's CPU worker also computes on one core, the "
                          "other is reserved for its engine; 2 threads were 10x slower here)")
     ap.add_argument("--dtype", default="float32", help="vLLM dtype (HF always runs float32)")
-    ap.add_argument("--block-size", type=int, default=32,
-                    help="vLLM KV block; small blocks let chunked early exit reuse its prefix")
+    ap.add_argument("--block-size", type=int, default=32, help="vLLM KV block")
     ap.add_argument("--raw-prompts", action="store_true",
                     help="no chat template (SmolLM2 then mostly answers with an immediate EOS)")
-    ap.add_argument("--chunk-sizes", default="16,32")
     ap.add_argument("--raw-rows", type=int, default=16, help="raw decode: rows in one batch")
     ap.add_argument("--raw-tokens", type=int, default=128, help="raw decode: tokens per row")
     ap.add_argument("--raw-only", action="store_true",
@@ -195,7 +177,6 @@ def main() -> None:
 
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()},
                      "load_average_at_start": os.getloadavg()}
-    chunk_sizes = [int(c) for c in args.chunk_sizes.split(",") if c]
     folder = str(vb.smollm2_hf_folder())
     tok = load_tokenizer(folder)
     reqs = natural_requests(args.prompts, 0, None if args.raw_prompts else tok)
@@ -208,7 +189,7 @@ def main() -> None:
         print(f"  hf       none         {json.dumps(results['smollm2_hf'])}", flush=True)
     opts = vb.EngineOptions(dtype=args.dtype, block_size=args.block_size, max_model_len=1024)
     results["smollm2_vllm"] = {} if args.raw_only else bench_vllm_modes(
-        folder, reqs, args, "smollm2", ["none", "logits", "chunked"], chunk_sizes, opts)
+        folder, reqs, args, "smollm2", opts)
     results["smollm2_vllm"]["raw_decode"] = vllm_raw_decode(folder, reqs, args, opts)
     print(f"  smollm2  raw_decode   {json.dumps(results['smollm2_vllm']['raw_decode'])}")
     vb.shutdown_engines()
@@ -216,10 +197,11 @@ def main() -> None:
     if not (args.skip_tiny or args.raw_only):
         from relbudget.sampling import requests_from
         from relbudget.task import builtin_splits
+        from relbudget.testing import build_chatty_policy
 
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.time()
-            tiny = build_chatty_tiny(Path(tmp) / "tiny", args.tiny_steps)
+            tiny = build_chatty_policy(Path(tmp) / "tiny", args.tiny_steps)
             results["tiny_pretrain_s"] = round(time.time() - t0, 1)
             train, _ = builtin_splits(args.tiny_prompts, 4, [1, 2], 2, seed=1)
             treqs = requests_from(train)
@@ -228,9 +210,7 @@ def main() -> None:
             topts = vb.EngineOptions(block_size=args.block_size)
             print(f"tiny chatty policy: {len(treqs)} prompts x {args.tiny_attempts}, cap 96, T=1",
                   flush=True)
-            results["tiny_vllm"] = bench_vllm_modes(str(tiny), treqs, targs, "tiny",
-                                                    ["none", "logits", "chunked"], [8, 16, 32],
-                                                    topts)
+            results["tiny_vllm"] = bench_vllm_modes(str(tiny), treqs, targs, "tiny", topts)
             vb.shutdown_engines()
 
     summary = {}

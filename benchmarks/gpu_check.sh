@@ -290,7 +290,7 @@ def main():
         note("TRL/datasets not importable (carry .gpu/wheels): timing a plain-PyTorch GRPO step of "
              f"the same shape ({PPS} prompts x G={G}, H={H}, fp32 AdamW) instead")
         try:
-            from relbudget.verify import reward_within
+            from relbudget.verify import verify
             tok = AutoTokenizer.from_pretrained(folder)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
@@ -318,7 +318,8 @@ def main():
                 toks += int(mask.sum())
                 golds = [a for a in rows["answer"] for _ in range(G)]
                 texts = tok.batch_decode(comp, skip_special_tokens=True)
-                r = torch.tensor([reward_within(x, g, "int", True) for x, g in zip(texts, golds)], device=dev)
+                r = torch.tensor([float(verify(x, g, "int", True).first_correct_chars is not None)
+                                  for x, g in zip(texts, golds)], device=dev)
                 r = r.view(PPS, G)
                 adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1)
                 model.train()

@@ -14,12 +14,8 @@ instead of `data/rollouts/...`. The DVC view (`data/`, `dvc.lock`) is never touc
 output manifests in `OUT_ROOT/.flow`. `out_root="."` writes `data/` itself (not recommended:
 `dvc status` then reports those outs as modified until `dvc repro`/`dvc commit`).
 
-Cache key of a task = hash of (stage, regime, the params sections the stage declares in its
-SECTIONS, the content of its input files, the source of the stage module and of every
-`relbudget`/`stages` module it imports, transitively). Results persist across flow runs. Before a
-cached result is used, the outputs on disk are checked against the manifest the task wrote when
-it last executed under that key; outputs that were deleted, edited, or written by a run with
-other params make the task execute again.
+Cache key of a task: flows/cache.py (inputs' content, the stage's params hash, the code it
+imports); results persist across flow runs and are checked against the outputs on disk.
 
 Run:  python -m flows.pipeline                  (see --help; `serve` schedules it with a cron)
 """
@@ -27,40 +23,29 @@ Run:  python -m flows.pipeline                  (see --help; `serve` schedules i
 from __future__ import annotations
 
 import argparse
-import ast
-import difflib
-import hashlib
 import importlib
-import importlib.util
 import json
 import logging
 import os
 import sys
-import threading
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from prefect import allow_failure, flow, get_run_logger, task
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.filesystems import LocalFileSystem
+from prefect.context import FlowRunContext
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from relbudget.params import Params, ParamsError, Paths, load_params, params_hash
+from flows.cache import (MISSING, base_key, label_of, manifest, stage_cache_key, stage_io,
+                         tree_digest)
+from relbudget.io import to_json_safe, write_json
+from relbudget.params import Params, ParamsError, Paths, format_errors, load_params
 
-PROJECT = Path(__file__).resolve().parent.parent
-MEASUREMENT = ("prepare", "base_policy", "sample_t", "xi")
-TRAINING = ("train", "evaluate", "sweep", "report")
-STAGES = MEASUREMENT + TRAINING
 SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
 # running at once in threads of one process would interleave their random streams.
 TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep"})
-OWN_PACKAGES = ("relbudget", "stages")  # the code whose source enters a cache key
-KEY_VERSION = "1"
-MISSING = "missing"
 DEFAULT_OUT_ROOT = "runs/prefect"
 RESULTS_DIR = ".prefect-results"
 STATE_DIR = ".flow"
@@ -113,29 +98,12 @@ class FlowConfig(BaseModel):
         return v
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = ["invalid flow parameters:"]
-    for e in err.errors():
-        loc = e["loc"]
-        field = ".".join(str(p) for p in loc)
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            allowed = list(Timeouts.model_fields if loc[0] == "timeouts" else FlowConfig.model_fields)
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            msg = ("unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
-                   + f" allowed: {', '.join(allowed)}")
-        elif "input" in e and e["type"] != "missing":
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
-
-
 def flow_config(**values: Any) -> FlowConfig:
     """FlowConfig from flow parameters (None means default), or FlowConfigError."""
     try:
         return FlowConfig.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as err:
-        raise FlowConfigError(_format_errors(err)) from None
+        raise FlowConfigError(format_errors(err, "invalid flow parameters:", FlowConfig)) from None
 
 
 def rooted(params: Params, out_root: str) -> Params:
@@ -149,197 +117,6 @@ def rooted(params: Params, out_root: str) -> Params:
                                   f"paths under out_root, so make it relative")
         moved[name] = value if root == Path(".") else (root / p).as_posix()
     return params.model_copy(update={"paths": params.paths.model_copy(update=moved)})
-
-
-# --------------------------------------------------------------------------- the DAG's files
-
-
-def label_of(stage: str, regime: str | None) -> str:
-    return f"{stage}@{regime}" if regime else stage
-
-
-def stage_io(stage: str, regime: str | None, params: Params) -> tuple[list[str], list[str]]:
-    """(inputs, outputs) of one stage execution: DESIGN.md section 4, the data deps of dvc.yaml."""
-    p: Paths = params.paths
-    if stage == "prepare":
-        hf = params.data.hf
-        local = [hf.path] if params.data.source == "hf" and hf and Path(hf.path).exists() else []
-        return local, [p.prepared]
-    if stage == "base_policy":
-        return [p.prepared], [p.base_model]
-    if stage == "sample_t":
-        return [p.base_model, f"{p.prepared}/train.parquet"], [p.rollouts]
-    if stage == "xi":
-        return [p.rollouts], [p.xi]
-    if stage == "train":
-        return ([p.base_model, f"{p.prepared}/train.parquet", f"{p.xi}/budgets.yaml"],
-                [f"{p.models}/{regime}", f"{p.train}/{regime}"])
-    if stage == "evaluate":
-        policy = p.base_model if regime == "base" else f"{p.models}/{regime}"
-        return ([policy, f"{p.prepared}/eval.parquet", f"{p.xi}/budgets.yaml"],
-                [f"{p.eval}/{regime}.json", f"{p.eval}/{regime}_rollouts.parquet"])
-    if stage == "sweep":
-        return ([p.base_model, p.prepared, f"{p.xi}/E_T.json"], [f"{p.sweep}/{regime}"])
-    if stage == "report":
-        return ([p.xi, p.eval, *(f"{p.train}/{r}/history.parquet" for r in params.regimes),
-                 *(f"{p.sweep}/{cell}" for cell, _, _ in params.sweep.cells())], [p.report])
-    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-
-
-# --------------------------------------------------------------------------- content hashing
-
-_file_memo: dict[tuple, str] = {}
-_memo_lock = threading.Lock()
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes, memoised per (path, inode, size, mtime) within the process."""
-    st = path.stat()
-    stamp = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    with _memo_lock:
-        if stamp in _file_memo:
-            return _file_memo[stamp]
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    digest = h.hexdigest()
-    with _memo_lock:
-        _file_memo[stamp] = digest
-    return digest
-
-
-def tree_digest(path: str | Path) -> str:
-    """Content hash of a file or a folder (names and bytes, hidden entries skipped); MISSING."""
-    p = Path(path)
-    if p.is_file():
-        return file_digest(p)
-    if not p.is_dir():
-        return MISSING
-    files = sorted(f for f in p.rglob("*") if f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
-    if not files:
-        return MISSING  # an empty folder is no output
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(p).as_posix()}\0{file_digest(f)}\n".encode())
-    return h.hexdigest()
-
-
-def _module_file(name: str) -> Path | None:
-    base = PROJECT.joinpath(*name.split("."))
-    for candidate in (base / "__init__.py", base.with_suffix(".py")):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _own_imports(path: Path, module: str) -> set[str]:
-    """Project modules a source file imports anywhere (top level or inside functions)."""
-    tree = ast.parse(path.read_text(), str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                full = f"{base}.{node.module}" if node.module else base
-            else:
-                full = node.module or ""
-            names.add(full)
-            names.update(f"{full}.{a.name}" for a in node.names)  # may name a submodule
-    return {n for n in names if n.split(".")[0] in OWN_PACKAGES}
-
-
-def code_files(*roots: str) -> list[Path]:
-    """The files of the given modules and of every project module they import, transitively."""
-    seen: dict[str, Path | None] = {}
-    todo = list(roots)
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
-            mod = ".".join(parts[:i])
-            if mod in seen:
-                continue
-            seen[mod] = f = _module_file(mod)
-            if f is not None:
-                todo.extend(_own_imports(f, mod))
-    return sorted({f for f in seen.values() if f is not None})
-
-
-def code_digest(stage: str) -> str:
-    h = hashlib.sha256()
-    for f in code_files(f"stages.{stage}", "stages._cli"):
-        h.update(f"{f.relative_to(PROJECT).as_posix()}\0{file_digest(f)}\n".encode())
-    return h.hexdigest()
-
-
-def stage_sections(stage: str) -> list[str]:
-    """The stage module's SECTIONS, read from its source so a cache hit never imports torch."""
-    path = _module_file(f"stages.{stage}")
-    if path is not None:
-        for node in ast.parse(path.read_text()).body:
-            if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                    and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "SECTIONS"):
-                try:
-                    return list(ast.literal_eval(node.value))
-                except ValueError:
-                    break
-    return list(importlib.import_module(f"stages.{stage}").SECTIONS)
-
-
-# --------------------------------------------------------------------------- cache key
-
-
-def base_key(stage: str, regime: str | None, params: Params) -> str:
-    inputs, _ = stage_io(stage, regime, params)
-    sections = stage_sections(stage)
-    blob = json.dumps({
-        "v": KEY_VERSION,
-        "stage": stage,
-        "regime": regime,
-        "params": params_hash(params, sections),  # the MLflow tag's hash: no paths
-        "inputs": {i: tree_digest(i) for i in inputs},
-        "code": code_digest(stage),
-    }, sort_keys=True)
-    return f"relbudget-{label_of(stage, regime).replace('@', '-at-')}-{hashlib.sha256(blob.encode()).hexdigest()[:40]}"
-
-
-def _manifest(state_dir: str, label: str) -> Path:
-    return Path(state_dir) / f"{label}.json"
-
-
-def outputs_current(stage: str, regime: str | None, params: Params, state_dir: str, key: str) -> bool:
-    """True if the outputs on disk are those the task wrote when it last executed under `key`."""
-    f = _manifest(state_dir, label_of(stage, regime))
-    try:
-        recorded = json.loads(f.read_text())
-    except (OSError, ValueError):
-        return False
-    _, outs = stage_io(stage, regime, params)
-    now = {o: tree_digest(o) for o in outs}
-    return recorded.get("key") == key and recorded.get("outputs") == now and MISSING not in now.values()
-
-
-def stage_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    """Prefect cache_key_fn: inputs' content + params sections + code; outputs validated.
-
-    When the outputs on disk do not belong to this key (deleted, edited, or written under another
-    key), the stored result for the key is dropped so the task executes and records afresh.
-    """
-    stage, regime, params = parameters["stage"], parameters["regime"], parameters["params"]
-    key = base_key(stage, regime, params)
-    if not outputs_current(stage, regime, params, parameters["state_dir"], key):
-        storage = getattr(context.result_store, "result_storage", None)
-        if isinstance(storage, LocalFileSystem) and storage.basepath:
-            Path(storage.basepath, key).unlink(missing_ok=True)
-        else:  # cannot drop the record: use a one-off key (the next run converges)
-            key = f"{key}-rebuild-{uuid.uuid4().hex[:8]}"
-    return key
 
 
 # --------------------------------------------------------------------------- the task
@@ -395,16 +172,11 @@ def flow_pipeline_run():
                         "prefect.flow_run_name": str(flow_run.name)})
 
 
-def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
-
-
 @task(persist_result=True, cache_key_fn=stage_cache_key)
 def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) -> dict:
     """One stage execution through stages._cli.execute (its MLflow run ends FAILED on error)."""
     from prefect.transactions import get_transaction
 
-    from relbudget.io import write_json
     from stages._cli import execute
 
     label = label_of(stage, regime)
@@ -428,9 +200,9 @@ def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) ->
                           transient=is_transient(err)) from err
     txn = get_transaction()
     key = txn.key if txn is not None and txn.key else base_key(stage, regime, params)
-    write_json({"key": key, "outputs": digests}, _manifest(state_dir, label))
+    write_json({"key": key, "outputs": digests}, manifest(state_dir, label))
     logger.info("%s wrote %s", label, ", ".join(outs))
-    return {"stage": label, "outputs": digests, "result": _json_safe(result)}
+    return {"stage": label, "outputs": digests, "result": to_json_safe(result)}
 
 
 # --------------------------------------------------------------------------- task runners
@@ -483,10 +255,6 @@ _THREAD_TIMEOUT_FILTER = _DropThreadTimeoutWarning()
 logging.getLogger("prefect.task_runs").addFilter(_THREAD_TIMEOUT_FILTER)
 
 
-def missing_training_stages() -> list[str]:
-    return [s for s in TRAINING if importlib.util.find_spec(f"stages.{s}") is None]
-
-
 def _ship_stage_logs() -> Callable[[], None]:
     """Send the stages' own log lines (logger 'relbudget') to the Prefect UI during the flow."""
     from prefect.logging.handlers import APILogHandler
@@ -506,21 +274,21 @@ def _ship_stage_logs() -> Callable[[], None]:
     return undo
 
 
-def publish_report(report_dir: Path) -> list[str]:
+def publish_report(paths: Paths) -> list[str]:
     """The report as artifacts of this flow run (a cached report too): report.md as Markdown and
     the per-xi sweep table of metrics.json. Returns the keys published."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     published = []
-    md = report_dir / "report.md"
+    md = Path(paths.report_md)
     if md.exists():
         create_markdown_artifact(markdown=md.read_text(), key=REPORT_ARTIFACT,
-                                 description=f"relbudget report ({md}); plots: MLflow, {report_dir}")
+                                 description=f"relbudget report ({md}); plots: MLflow, {paths.report}")
         published.append(REPORT_ARTIFACT)
-    metrics = report_dir / "metrics.json"
+    metrics = Path(paths.report_metrics)
     rows = json.loads(metrics.read_text()).get("sweep_by_xi") if metrics.exists() else None
     if isinstance(rows, list) and rows:
-        create_table_artifact(table=_json_safe(rows), key=SWEEP_ARTIFACT,
+        create_table_artifact(table=to_json_safe(rows), key=SWEEP_ARTIFACT,
                               description="learning efficiency per swept xi (mean over seeds)")
         published.append(SWEEP_ARTIFACT)
     return published
@@ -554,10 +322,6 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
         (root / ".gitignore").write_text("# written by flows/pipeline.py: flow outputs, never committed\n*\n")
     storage = results_dir.resolve()  # a Path: Prefect makes it a LocalFileSystem, nothing saved
 
-    missing = missing_training_stages()
-    if missing:
-        logger.warning("training half not available (missing: %s): running the measurement half "
-                       "only (%s)", ", ".join(f"stages/{m}.py" for m in missing), ", ".join(MEASUREMENT))
     ctx = FlowRunContext.get()
     serial = cfg.reproducible and isinstance(getattr(ctx, "task_runner", None), ThreadPoolTaskRunner)
     logger.info("writing under %s (params %s); torch stages %s", root.resolve(), cfg.params_file,
@@ -589,17 +353,16 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
         submit("base_policy", None, ["prepare"])
         submit("sample_t", None, ["base_policy"])
         submit("xi", None, ["sample_t"])
-        if not missing:
-            for r in params.regimes:
-                submit("train", r, ["xi"])
-            submit("evaluate", "base", ["xi"])
-            for r in params.regimes:
-                submit("evaluate", r, [f"train@{r}"])
-            cells = [cell for cell, _, _ in params.sweep.cells()]
-            for cell in cells:
-                submit("sweep", cell, ["xi"])
-            submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes),
-                                    *(f"sweep@{c}" for c in cells)])
+        for r in params.regimes:
+            submit("train", r, ["xi"])
+        submit("evaluate", "base", ["xi"])
+        for r in params.regimes:
+            submit("evaluate", r, [f"train@{r}"])
+        cells = [cell for cell, _, _ in params.sweep.cells()]
+        for cell in cells:
+            submit("sweep", cell, ["xi"])
+        submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes),
+                                *(f"sweep@{c}" for c in cells)])
         for f in futures.values():
             f.wait()
     finally:
@@ -608,11 +371,10 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
     states = {label: f.state for label, f in futures.items()}
     failed = {lb: _failure_text(s) for lb, s in states.items() if s.is_failed() or s.is_crashed()}
     skipped = [lb for lb, s in states.items() if not s.is_final()]
-    summary = {"out_root": str(root), "half": "measurement" if missing else "full",
-               "missing_stages": missing, "states": {lb: s.name for lb, s in states.items()}}
+    summary = {"out_root": str(root), "states": {lb: s.name for lb, s in states.items()}}
     logger.info("task states: %s", summary["states"])
     if "report" in states and states["report"].is_completed():
-        summary["artifacts"] = publish_report(Path(params.paths.report))
+        summary["artifacts"] = publish_report(params.paths)
     if failed:
         why = "; ".join(msg if msg.startswith(f"stage {lb} ") else f"stage {lb} failed: {msg}"
                         for lb, msg in failed.items())

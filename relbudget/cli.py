@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from relbudget import estimators as est
-from relbudget.params import XiParams
+from relbudget.params import XiParams, check_xi, error_lines
 from relbudget.schemas import ROLLOUTS, read_table
 
 EXIT_ERROR = 2  # the same code argparse uses for a usage error
@@ -43,14 +43,7 @@ def _xi_params(args: argparse.Namespace) -> XiParams:
     try:
         return XiParams(**given)
     except ValidationError as err:
-        msgs = []
-        for e in err.errors():
-            field = str(e["loc"][0]) if e["loc"] else ""
-            msg = e["msg"].removeprefix("Value error, ")
-            if field in _FLAGS:  # a single flag's value; else a check across flags
-                msg = f"{_FLAGS[field]}: {msg} (got {e['input']!r})"
-            msgs.append(msg)
-        raise CLIError("; ".join(msgs)) from None
+        raise CLIError("; ".join(error_lines(err, XiParams, _FLAGS))) from None
 
 
 def _num(x: Any, fmt: str = ".4g") -> str:
@@ -59,12 +52,25 @@ def _num(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt)
 
 
+def _read_rollouts(args: argparse.Namespace):
+    """The rollout table, refused when it mixes policies or caps unless --allow-mixed: one E[T]
+    over two policies' attempts describes neither."""
+    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
+    mixed = {c: sorted(map(str, df[c].unique()))[:5] for c in ("policy", "max_tokens")
+             if df[c].nunique() > 1}
+    if mixed and not args.allow_mixed:
+        what = "; ".join(f"{c}: {', '.join(v)}" for c, v in mixed.items())
+        raise CLIError(f"{args.rollouts} mixes several {' and '.join(mixed)} values ({what}); "
+                       "pass --allow-mixed to pool them into one estimate")
+    return df
+
+
 # ---------------------------------------------------------------- xi
 
 
 def cmd_xi(args: argparse.Namespace) -> int:
     xp = _xi_params(args)
-    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
+    df = _read_rollouts(args)
     cap = est.table_cap(df)
     horizons = args.horizon if args.horizon else est.summary_horizons(cap)
     s = est.summarize(df, horizons, group_size=xp.group_size, n_bootstrap=xp.n_bootstrap,
@@ -103,14 +109,16 @@ def cmd_xi(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- plan
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    if not math.isfinite(args.target_xi) or args.target_xi <= 0:
-        raise CLIError(f"--target-xi must be a finite number > 0, got {args.target_xi}")
+def cmd_plan(args: argparse.Namespace, extra=None) -> int:
+    """`extra(out)`: one more line to print (and key `grpo_config` in JSON); used by measure."""
+    check_xi(args.target_xi, "--target-xi")  # finite, in XI_RANGE: no overflow, no silent H = 1
     xp = _xi_params(args)
-    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
+    df = _read_rollouts(args)
     out = est.to_json_safe(est.plan(df, args.target_xi, xp.group_size, args.reward))
     if out["warning"]:
         print(f"relbudget plan: warning: {out['warning']}", file=sys.stderr)
+    if extra is not None:
+        out["grpo_config"] = extra(out)
     if args.json:
         print(json.dumps(out, allow_nan=False))
         return 0
@@ -124,6 +132,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
               f"{out['reward_mean']:.4f}, variance {out['reward_var']:.4f}, "
               f"P_inf(G={out['group_size']}) = {out['p_informative']:.4f} "
               f"(pooled-p formula {out['p_informative_pooled']:.4f})")
+    if extra is not None:
+        print(out["grpo_config"])
     return 0
 
 
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "answer within H), final (ended within H, last answer correct) or budget "
                        "((H - T + 1) / H if T <= H, else 0) (default within)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument("--allow-mixed", dest="allow_mixed", action="store_true",
+                       help="pool a table holding several policies or caps (refused by default; "
+                       "the cap is then the smallest)")
 
     p = sub.add_parser("xi", help="E[T] with CI, and xi, p, P_inf, regime for each horizon")
     common(p)
@@ -165,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--target-xi", dest="target_xi", type=float, required=True, metavar="X")
     p.set_defaults(func=cmd_plan)
+
+    from relbudget.measure import add_parser as add_measure
+
+    add_measure(sub, cmd_plan)
     return parser
 
 

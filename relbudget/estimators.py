@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from relbudget.io import to_json_safe
+
 REGIMES = ("deficient", "balanced", "ample")
 
 # BCa, not percentile: the pooled ratio sum(consumed) / sum(hits) is right-skewed (a resample with
@@ -647,16 +649,3 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
         "ci_method": CI_METHOD,
         "n_bootstrap": int(n_bootstrap),
     })
-
-
-def to_json_safe(obj: Any) -> Any:
-    """numpy scalars to Python, inf/nan to None (JSON has neither), recursively."""
-    if isinstance(obj, dict):
-        return {str(k): to_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

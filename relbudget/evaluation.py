@@ -91,7 +91,7 @@ def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[st
     set_threads(e.threads)
     cap = max(horizons.values())
     gen, tok, used = load_generator(backend, folder, cap, e.temperature, 1.0, True, e.batch_size,
-                                    e.seed, base_policy.trust_remote_code)
+                                    base_policy.trust_remote_code)
     prompts = render_prompts(prompts, tok, base_policy.chat_template)
     table = sample_table(gen, tok, requests_from(prompts), attempts, cap, e.seed, policy=policy,
                          chunk_prompts=max(1, len(prompts)), desc=f"evaluate@{policy}")

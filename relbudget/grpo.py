@@ -14,6 +14,14 @@ Text after the first correct answer (`train.after_answer`):
   (the same early exit the rollout table uses, `relbudget.sampling.hf`), through TRL's
   `rollout_func`. No token is spent or trained on after the answer. HF generation only: vLLM has
   no per-row verifier hook, so `use_vllm` is ignored in this mode (with a warning).
+
+The horizon (`train.budget`):
+- `fixed`: H of the regime for the whole run.
+- `controller`: `relbudget.trl.XiController`, fed by BudgetReward (`observer`), sets
+  H_t = target_xi * E_t[T] every `controller.every` steps where TRL reads the cap (and the
+  early-exit rollout reads `trainer.max_completion_length`); history columns `E_T_est`, `H_next`.
+- `per_prompt`: the prompts carry `H_x` (relbudget.prompt_budgets); every request is generated
+  through the rollout_func with its own cap (HF only), and scored at it.
 """
 
 from __future__ import annotations
@@ -23,7 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +41,7 @@ import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
+from relbudget.io import switch_work_dir
 from relbudget.params import TrainParams
 from relbudget.sampling.common import Generation, Request, score
 
@@ -74,6 +82,8 @@ def grpo_config(train: TrainParams, H: int, output_dir: str | Path, max_model_le
     use_vllm = bool(train.use_vllm and _cuda())
     if use_vllm and train.after_answer == "stop":
         log.warning("after_answer=stop generates with HF early exit; use_vllm is ignored")
+        use_vllm = False
+    if use_vllm and train.budget == "per_prompt":  # one cap per request: the HF rollout_func
         use_vllm = False
     extra = {}
     if use_vllm:
@@ -209,26 +219,38 @@ class BudgetReward:
         self.mode = mode
         self.__name__ = f"reward_{mode}"  # TRL names its reward metrics after this
         self.pending: dict | None = None
+        self.caps: dict[str, int] | None = None  # per_prompt: prompt text -> its own H_x
+        self.observer = None  # controller: called with (tokens to the answer or all, hits)
 
     def __call__(self, prompts, completions, completion_ids, answer, answer_format,
                  stop_reason=None, **kwargs) -> list[float]:
         rows, failed = [], 0
+        caps = ([self.caps.get(p, self.H) for p in prompts] if self.caps is not None
+                else [self.H] * len(completion_ids))
         for i, ids in enumerate(completion_ids):
             reason = stop_reason[i] if stop_reason is not None else None
             try:
-                rows.append(score_completion(self.tokenizer, ids, answer[i], answer_format[i], self.H,
+                rows.append(score_completion(self.tokenizer, ids, answer[i], answer_format[i], caps[i],
                                              reason))
             except BaseException as err:  # a verifier bug must not kill a long training run
                 if isinstance(err, (KeyboardInterrupt, SystemExit)):
                     raise
                 failed += 1
-                rows.append(_miss(ids, self.H))
+                rows.append(_miss(ids, caps[i]))
                 if failed == 1:
                     log.warning("verifier failed on a completion (reward 0): %s: %s",
                                 type(err).__name__, err)
-        rewards = [reward_of(r, self.mode, self.H) for r in rows]
+        rewards = [reward_of(r, self.mode, h) for r, h in zip(rows, caps)]
+        if self.observer is not None:
+            hits = [r["first_correct_token"] is not None for r in rows]
+            self.observer([r["first_correct_token"] if h else r["n_tokens"] for r, h in zip(rows, hits)],
+                          hits)
         try:
             self.pending = step_stats(rows, rewards, self.H, self.G)
+            if self.caps is not None:  # per_prompt: xi_t and the H column use the batch's mean H_x
+                self.pending["H_mean"] = float(np.mean(caps))
+                if self.pending["n_hits"]:
+                    self.pending["xi_t"] = self.pending["H_mean"] / self.pending["E_T"]
             self.pending["verifier_failures"] = failed
         except Exception as err:
             log.warning("could not compute step statistics: %s", err)
@@ -243,10 +265,15 @@ class BudgetReward:
 # ---------------------------------------------------------------- early exit (after_answer=stop)
 
 
-def early_exit_rollout(tokenizer, prompts_df: pd.DataFrame, H: int, temperature: float, seed: int):
+def early_exit_rollout(tokenizer, prompts_df: pd.DataFrame, H: int, temperature: float, seed: int,
+                       caps: dict[str, int] | None = None, early_exit: bool = True):
     """A TRL rollout_func that stops each completion at its first correct answer.
 
-    TRL hands it only prompt texts, so the gold answer is looked up by prompt text.
+    TRL hands it only prompt texts, so the gold answer is looked up by prompt text. The cap is
+    read from `trainer.max_completion_length` at each call, so a controller that changes it
+    (relbudget.trl.set_max_completion_length) changes this generation too. `caps` (per_prompt):
+    prompt text -> its own cap; rows are generated in groups of equal cap. `early_exit=False`
+    generates to EOS or the cap (after_answer keep with per-prompt caps).
     """
     from relbudget.sampling import hf
 
@@ -255,9 +282,17 @@ def early_exit_rollout(tokenizer, prompts_df: pd.DataFrame, H: int, temperature:
     def rollout(prompts: list[str], trainer) -> dict[str, Any]:
         requests = [Request("", p, *gold[p]) for p in prompts]
         model = trainer.accelerator.unwrap_model(trainer.model)
+        H_now = int(getattr(trainer, "max_completion_length", None) or H)
+        limits = [caps.get(p, H_now) for p in prompts] if caps is not None else [H_now] * len(prompts)
         # Seeded by step, so a resumed run draws what an uninterrupted one would have.
-        gens = hf.generate(model, tokenizer, [(r, i) for i, r in enumerate(requests)], H,
-                           temperature, 1.0, True, seed * 1_000_003 + trainer.state.global_step)
+        base = seed * 1_000_003 + trainer.state.global_step
+        gens: list = [None] * len(prompts)
+        for cap in sorted(set(limits)):
+            idx = [i for i, c in enumerate(limits) if c == cap]
+            out = hf.generate(model, tokenizer, [(requests[i], i) for i in idx], cap, temperature,
+                              1.0, early_exit, base if caps is None else base + 7919 * cap)
+            for i, g in zip(idx, out):
+                gens[i] = g
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
         return {"prompt_ids": prompt_ids, "completion_ids": [g.token_ids for g in gens],
                 "logprobs": None, "stop_reason": [g.ended for g in gens]}
@@ -291,8 +326,9 @@ class HistoryCallback(TrainerCallback):
     """One history row per optimizer step; MLflow logging; the token-budget stop; resume state."""
 
     def __init__(self, reward: BudgetReward, train: TrainParams, H: int,
-                 rows: list[dict] | None = None):
+                 rows: list[dict] | None = None, controller=None):
         self.reward, self.train, self.H = reward, train, int(H)
+        self.controller = controller  # relbudget.trl.XiController (train.budget = controller)
         self.rows: list[dict] = list(rows or [])
         self.unlogged: dict = {}
         self.t0 = time.perf_counter()
@@ -312,6 +348,11 @@ class HistoryCallback(TrainerCallback):
             return control
         row = {"step": int(state.global_step), **stats,
                "cum_generated_tokens": self.cum_tokens + stats["generated_tokens"], "H": self.H}
+        if "H_mean" in stats:  # per_prompt: the H column is the batch's mean H_x, rounded
+            row["H"] = int(round(stats["H_mean"]))
+        if self.controller is not None:  # after the row took the H it ran at; may change H
+            c = self.controller.step_row(row["step"]) or {}
+            row["E_T_est"], row["H_next"] = c.get("E_T_est", math.nan), int(c.get("H_next", self.H))
         self.rows.append(row)
         # sent with TRL's metrics of the same step in on_log: one MLflow call per step (~30 ms each).
         # The wall clock (of this process) goes to MLflow only: the history is a tracked output
@@ -373,9 +414,13 @@ def fingerprint(model, prompts_df: pd.DataFrame, train: TrainParams, H: int) -> 
     # Fields that do not change the trajectory stay out, so a run killed before its budget can
     # resume with a larger budget or a new checkpoint interval.
     knobs = train.model_dump(mode="json", exclude=NOT_TRAJECTORY)
+    defaults = TrainParams().model_dump(mode="json")
+    for k in BUDGET_KNOBS:  # at their defaults they leave the fingerprints of older runs unchanged
+        if k in knobs and knobs[k] == defaults[k]:
+            del knobs[k]
     h.update(json.dumps([knobs, int(H)], sort_keys=True).encode())
-    h.update(pd.util.hash_pandas_object(prompts_df[["prompt", "answer", "answer_format"]],
-                                        index=False).to_numpy().tobytes())
+    cols = ["prompt", "answer", "answer_format"] + (["H_x"] if "H_x" in prompts_df else [])
+    h.update(pd.util.hash_pandas_object(prompts_df[cols], index=False).to_numpy().tobytes())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -383,13 +428,9 @@ def fingerprint(model, prompts_df: pd.DataFrame, train: TrainParams, H: int) -> 
 
 
 def resumable_checkpoint(output_dir: Path, fp: str) -> Path | None:
-    """The newest complete checkpoint of the same run in output_dir; a stale folder is wiped."""
-    stamp = output_dir / FINGERPRINT_FILE
-    if output_dir.exists() and (not stamp.exists() or stamp.read_text() != fp):
-        log.info("discarding checkpoints from another configuration in %s", output_dir)
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(fp)
+    """The newest complete checkpoint of the same run in output_dir; checkpoints of another
+    configuration are kept aside in {output_dir}.kept/<fingerprint> (relbudget.io.switch_work_dir)."""
+    switch_work_dir(output_dir, FINGERPRINT_FILE, fp)
     ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
                    reverse=True)
     for c in ckpts:  # a kill between Trainer's save and ours leaves a checkpoint without history
@@ -454,9 +495,18 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
         return model, history_frame(rows)
 
     reward = BudgetReward(tokenizer, H, train.num_generations, train.reward)
-    history = HistoryCallback(reward, train, H, rows)
-    rollout = (early_exit_rollout(tokenizer, prompts_df, H, train.temperature, train.seed)
-               if train.after_answer == "stop" else None)
+    caps = _per_prompt_caps(prompts_df, train)
+    if caps is not None:
+        reward.caps = caps
+    controller = _controller(train, reward, rows, H)
+    H0 = controller.H if controller is not None else H
+    history = HistoryCallback(reward, train, H0, rows, controller)
+    if controller is not None:
+        reward.H = H0
+        controller.on_change = lambda h: (setattr(reward, "H", h), setattr(history, "H", h))
+    rollout = (early_exit_rollout(tokenizer, prompts_df, H, train.temperature, train.seed, caps,
+                                  early_exit=train.after_answer == "stop")
+               if train.after_answer == "stop" or caps is not None else None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         args = grpo_config(train, H, output_dir, max_model_len)
@@ -464,6 +514,8 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
                               train_dataset=train_dataset(prompts_df), processing_class=tokenizer,
                               callbacks=[history], rollout_func=rollout)
         trainer.remove_callback(PrinterCallback)  # it prints every step's full log dict
+        if controller is not None:
+            controller.attach(trainer)  # sets the cap where TRL reads it (resumed: the saved H)
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     if train.stop == "tokens" and history.cum_tokens < train.token_budget:
@@ -473,6 +525,38 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.eval()
     return model, history_frame(history.rows)
+
+
+BUDGET_KNOBS = ("budget", "controller", "per_prompt", "prompt_filter")
+
+
+def _per_prompt_caps(prompts_df: pd.DataFrame, train: TrainParams) -> dict[str, int] | None:
+    """train.budget = per_prompt: prompt text -> H_x (column H_x, from prompt_budgets)."""
+    if train.budget != "per_prompt":
+        return None
+    if "H_x" not in prompts_df:
+        raise ValueError("train.budget is per_prompt but the prompts have no H_x column "
+                         "(relbudget.prompt_budgets.per_prompt_caps adds it)")
+    if train.use_vllm:
+        log.warning("per_prompt budgets generate with HF (one cap per row); use_vllm is ignored")
+    return {str(p): int(h) for p, h in zip(prompts_df["prompt"], prompts_df["H_x"])}
+
+
+def _controller(train: TrainParams, reward: BudgetReward, rows: list[dict], H: int):
+    """train.budget = controller: an XiController fed by the reward; resumed at the saved H."""
+    if train.budget != "controller":
+        return None
+    from relbudget.trl import XiController
+
+    c = train.controller
+    ctrl = XiController(target_xi=c.target_xi, every=c.every, h_min=c.h_min, h_max=c.h_max,
+                        smoothing=c.smoothing, method=c.estimator)
+    ctrl.H = int(min(max(H, c.h_min), c.h_max))
+    if rows and "H_next" in rows[-1]:
+        ctrl.H = int(rows[-1]["H_next"])
+        ctrl._log_H = math.log(ctrl.H)
+    reward.observer = ctrl.record
+    return ctrl
 
 
 # ---------------------------------------------------------------- preflight

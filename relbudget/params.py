@@ -1,7 +1,8 @@
 """Every knob of the pipeline, typed and validated in one place (pydantic), before any compute.
 
-`params.yaml` has one section per stage; each stage reads only its own section (plus `paths`,
-`seed` and `regimes` where it needs them). Unknown keys are rejected with a did-you-mean, so a
+`params.yaml` has one section per stage; each stage reads only its own section (plus `paths`
+and `regimes` where it needs them; the stage's SECTIONS, checked against dvc.yaml by
+tests/test_interfaces.py). Unknown keys are rejected with a did-you-mean, so a
 typo never silently falls back to a default.
 """
 
@@ -11,6 +12,7 @@ import difflib
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -26,6 +28,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Bounds a 2-core, 24 GB machine can honour (docs/failures.md): checked before any compute.
+XI_RANGE = (1e-3, 1e3)  # a target xi outside it is a typo (1e308) or a horizon of 1 token (1e-300)
+MAX_NAME = 64  # regime names become folder names, MLflow tags and DVC stage names
+ROW_BYTES = 200  # a rollout row in memory besides its completion text (about 1 byte per token)
+MEMORY_LIMIT = 8 * 2**30  # what a rollout table of one stage may take in memory
+
+
+def check_xi(xi: float, what: str) -> float:
+    """A target xi, finite and inside XI_RANGE; ValueError naming `what` otherwise."""
+    if not (math.isfinite(xi) and XI_RANGE[0] <= xi <= XI_RANGE[1]):
+        raise ValueError(f"{what}: target xi must be a finite number in {XI_RANGE[0]:g}.."
+                         f"{XI_RANGE[1]:g}, got {xi}")
+    return xi
+
+
+def rollout_bytes(attempts: int, prompts: int, cap: int) -> int:
+    """The estimated memory of a rollout table: attempts x prompts rows of ROW_BYTES + cap."""
+    return attempts * prompts * (ROW_BYTES + cap)
+
+
+XI_PLOTS = ("xi_curves.png", "gamma_fit.png")
+REPORT_PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png")
+
+
 class Paths(Section):
     """Where every stage output lives; dvc.yaml reads the same values through ${paths.*}."""
 
@@ -38,6 +64,78 @@ class Paths(Section):
     eval: str = "data/eval"
     report: str = "data/report"
     sweep: str = "data/sweep"
+
+    # The files inside those folders, named here only: stages, the flow and relbudget.paths use
+    # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
+    def prompts(self, split: str) -> str:
+        """The prompt table of a split ('train' or 'eval')."""
+        return f"{self.prepared}/{split}.parquet"
+
+    @property
+    def xi_summary(self) -> str:
+        return f"{self.xi}/summary.json"
+
+    @property
+    def E_T(self) -> str:
+        """The base policy's E[T] alone (what sweep cells read)."""
+        return f"{self.xi}/E_T.json"
+
+    @property
+    def budgets(self) -> str:
+        return f"{self.xi}/budgets.yaml"
+
+    @property
+    def per_prompt(self) -> str:
+        return f"{self.xi}/per_prompt.parquet"
+
+    @property
+    def curves(self) -> str:
+        return f"{self.xi}/curves.parquet"
+
+    def xi_plot(self, name: str) -> str:
+        """A plot of the xi stage (a name of XI_PLOTS)."""
+        return f"{self.xi}/{name}"
+
+    def policy(self, regime: str) -> str:
+        """The policy folder of a regime; 'base' is the base policy."""
+        return self.base_model if regime == "base" else f"{self.models}/{regime}"
+
+    def history(self, regime: str) -> str:
+        return f"{self.train}/{regime}/history.parquet"
+
+    def train_work(self, regime: str) -> str:
+        """Trainer checkpoints of an unfinished train@REGIME (hidden, removed on success)."""
+        return f"{self.train}/.{regime}.work"
+
+    def eval_json(self, regime: str) -> str:
+        return f"{self.eval}/{regime}.json"
+
+    def eval_rollouts(self, regime: str) -> str:
+        return f"{self.eval}/{regime}_rollouts.parquet"
+
+    def cell_history(self, cell: str) -> str:
+        return f"{self.sweep}/{cell}/history.parquet"
+
+    def cell_rollouts(self, cell: str) -> str:
+        return f"{self.sweep}/{cell}/rollouts.parquet"
+
+    def cell_eval(self, cell: str) -> str:
+        return f"{self.sweep}/{cell}/eval.json"
+
+    def cell_work(self, cell: str) -> str:
+        return f"{self.sweep}/.{cell}.work"
+
+    @property
+    def report_md(self) -> str:
+        return f"{self.report}/report.md"
+
+    @property
+    def report_metrics(self) -> str:
+        return f"{self.report}/metrics.json"
+
+    def report_plot(self, name: str) -> str:
+        """A plot of the report (a name of REPORT_PLOTS)."""
+        return f"{self.report}/{name}"
 
 
 class HFSource(Section):
@@ -56,8 +154,8 @@ class HFSource(Section):
 
 class DataParams(Section):
     source: Literal["builtin", "hf"] = "builtin"
-    n_train: int = Field(256, gt=0)
-    n_eval: int = Field(128, gt=0)
+    n_train: int = Field(256, gt=0, le=1_000_000)
+    n_eval: int = Field(128, gt=0, le=1_000_000)
     levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="digits per operand")
     operands: int = Field(2, ge=2, le=4)
     style: Literal["retry", "trace", "natural"] = Field(
@@ -117,7 +215,7 @@ class BasePolicyParams(Section):
 
 class SamplingParams(Section):
     backend: Literal["hf", "vllm", "auto"] = "hf"
-    attempts: int = Field(8, gt=0, description="K attempts per prompt")
+    attempts: int = Field(8, gt=0, le=4096, description="K attempts per prompt")
     max_tokens: int = Field(192, gt=0, description="Hmax, the cap every attempt runs to")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -130,8 +228,8 @@ class SamplingParams(Section):
 
 
 class XiParams(Section):
-    group_size: int = Field(8, ge=2, description="GRPO group size G for P_inf")
-    n_bootstrap: int = Field(1000, ge=50)
+    group_size: int = Field(8, ge=2, le=1024, description="GRPO group size G for P_inf")
+    n_bootstrap: int = Field(1000, ge=50, le=100_000)
     ci_level: float = Field(0.95, gt=0, lt=1)
     deficient_below: float = Field(0.5, gt=0)
     ample_above: float = Field(3.0, gt=0)
@@ -144,7 +242,62 @@ class XiParams(Section):
         return self
 
 
+class _HBounds(Section):
+    h_min: int = Field(8, gt=0, description="the smallest H allowed")
+    h_max: int = Field(192, gt=0, description="the largest H allowed (vLLM: within its context)")
+
+    @model_validator(mode="after")
+    def _h_order(self):
+        if self.h_min > self.h_max:
+            raise ValueError(f"h_min ({self.h_min}) must not exceed h_max ({self.h_max})")
+        return self
+
+
+class ControllerParams(_HBounds):
+    """train.budget = controller: every `every` steps H_t = target_xi * E_t[T], E_t[T] estimated
+    from the policy's own completions of the last `every` steps (censored at H_t)."""
+
+    target_xi: float = Field(1.75, gt=0, le=1000)
+    every: int = Field(4, gt=0, description="steps between updates of H")
+    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the old H (log space)")
+    estimator: Literal["gamma", "ratio"] = Field(
+        "gamma", description="gamma: right-censored Gamma MLE (bias < 2% at xi >= 1 in tests); "
+        "ratio: sum(tokens) / #correct, exact only for an exponential T, biased high when cut")
+
+
+class PerPromptParams(_HBounds):
+    """train.budget = per_prompt: H_x = target_xi * E[T|x] from the base rollouts, shrunk toward
+    the pooled E[T]: (consumed_sum + shrink * E_T) / (hits + shrink)."""
+
+    target_xi: float = Field(1.75, gt=0, le=1000)
+    shrink: float = Field(2.0, ge=0, description="pseudo-hits at the pooled E[T] per prompt")
+    unsolved: Literal["h_max", "drop"] = Field(
+        "h_max", description="prompts without any correct base attempt: train at h_max, or drop")
+
+
+class PromptFilterParams(Section):
+    """Keep training prompts whose xi_x = H / E[T|x] (base rollouts) lies in xi_band."""
+
+    xi_band: tuple[float, float] = Field((1.5, 2.0), description="[lo, hi], the paper's band")
+    H: int | None = Field(None, gt=0, description="None: the regime's H")
+
+    @field_validator("xi_band")
+    @classmethod
+    def _band(cls, v):
+        if not (0 <= v[0] <= v[1]):
+            raise ValueError(f"xi_band must be [lo, hi] with 0 <= lo <= hi, got {list(v)}")
+        return v
+
+
 class TrainParams(Section):
+    budget: Literal["fixed", "controller", "per_prompt"] = Field(
+        "fixed", description="fixed: H of the regime; controller: H_t = target_xi * E_t[T] on "
+        "the fly (train.controller); per_prompt: H_x per prompt from the base rollouts "
+        "(train.per_prompt)")
+    controller: ControllerParams = ControllerParams()
+    per_prompt: PerPromptParams = PerPromptParams()
+    prompt_filter: PromptFilterParams | None = Field(
+        None, description="null: train on every prompt; else keep prompts with xi_x in the band")
     stop: Literal["tokens", "steps"] = "tokens"
     token_budget: int = Field(150_000, gt=0, description="completion tokens per regime (compute-matched)")
     max_steps: int = Field(400, gt=0, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
@@ -157,8 +310,8 @@ class TrainParams(Section):
         "stop", description="stop (the theory's episode): generation ends at the first correct "
         "answer, no token is spent or trained on after it; keep: text after the first correct "
         "answer is generated and trained on (a self-correcting policy then runs on to H)")
-    num_generations: int = Field(8, ge=2)
-    prompts_per_step: int = Field(8, gt=0)
+    num_generations: int = Field(8, ge=2, le=1024)
+    prompts_per_step: int = Field(8, gt=0, le=4096)
     lr: float = Field(1e-4, gt=0)
     beta: float = Field(0.0, ge=0)
     temperature: float = Field(1.0, gt=0)
@@ -176,7 +329,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    attempts: int = Field(8, gt=0, description="n samples per prompt (pass@k needs k <= n)")
+    attempts: int = Field(8, gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
     h_eval: int = Field(64, gt=0, description="the common evaluation budget H_eval")
     pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
     temperature: float = Field(1.0, gt=0)
@@ -225,8 +378,8 @@ class SweepParams(Section):
     def _xi(cls, v: list[float]) -> list[float]:
         if not v:
             raise ValueError("sweep.xi must hold at least one value")
-        if any(not (math.isfinite(x) and x > 0) for x in v):
-            raise ValueError(f"every sweep.xi value must be finite and > 0, got {v}")
+        for x in v:
+            check_xi(x, "sweep.xi")
         if len(set(v)) != len(v):
             raise ValueError(f"sweep.xi values must be distinct, got {v}")
         return v
@@ -248,7 +401,6 @@ class ReportParams(Section):
 
 
 class Params(Section):
-    seed: int = 0
     paths: Paths = Paths()
     data: DataParams = DataParams()
     base_policy: BasePolicyParams = BasePolicyParams()
@@ -261,6 +413,8 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     sweep: SweepParams = SweepParams()
     report: ReportParams = ReportParams()
+    allow_outside_paths: bool = Field(False, description="let paths.* leave the project folder "
+                                      "(absolute or ../); off, so a typo never writes elsewhere")
 
     @field_validator("regimes")
     @classmethod
@@ -268,14 +422,50 @@ class Params(Section):
         if not v:
             raise ValueError("regimes must name at least one regime (name: target xi)")
         for name, xi in v.items():
-            if not name.isidentifier() or name == "base":
-                raise ValueError(f"regime name {name!r} must be an identifier other than 'base'")
-            if not xi > 0:
-                raise ValueError(f"regime {name!r}: target xi must be > 0, got {xi}")
+            if not name.isidentifier() or name == "base" or len(name) > MAX_NAME:
+                raise ValueError(f"regime name {name[:80]!r} must be an identifier of at most "
+                                 f"{MAX_NAME} characters other than 'base'")
+            check_xi(xi, f"regime {name!r}")
         return v
+
+    def _check_names_and_paths(self) -> None:
+        taken = {part(v): f"paths.{k}" for k, v in self.paths.model_dump().items()
+                 for part in (lambda v: Path(v).name, lambda v: Path(v).stem)}
+        taken.update({name: "a sweep cell" for name, _, _ in self.sweep.cells()})
+        for name in self.regimes:
+            if name in taken:
+                raise ValueError(f"regime name {name!r} clashes with {taken[name]}; rename the regime")
+        if self.allow_outside_paths:
+            return
+        for k, v in self.paths.model_dump().items():
+            norm = Path(v).as_posix()
+            if Path(v).is_absolute() or Path(os.path.normpath(norm)).parts[:1] == ("..",):
+                raise ValueError(f"paths.{k} = {v!r} leaves the project folder; use a path inside "
+                                 "it, or set allow_outside_paths: true")
+
+    def _check_costs(self) -> None:
+        d, s, e = self.data, self.sampling, self.evaluate
+        if d.source == "builtin":
+            from relbudget.task import capacity
+
+            room = int(0.9 * capacity(d.levels, d.operands))
+            if d.n_train + d.n_eval > room:
+                raise ValueError(f"data.n_train + data.n_eval = {d.n_train + d.n_eval} distinct "
+                                 f"problems, but levels {d.levels} with {d.operands} operands hold "
+                                 f"{room} (90% of all); lower them or add levels")
+        for what, attempts, prompts, cap in (
+                ("sampling", s.attempts, s.n_prompts or d.n_train, s.max_tokens),
+                ("evaluate", e.attempts, d.n_eval, max(e.h_eval, s.max_tokens))):
+            need = rollout_bytes(attempts, prompts, cap)
+            if need > MEMORY_LIMIT:
+                raise ValueError(f"{what}: {attempts} attempts x {prompts} prompts x (cap {cap} + "
+                                 f"{ROW_BYTES}) bytes ~ {need / 2**30:.1f} GiB of rollouts, above "
+                                 f"the {MEMORY_LIMIT / 2**30:.0f} GiB limit; lower attempts or prompts")
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
+        self._check_names_and_paths()
+        self._check_costs()
         if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":
             raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below "
                              f"base_policy.max_position ({self.base_policy.max_position})")
@@ -311,34 +501,79 @@ def _did_you_mean(loc: tuple, model: type[BaseModel]) -> str:
     return f"{hint} allowed: {', '.join(allowed)}"
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"invalid params in {source}:"]
+def error_lines(err: ValidationError, model: type[BaseModel],
+                names: dict[str, str] | None = None) -> list[str]:
+    """One line per failure of a pydantic model (params, flow parameters, CLI flags): the field
+    (or what the user typed for it, from `names`), the message with the bad value, and for an
+    unknown key the closest allowed one."""
+    lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
+        field = (names or {}).get(field, field)
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key" + _did_you_mean(e["loc"], Params)
+            msg = "unknown key" + _did_you_mean(e["loc"], model)
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"  # a whole section (cross-field checks) is noise
-        lines.append(f"  {field}: {msg}" if field else f"  {msg}")
-    return "\n".join(lines)
+        lines.append(f"{field}: {msg}" if field else msg)
+    return lines
+
+
+def format_errors(err: ValidationError, title: str, model: type[BaseModel] | None = None) -> str:
+    """`title`, then one indented line per failure (error_lines); model defaults to Params."""
+    return "\n".join([title, *(f"  {line}" for line in error_lines(err, model or Params))])
 
 
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as err:
-        raise ParamsError(_format_errors(err, source)) from None
+        raise ParamsError(format_errors(err, f"invalid params in {source}:")) from None
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (as DVC does), where PyYAML
+    silently keeps the last value."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + (getattr(err, "problem", None) or str(err).splitlines()[0])
+
+
+def read_yaml(path: str | Path, error: type[Exception], missing: str) -> Any:
+    """The YAML document in `path`, duplicate keys refused; `error` with one line (`missing`
+    when there is no such file) when it cannot be read or parsed."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise error(f"{path} is not valid YAML: {yaml_problem(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{path} cannot be read: {err}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    raw = read_yaml(path, ParamsError, f"params file not found: {path}")
     if raw is not None and not isinstance(raw, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw, str(path))

@@ -180,7 +180,13 @@ def read_table(path: str | Path, schema: pa.DataFrameSchema,
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{schema.name} table not found: {path}")
-    df = _read_parquet(path, list(schema.columns) if schema_columns_only else None)
+    if path.is_dir():
+        raise TableError(f"{schema.name} table {path} is a directory; give one parquet file")
+    try:
+        df = _read_parquet(path, list(schema.columns) if schema_columns_only else None)
+    except (pa_lib.ArrowException, OSError) as err:  # garbage, truncated or not parquet at all
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise TableError(f"{schema.name} table {path} is not a readable parquet file: {first}") from None
     if schema is ROLLOUTS:
         df = normalise_rollouts(df)
     return validate(df, schema, f"{schema.name} table {path}")

@@ -231,18 +231,6 @@ def answer_is_correct(value: str, gold: str, fmt: str) -> bool:
     return isinstance(value, str) and _canon_number(value) == gold_key
 
 
-def reward_within(text: str, gold: str, fmt: str, ended: bool) -> float:
-    """1.0 if a correct answer appears in `text` (the completion within the horizon), else 0.0.
-    Never raises: an internal error gives 0.0 and a logged warning."""
-    return _safe_reward(lambda: verify(text, gold, fmt, ended).first_correct_chars is not None,
-                        "reward_within", text)
-
-
-def reward_final(text: str, gold: str, fmt: str, ended: bool) -> float:
-    """1.0 if the last complete answer in `text` is correct, else 0.0. Never raises."""
-    return _safe_reward(lambda: verify(text, gold, fmt, ended).final_correct, "reward_final", text)
-
-
 def extract_gold(raw: Any, fmt: str) -> str:
     """The gold answer from a dataset answer field.
 
@@ -789,17 +777,6 @@ def _worker_main() -> int:
 
 
 # --------------------------------------------------------------------------------------- rewards
-
-def _safe_reward(fn, name: str, text: Any) -> float:
-    try:
-        return 1.0 if fn() else 0.0
-    except BaseException as err:  # noqa: BLE001 - math_verify's TimeoutException included
-        if isinstance(err, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        logger.warning("%s: verifier error %s: %s (text %s); reward 0.0", name,
-                       type(err).__name__, err, _short(text, 60))
-        return 0.0
-
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--math-worker"]:

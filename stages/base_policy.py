@@ -19,7 +19,7 @@ from relbudget.pretrain import pretrain
 from relbudget.task import trace_corpus
 
 log = logging.getLogger("relbudget.base_policy")
-SECTIONS = ["base_policy", "data", "paths"]
+SECTIONS = ["base_policy", "data.levels", "data.operands", "data.style", "paths"]
 
 
 def train_builtin(params: Params, folder: Path) -> dict:
@@ -29,7 +29,7 @@ def train_builtin(params: Params, folder: Path) -> dict:
     tok = char_tokenizer()
     model = tiny_llama(tok, p.hidden_size, p.n_layers, p.n_heads, p.intermediate_size, p.max_position)
     # Eval prompts never appear in the traces, so evaluation measures generalisation.
-    eval_prompts = set(pd.read_parquet(Path(params.paths.prepared) / "eval.parquet")["prompt"])
+    eval_prompts = set(pd.read_parquet(params.paths.prompts("eval"))["prompt"])
     pairs = trace_corpus(p.n_traces, d.levels, d.operands, p.seed, exclude=eval_prompts,
                          retry=p if d.style == "retry" else None)
     log.info("pre-training a %d-parameter Llama on %d traces for %d steps",

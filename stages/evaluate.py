@@ -10,26 +10,23 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import mlflow
-import yaml
 
-from relbudget.estimators import to_json_safe
+from relbudget.budgets import BudgetError, read_budgets
 from relbudget.evaluation import evaluate_policy
 from relbudget.io import write_json
 from relbudget.tracking import eval_headline, log_dataset, log_metrics
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.evaluate")
-SECTIONS = ["evaluate", "sampling", "base_policy", "paths"]
+SECTIONS = ["evaluate", "sampling.backend", "base_policy.trust_remote_code",
+            "base_policy.chat_template", "paths"]
 
 
 def load_budgets(params) -> dict:
-    path = Path(params.paths.xi) / "budgets.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the xi stage first")
-    return yaml.safe_load(path.read_text())
+    """budgets.yaml, every entry validated (relbudget.budgets): H >= 1, regime, every field."""
+    return {k: b.model_dump() for k, b in read_budgets(params.paths.xi).items()}
 
 
 def horizons_for(regime: str, budgets: dict, h_eval: int) -> dict[str, int]:
@@ -38,7 +35,8 @@ def horizons_for(regime: str, budgets: dict, h_eval: int) -> dict[str, int]:
         named = {f"H_{name}": int(b["H"]) for name, b in budgets.items()}
     else:
         if regime not in budgets:
-            raise KeyError(f"regime {regime!r} is not in budgets.yaml ({', '.join(budgets)})")
+            raise BudgetError(f"regime {regime!r} is not in budgets.yaml ({', '.join(budgets)}); "
+                              "rerun the xi stage")
         named = {"H_own": int(budgets[regime]["H"])}
     return {**named, "H_eval": h_eval}
 
@@ -47,21 +45,20 @@ def run(params, regime: str) -> dict:
     e = params.evaluate
     budgets = load_budgets(params)
     horizons = horizons_for(regime, budgets, e.h_eval)
-    folder = params.paths.base_model if regime == "base" else str(Path(params.paths.models) / regime)
-    prompts = read_table(Path(params.paths.prepared) / "eval.parquet", PROMPTS)
-    log_dataset(prompts, Path(params.paths.prepared) / "eval.parquet", "evaluation")
+    folder = params.paths.policy(regime)
+    prompts = read_table(params.paths.prompts("eval"), PROMPTS)
+    log_dataset(prompts, params.paths.prompts("eval"), "evaluation")
     t0 = time.time()
     table, result = evaluate_policy(folder, prompts, horizons, e, params.base_policy,
                                     params.sampling.backend, regime)
     mlflow.log_metric("seconds", time.time() - t0)  # a timing: MLflow only, never the metrics file
-    out = Path(params.paths.eval)
-    write_table(table, ROLLOUTS, out / f"{regime}_rollouts.parquet")
+    write_table(table, ROLLOUTS, params.paths.eval_rollouts(regime))
     result = {"regime": regime, **result}
-    write_json(to_json_safe(result), out / f"{regime}.json")
+    write_json(result, params.paths.eval_json(regime))
     for name, m in result["at"].items():
         log_metrics({f"{name}/{k}": v for k, v in m.items()})
     log_metrics(eval_headline(result["at"]))  # the same columns on every evaluate run
-    mlflow.log_artifact(str(out / f"{regime}.json"))
+    mlflow.log_artifact(params.paths.eval_json(regime))
     log.info("evaluate@%s: %s", regime, {n: round(m["accuracy"], 3) for n, m in result["at"].items()})
     return result
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import mlflow
 
@@ -24,13 +23,12 @@ def run(params: Params) -> dict:
         from relbudget.datasets_io import load_hf_prompts
 
         train, eval_ = load_hf_prompts(d.hf, d.n_train, d.n_eval, d.seed)
-    out = Path(params.paths.prepared)
     for name, table in (("train", train), ("eval", eval_)):
-        write_table(table, PROMPTS, out / f"{name}.parquet")
-        log_dataset(table, out / f"{name}.parquet", name)
+        write_table(table, PROMPTS, params.paths.prompts(name))
+        log_dataset(table, params.paths.prompts(name), name)
     stats = {"n_train": len(train), "n_eval": len(eval_)}
     mlflow.log_metrics(stats)
-    log.info("wrote %d train and %d eval prompts to %s", len(train), len(eval_), out)
+    log.info("wrote %d train and %d eval prompts to %s", len(train), len(eval_), params.paths.prepared)
     return stats
 
 

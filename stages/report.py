@@ -8,6 +8,7 @@ the plots. metrics.json holds no timings: unchanged inputs give the same bytes.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -15,19 +16,17 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-import yaml
 
 from relbudget import plots
 from relbudget import report as rep
-from relbudget.estimators import to_json_safe
-from relbudget.io import write_json, write_text
-from relbudget.params import cell_name
+from relbudget.budgets import read_budgets
+from relbudget.io import to_json_safe, write_json, write_text
+from relbudget.params import REPORT_PLOTS, cell_name
 from relbudget.schemas import HISTORY, read_table
 from relbudget.tracking import log_metrics
 
 log = logging.getLogger("relbudget.report")
-SECTIONS = ["report", "regimes", "evaluate", "sweep", "paths"]
-PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png")
+SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "paths"]
 
 
 def load_cells(params) -> list[tuple[dict, pd.DataFrame]]:
@@ -35,7 +34,7 @@ def load_cells(params) -> list[tuple[dict, pd.DataFrame]]:
     another one with the same xi and seed (e.g. `xi1-s0` beside `xi1.0-s0`)."""
     root = Path(params.paths.sweep)
     found: dict[tuple[float, int], tuple[str, dict]] = {}
-    for f in sorted(root.glob("*/eval.json")):
+    for f in sorted(map(Path, glob.glob(params.paths.cell_eval("*")))):
         ev = json.loads(f.read_text())
         key = (float(ev["xi"]), int(ev["seed"]))
         if key not in found or f.parent.name == cell_name(*key):
@@ -46,7 +45,7 @@ def load_cells(params) -> list[tuple[dict, pd.DataFrame]]:
             missing.append(cell_name(xi, seed))
             continue
         folder, ev = found[(xi, seed)]
-        cells.append((ev, read_table(root / folder / "history.parquet", HISTORY)))
+        cells.append((ev, read_table(params.paths.cell_history(folder), HISTORY)))
     if missing:
         raise FileNotFoundError(f"sweep cells without results under {root}: {', '.join(missing)}; "
                                 "run their sweep stages first")
@@ -55,21 +54,19 @@ def load_cells(params) -> list[tuple[dict, pd.DataFrame]]:
 
 def load_inputs(params) -> dict:
     p = params.paths
-    xi_dir = Path(p.xi)
     return {
-        "summary": json.loads((xi_dir / "summary.json").read_text()),
-        "budgets": yaml.safe_load((xi_dir / "budgets.yaml").read_text()),
-        "curves": pd.read_parquet(xi_dir / "curves.parquet"),
-        "base_eval": json.loads((Path(p.eval) / "base.json").read_text()),
-        "evals": {r: json.loads((Path(p.eval) / f"{r}.json").read_text()) for r in params.regimes},
-        "histories": {r: read_table(Path(p.train) / r / "history.parquet", HISTORY)
-                      for r in params.regimes},
+        "summary": json.loads(Path(p.xi_summary).read_text()),
+        "budgets": {k: b.model_dump() for k, b in read_budgets(p.xi).items()},
+        "curves": pd.read_parquet(p.curves),
+        "base_eval": json.loads(Path(p.eval_json("base")).read_text()),
+        "evals": {r: json.loads(Path(p.eval_json(r)).read_text()) for r in params.regimes},
+        "histories": {r: read_table(p.history(r), HISTORY) for r in params.regimes},
         "cells": load_cells(params),
     }
 
 
 def run(params) -> dict:
-    out = Path(params.paths.report)
+    p, out = params.paths, Path(params.paths.report)
     inp = load_inputs(params)
     band = tuple(params.report.paper_band)
     rows = [rep.regime_row(r, inp["budgets"][r], inp["evals"][r], inp["histories"][r],
@@ -80,11 +77,11 @@ def run(params) -> dict:
     for ev, h in inp["cells"]:
         histories.setdefault(float(ev["xi"]), []).append(h)
 
-    plots.xi_curves(inp["curves"], inp["budgets"], out / "xi_curves.png", band)
-    plots.learning_curves(inp["histories"], out / "learning_curves.png")
-    plots.efficiency(agg, out / "efficiency.png", band, pd.DataFrame(rows), peak)
+    plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot("xi_curves.png"), band)
+    plots.learning_curves(inp["histories"], p.report_plot("learning_curves.png"))
+    plots.efficiency(agg, p.report_plot("efficiency.png"), band, pd.DataFrame(rows), peak)
     plots.xi_t_sweep(histories, dict(zip(agg["xi"], agg["xi_t_slope_per_10k"])),
-                     out / "xi_t_sweep.png")
+                     p.report_plot("xi_t_sweep.png"))
     base_at = inp["base_eval"]["at"]["H_eval"]
     metrics = to_json_safe({
         "base": {"E_T": inp["summary"]["E_T"], "acc_H_eval": base_at["accuracy"],
@@ -94,16 +91,16 @@ def run(params) -> dict:
         "sweep_by_xi": agg.to_dict(orient="records"),
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
         "peak_sentence": rep.band_sentence(peak, band)})
-    write_json(metrics, out / "metrics.json")
-    gamma_png = os.path.relpath(Path(params.paths.xi) / "gamma_fit.png", out)
+    write_json(metrics, p.report_metrics)
+    gamma_png = os.path.relpath(p.xi_plot("gamma_fit.png"), out)
     write_text(rep.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
-                          gamma_png), out / "report.md")
+                          gamma_png), p.report_md)
     log_metrics({f"{r['regime']}/{k}": v for r in rows for k, v in r.items()})
     log_metrics({"peak_xi": peak["xi"], "peak_xi_low": peak["low"], "peak_xi_high": peak["high"]})
-    for f in ("report.md", "metrics.json", *PLOTS):
-        mlflow.log_artifact(str(out / f))
+    for f in (p.report_md, p.report_metrics, *map(p.report_plot, REPORT_PLOTS)):
+        mlflow.log_artifact(f)
     # MLflow shows report.md as text; this page renders, with the plots embedded (MLflow only)
-    mlflow.log_text(rep.html_page((out / "report.md").read_text(), out), "report.html")
+    mlflow.log_text(rep.html_page(Path(p.report_md).read_text(), out), "report.html")
     log.info("report written to %s; %s", out, metrics["peak_sentence"])
     return metrics
 

@@ -9,23 +9,24 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from relbudget.io import work_lock
 from relbudget.models import render_prompts
 from relbudget.sampling import fingerprint, load_generator, requests_from, sample_table, set_threads
 from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.sample_t")
-SECTIONS = ["sampling", "base_policy", "paths"]
+SECTIONS = ["sampling", "base_policy.trust_remote_code", "base_policy.chat_template", "paths"]
 
 
 def run(params) -> dict:
     s = params.sampling
     set_threads(s.threads)
-    prompts = read_table(Path(params.paths.prepared) / "train.parquet", PROMPTS)
+    prompts = read_table(params.paths.prompts("train"), PROMPTS)
     if s.n_prompts is not None:
         prompts = prompts.head(s.n_prompts)
     out = Path(params.paths.rollouts)
     gen, tok, backend = load_generator(s.backend, params.paths.base_model, s.max_tokens,
-                                       s.temperature, s.top_p, s.early_exit, s.batch_size, s.seed,
+                                       s.temperature, s.top_p, s.early_exit, s.batch_size,
                                        params.base_policy.trust_remote_code)
     prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
     # Chunks live beside the output, hidden; they let an interrupted run resume where it stopped.
@@ -33,9 +34,10 @@ def run(params) -> dict:
     fp = fingerprint(s.model_dump(), backend, prompts[["prompt_id", "prompt"]].values.tolist(),
                      _policy_stamp(params.paths.base_model))
     t0 = time.time()
-    table = sample_table(gen, tok, requests_from(prompts), s.attempts, s.max_tokens, s.seed,
-                         policy="base", chunk_prompts=s.chunk_prompts, chunk_dir=chunk_dir,
-                         fingerprint=fp, desc="sample_t")
+    with work_lock(chunk_dir):  # a second sample_t on these chunks is refused
+        table = sample_table(gen, tok, requests_from(prompts), s.attempts, s.max_tokens, s.seed,
+                             policy="base", chunk_prompts=s.chunk_prompts, chunk_dir=chunk_dir,
+                             fingerprint=fp, desc="sample_t")
     seconds = time.time() - t0
     write_table(table, ROLLOUTS, out)
     _cleanup(chunk_dir)

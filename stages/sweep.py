@@ -23,10 +23,10 @@ from pathlib import Path
 
 import mlflow
 
-from relbudget.estimators import to_json_safe
+from relbudget.budgets import check_token_budget
 from relbudget.evaluation import evaluate_policy
 from relbudget.grpo import train_policy
-from relbudget.io import write_json
+from relbudget.io import work_lock, write_json
 from relbudget.models import load_saved, render_prompts, save_policy
 from relbudget.params import parse_cell
 from relbudget.schemas import HISTORY, PROMPTS, ROLLOUTS, read_table, write_table
@@ -42,7 +42,7 @@ SECTIONS = ["sweep.token_budget", "sweep.eval_attempts", "train", "evaluate", "s
 def horizon(paths, xi: float) -> tuple[int, float]:
     """(H = max(1, round(xi * E[T])), E[T]) from the xi stage's E[T] of the base policy
     (rounded half up, as the regimes' budgets are)."""
-    path = Path(paths.xi) / "E_T.json"
+    path = Path(paths.E_T)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the xi stage first")
     E_T = json.loads(path.read_text()).get("E_T")
@@ -56,31 +56,35 @@ def run(params, cell: str) -> dict:
     paths, e = params.paths, params.evaluate
     H, E_T = horizon(paths, xi)
     t = params.train.model_copy(update={"seed": seed, "token_budget": params.sweep.token_budget})
+    if t.budget != "fixed":  # the sweep is the grid of fixed xi: an adaptive H would void its cells
+        log.warning("sweep@%s trains at a fixed H; train.budget %r is ignored here", cell, t.budget)
+        t = t.model_copy(update={"budget": "fixed"})
+    check_token_budget(t, H, f"sweep@{cell}")  # an unreachable budget: refused before compute
     mlflow.set_tags({"H": str(H), "target_xi": str(xi), "seed": str(seed), "reward": t.reward,
                      "after_answer": t.after_answer, "stop": t.stop})
     model, tok = load_saved(paths.base_model, params.base_policy.trust_remote_code)
-    prompts = render_prompts(read_table(Path(paths.prepared) / "train.parquet", PROMPTS), tok,
+    prompts = render_prompts(read_table(paths.prompts("train"), PROMPTS), tok,
                              params.base_policy.chat_template)
-    work = Path(paths.sweep) / f".{cell}.work"
+    work = Path(paths.cell_work(cell))
     log.info("sweep@%s: xi %g, H=%d (E[T] %.2f), seed %d, budget %d tokens", cell, xi, H, E_T, seed,
              t.token_budget)
     t0 = time.time()
-    model, history = train_policy(model, tok, prompts, t, H, work / "trainer",
-                                  check_length(model, tok, prompts, H, t))
+    with work_lock(work):  # a second sweep@CELL is refused: it never shares a live checkpoint
+        model, history = train_policy(model, tok, prompts, t, H, work / "trainer",
+                                      check_length(model, tok, prompts, H, t))
     seconds = time.time() - t0
     save_policy(model, tok, work / "policy")  # evaluated the way evaluate@REGIME is, then dropped
 
     # H_own comes free only when it is within the H_eval pass; a larger cap would cost every miss
     horizons = {"H_eval": e.h_eval, **({"H_own": H} if H <= e.h_eval else {})}
-    eval_prompts = read_table(Path(paths.prepared) / "eval.parquet", PROMPTS)
+    eval_prompts = read_table(paths.prompts("eval"), PROMPTS)
     table, result = evaluate_policy(work / "policy", eval_prompts, horizons, e, params.base_policy,
                                     params.sampling.backend, cell, params.sweep.eval_attempts)
-    out = Path(paths.sweep) / cell
-    write_table(history, HISTORY, out / "history.parquet")
-    write_table(table, ROLLOUTS, out / "rollouts.parquet")
+    write_table(history, HISTORY, paths.cell_history(cell))
+    write_table(table, ROLLOUTS, paths.cell_rollouts(cell))
     result = {"cell": cell, "xi": xi, "seed": seed, "H": H, "E_T_base": E_T,
               "token_budget": t.token_budget, **result}
-    write_json(to_json_safe(result), out / "eval.json")
+    write_json(result, paths.cell_eval(cell))
     shutil.rmtree(work, ignore_errors=True)
 
     stats = summary(history, seconds, H, None)

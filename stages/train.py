@@ -14,32 +14,23 @@ import time
 from pathlib import Path
 
 import mlflow
-import yaml
 
+from relbudget.budgets import budget_of, check_token_budget
 from relbudget.grpo import preflight, train_policy
-from relbudget.io import atomic_dir
+from relbudget.io import atomic_dir, work_lock
 from relbudget.models import load_saved, render_prompts, save_policy
 from relbudget.report import FINAL_STEPS, final_xi_t
 from relbudget.schemas import HISTORY, PROMPTS, read_table, write_table
 from relbudget.tracking import log_dataset, log_policy
 
 log = logging.getLogger("relbudget.train")
-SECTIONS = ["train", "base_policy", "regimes", "paths"]
+# the regime's H comes from budgets.yaml (a data dep), not from params `regimes`
+SECTIONS = ["train", "base_policy.trust_remote_code", "base_policy.chat_template", "paths"]
 
 
 def budget_entry(xi_dir: str | Path, regime: str) -> dict:
-    """The regime's entry in budgets.yaml (H, predicted p, P_inf, ...); clear errors if absent."""
-    path = Path(xi_dir) / "budgets.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the xi stage first")
-    budgets = yaml.safe_load(path.read_text()) or {}
-    if regime not in budgets:
-        raise KeyError(f"regime {regime!r} is not in {path} (it has: {', '.join(budgets) or 'none'}); "
-                       "rerun the xi stage after changing params.yaml regimes")
-    entry = budgets[regime]
-    if not isinstance(entry, dict) or not isinstance(entry.get("H"), int) or entry["H"] < 1:
-        raise ValueError(f"{path}: regime {regime!r} has no valid horizon H: {entry!r}")
-    return entry
+    """The regime's validated entry in budgets.yaml (H, predicted p, P_inf, ...)."""
+    return budget_of(xi_dir, regime).model_dump()
 
 
 def _nan_if_none(v: float | None) -> float:
@@ -94,39 +85,68 @@ def check_length(model, tokenizer, prompts, H: int, train) -> int:
     return train.vllm_max_model_len or need
 
 
+def adaptive_budgets(params, prompts, H: int):
+    """train.prompt_filter and train.budget = per_prompt, from the base rollouts:
+    (prompts to train on, the H to configure TRL with, their counts and the H_x quantiles).
+    per_prompt: H becomes the largest H_x (TRL's own cap; each request has its own)."""
+    from relbudget.prompt_budgets import filter_prompts, per_prompt_caps
+    from relbudget.schemas import ROLLOUTS
+
+    t, out = params.train, {}
+    if t.prompt_filter is None and t.budget != "per_prompt":
+        return prompts, H, out
+    rollouts = read_table(params.paths.rollouts, ROLLOUTS, schema_columns_only=True)
+    if t.prompt_filter is not None:
+        prompts, counts = filter_prompts(rollouts, prompts, t.prompt_filter, H)
+        out.update({f"filter_{k}" if not k.startswith("filter_") else k: v
+                    for k, v in counts.items()})
+    if t.budget == "per_prompt":
+        prompts, hx = per_prompt_caps(rollouts, prompts, t.per_prompt)
+        H = int(prompts["H_x"].max())
+        out.update({f"per_prompt_{k}": v for k, v in hx.items()})
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({f"budget/{k}": float(v) for k, v in out.items()})
+    return prompts, H, out
+
+
 def run(params, regime: str) -> dict:
     t, paths = params.train, params.paths
     entry = budget_entry(paths.xi, regime)
     H = int(entry["H"])
     mlflow.set_tags({"H": str(H), "target_xi": str(entry.get("target_xi")),
-                     "reward": t.reward, "after_answer": t.after_answer, "stop": t.stop})
+                     "reward": t.reward, "after_answer": t.after_answer, "stop": t.stop,
+                     "budget": t.budget})
+    check_token_budget(t, H, f"train@{regime}")  # an unreachable budget: refused before compute
     warning = preflight(entry, t, regime)  # before any compute; raises if asked to refuse
 
     model, tok = load_saved(paths.base_model, params.base_policy.trust_remote_code)
-    prompts = read_table(Path(paths.prepared) / "train.parquet", PROMPTS)
-    log_dataset(prompts, Path(paths.prepared) / "train.parquet", "training")
+    prompts = read_table(paths.prompts("train"), PROMPTS)
+    log_dataset(prompts, paths.prompts("train"), "training")
     prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
-    work = Path(paths.train) / f".{regime}.work"
+    prompts, H, budget_stats = adaptive_budgets(params, prompts, H)
+    work = Path(paths.train_work(regime))
     log.info("train@%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", regime, H,
              len(prompts), t.stop, t.token_budget, t.max_steps)
 
-    max_model_len = check_length(model, tok, prompts, H, t)
+    H_ctx = max(H, t.controller.h_max) if t.budget == "controller" else H
+    max_model_len = check_length(model, tok, prompts, H_ctx, t)
     t0 = time.time()
-    model, history = train_policy(model, tok, prompts, t, H, work, max_model_len)
+    with work_lock(work):  # a second train@REGIME is refused: it never shares a live checkpoint
+        model, history = train_policy(model, tok, prompts, t, H, work, max_model_len)
     seconds = time.time() - t0
 
-    with atomic_dir(Path(paths.models) / regime) as tmp:
+    with atomic_dir(paths.policy(regime)) as tmp:
         save_policy(model, tok, tmp)
-    hist_path = Path(paths.train) / regime / "history.parquet"
+    hist_path = paths.history(regime)
     write_table(history, HISTORY, hist_path)
     shutil.rmtree(work, ignore_errors=True)
 
-    stats = summary(history, seconds, H, warning)
+    stats = {**summary(history, seconds, H, warning), **budget_stats}
     # under summary/ so they never mix with the per-step metrics of the same name
     mlflow.log_metrics({f"summary/{k}": float(v) for k, v in stats.items()
                         if isinstance(v, (int, float)) and math.isfinite(float(v))})
-    mlflow.log_artifact(str(hist_path))
-    log_policy(model, tok, Path(paths.models) / regime)
+    mlflow.log_artifact(hist_path)
+    log_policy(model, tok, Path(paths.policy(regime)))
     log.info("train@%s done: %s", regime, stats)
     return stats
 

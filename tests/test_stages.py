@@ -12,21 +12,18 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from relbudget import estimators as est
-from relbudget.models import char_tokenizer, save_policy, tiny_llama
-from relbudget.params import BasePolicyParams, load_params, parse_params
-from relbudget.pretrain import pretrain
+from relbudget.models import char_tokenizer, tiny_llama
+from relbudget.params import load_params, parse_params
 from relbudget.sampling import hf_generate_fn, requests_from, sample_table
 from relbudget.schemas import ROLLOUTS, validate
-from relbudget.task import builtin_splits, column_trace, make_problems, prompt_text
+from relbudget.task import builtin_splits
+from relbudget.testing import rambling_corpus, tiny_policy
 from stages import base_policy, prepare, sample_t, xi
 from stages._cli import execute
 from tests.conftest import tiny_params
-
-import numpy as np
 
 
 def write_params(project: Path, **overrides) -> None:
@@ -103,16 +100,8 @@ def test_stage_exception_ends_mlflow_run_failed(measured: Path):
 @pytest.fixture(scope="module")
 def rambling_policy(tmp_path_factory) -> Path:
     """A real tiny policy trained to keep writing guesses after its answer, as RL-ed ones do."""
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    pairs = [(prompt_text(xs, "trace"), column_trace(xs) + "|A:0|A:0|A:0|A:0|A:0")
-             for _, xs in make_problems(100, [1], 2, rng)]
-    tok = char_tokenizer()
-    model = tiny_llama(tok, 32, 2, 2, 64, 128)
-    pretrain(model, tok, pairs, BasePolicyParams(steps=150, batch_size=32, lr=0.01), log_every=1000)
-    folder = tmp_path_factory.mktemp("rambler")
-    save_policy(model, tok, folder)
-    return folder
+    return tiny_policy(tmp_path_factory.mktemp("rambler"), rambling_corpus(100, 0), heads=2,
+                       steps=150, batch_size=32, lr=0.01)
 
 
 def test_early_exit_spends_min_T_Hmax_and_keeps_hits(rambling_policy: Path):

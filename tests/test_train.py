@@ -16,11 +16,11 @@ import yaml
 
 from relbudget.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
                             train_policy)
-from relbudget.models import char_tokenizer, load_saved, save_policy, tiny_llama
-from relbudget.params import BasePolicyParams, TrainParams, parse_params
-from relbudget.pretrain import pretrain
+from relbudget.models import char_tokenizer, load_saved, save_policy
+from relbudget.params import TrainParams, parse_params
 from relbudget.schemas import HISTORY, PROMPTS, read_table, validate, write_table
 from relbudget.task import builtin_splits, trace_corpus
+from relbudget.testing import tiny_policy
 from stages import train as train_stage
 from stages._cli import execute
 
@@ -31,15 +31,8 @@ TINY = dict(num_generations=4, prompts_per_step=2, lr=1e-3, threads=1)
 def _pretrained(folder, after_answer: str = ""):
     """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format in folder;
     `after_answer` is text it learns to write after its answer, before EOS."""
-    torch.manual_seed(0)
-    tok = char_tokenizer()
-    model = tiny_llama(tok, hidden=32, layers=2, heads=4, intermediate=64, max_position=128)
-    p = BasePolicyParams(hidden_size=32, n_layers=2, n_heads=4, intermediate_size=64,
-                         max_position=128, steps=200, batch_size=64, lr=3e-3, threads=1)
     corpus = [(q, c + after_answer, eos) for q, c, eos in trace_corpus(60, [1], 2, seed=0)]
-    pretrain(model, tok, corpus, p, log_every=10**9)
-    save_policy(model, tok, folder)
-    return folder
+    return tiny_policy(folder, corpus)
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +160,8 @@ def test_stop_mode_spends_nothing_after_the_answer(rambler_dir, prompts, tmp_pat
     assert (hist["tokens_after_correct"] == 0).all()
 
 
-def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
-    t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
-    model, tok = load_saved(base_dir)
-    straight_model, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
-
+def killed_at_step_3(monkeypatch, model, tok, prompts, t, H_, work):
+    """train_policy killed in step 3 (after the checkpoint of step 2, with checkpoint_every=2)."""
     real = HistoryCallback.on_step_end
 
     def crash_at_3(self, args, state, control, **kw):
@@ -180,10 +170,18 @@ def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch)
         return real(self, args, state, control, **kw)
 
     monkeypatch.setattr(HistoryCallback, "on_step_end", crash_at_3)
-    model, tok = load_saved(base_dir)
     with pytest.raises(RuntimeError, match="killed"):
-        train_policy(model, tok, prompts, t, H, tmp_path / "work")
+        train_policy(model, tok, prompts, t, H_, work)
     monkeypatch.setattr(HistoryCallback, "on_step_end", real)
+
+
+def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
+    t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
+    model, tok = load_saved(base_dir)
+    straight_model, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
+
+    model, tok = load_saved(base_dir)
+    killed_at_step_3(monkeypatch, model, tok, prompts, t, H, tmp_path / "work")
 
     model, tok = load_saved(base_dir)
     trained, resumed = train_policy(model, tok, prompts, t, H, tmp_path / "work")
@@ -209,6 +207,7 @@ def _stage_params(tmp_path, **train):
             "prepared": "prepared", "base_model": "models/base", "xi": "xi", "models": "models",
             "train": "train", "rollouts": "rollouts/base.parquet", "eval": "eval",
             "report": "report"}.items()},
+        "allow_outside_paths": True,  # tmp_path is outside the project
         "regimes": {"balanced": 1.75},
         "train": {"token_budget": 700, "max_steps": 60, "checkpoint_every": 5, **TINY, **train},
     })
@@ -268,6 +267,7 @@ def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkey
 
 
 def test_stage_names_a_missing_regime(tmp_path):
-    (tmp_path / "budgets.yaml").write_text(yaml.safe_dump({"ample": {"H": 40}}))
-    with pytest.raises(KeyError, match="regime 'balanced' is not in .*it has: ample"):
+    (tmp_path / "budgets.yaml").write_text(yaml.safe_dump(
+        {"ample": {"H": 40, "target_xi": 5.0, "regime": "ample"}}))
+    with pytest.raises(ValueError, match="regime 'balanced' is not in .*it has: ample"):
         train_stage.budget_entry(tmp_path, "balanced")

@@ -11,7 +11,7 @@ import pytest
 
 from relbudget import verify as V
 from relbudget.verify import (Candidate, Verdict, answer_is_correct, confirm_point,
-                              extract_gold, find_candidates, reward_final, reward_within, verify)
+                              extract_gold, find_candidates, verify)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,15 +262,9 @@ def test_extract_gold():
             extract_gold(raw, fmt)
 
 
-def test_rewards_never_raise(caplog):
-    assert reward_within("A:45 A:46\n", "46", "int", False) == 1.0
-    assert reward_final("A:46 A:45\n", "46", "int", False) == 0.0
-    assert reward_final("\\boxed{0.5}", "\\frac{1}{2}", "math", True) == 1.0
-    with caplog.at_level(logging.WARNING, logger="relbudget.verify"):
-        assert reward_within(None, "46", "int", True) == 0.0
-        assert reward_final("A:46\n", "not a number", "int", True) == 0.0
-        assert reward_within("A:46\n", "46", "yaml", True) == 0.0
-    assert sum("verifier error" in r.message for r in caplog.records) == 3
+def test_math_answers_compare_by_value():
+    # (the rewards' "never raises" lives where GRPO scores: tests/test_train.py, BudgetReward)
+    assert verify("\\boxed{0.5}", "\\frac{1}{2}", "math", True).final_correct
 
 
 # ------------------------------------------------------------------------------ hostile inputs
@@ -329,13 +323,12 @@ def test_hostile_inputs_are_fast(text, fmt, request):
     for ended in (False, True):
         t0 = time.perf_counter()
         v = verify(text, GOLDS[fmt], fmt, ended)
-        r = reward_within(text, GOLDS[fmt], fmt, ended) + reward_final(text, GOLDS[fmt], fmt, ended)
         dt = time.perf_counter() - t0
         TIMINGS[request.node.callspec.id + f"-ended={ended}"] = dt
         assert dt < 1.0, f"{dt:.2f}s"
         # No hostile text holds the gold answer (nor a look-alike: other digits, signs, nesting),
         # so nothing is correct and no reward is paid.
-        assert isinstance(v, Verdict) and r == 0.0
+        assert isinstance(v, Verdict)
         assert (v.first_correct_chars, v.at_eos, v.final_correct) == (None, False, False)
         # The same text after a genuine answer: that answer is still found, confirmed right
         # where it ends, however hostile what follows is.

@@ -23,50 +23,19 @@ from relbudget.models import render_prompts  # noqa: E402
 from relbudget.sampling import load_generator, requests_from, sample_table  # noqa: E402
 from relbudget.sampling import vllm_backend as vb  # noqa: E402
 from relbudget.schemas import ROLLOUTS, validate  # noqa: E402
-from relbudget.task import builtin_splits, column_trace, make_problems, prompt_text  # noqa: E402
+from relbudget.task import builtin_splits  # noqa: E402
+from relbudget.testing import build_chatty_policy  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 
 CAP = 48
 
 
-def chatty_corpus(n: int, seed: int) -> list[tuple[str, str]]:
-    """One-digit sums whose completion repeats the trace three times: the policy writes a correct
-    'A:8|' early and keeps going, so early exit has tokens to save (like a chatty LLM)."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    pairs = []
-    for _, xs in make_problems(n, [1], 2, rng):
-        t = column_trace(xs)
-        pairs.append((prompt_text(xs, "trace"), f"{t}|{t}|{t}"))
-    return pairs
-
-
-def build_tiny_policy(folder: Path, steps: int = 200, seed: int = 0) -> Path:
-    """The built-in architecture (head_dim 24: exercises the padding for vLLM's CPU attention),
-    briefly pre-trained on the chatty corpus; deterministic for a seed."""
-    from relbudget.params import BasePolicyParams
-    from relbudget.pretrain import pretrain
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 0.3M-parameter model: one thread is fastest
-    try:
-        p = BasePolicyParams(steps=steps, batch_size=32, lr=3e-3, seed=seed)
-        torch.manual_seed(seed)
-        tok = char_tokenizer()
-        model = tiny_llama(tok, p.hidden_size, p.n_layers, p.n_heads, p.intermediate_size,
-                           p.max_position)
-        pretrain(model, tok, chatty_corpus(90, seed), p, log_every=steps)
-        save_policy(model, tok, folder)
-    finally:
-        torch.set_num_threads(threads)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory) -> Path:
-    return build_tiny_policy(tmp_path_factory.mktemp("tiny") / "policy")
+    """The built-in architecture (head_dim 24: exercises the padding for vLLM's CPU attention),
+    briefly pre-trained on the chatty corpus."""
+    return build_chatty_policy(tmp_path_factory.mktemp("tiny") / "policy")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,9 +51,8 @@ def tiny_requests():
     return requests_from(train)
 
 
-def tiny_fn(folder, early_exit: bool, mode: str = "logits", stats=None):
-    return vb.vllm_generate_fn(str(folder), CAP, 1.0, 1.0, early_exit, seed=0,
-                               early_exit_mode=mode, chunk_tokens=8, stats=stats)
+def tiny_fn(folder, early_exit: bool, stats=None):
+    return vb.vllm_generate_fn(str(folder), CAP, 1.0, 1.0, early_exit, stats=stats)
 
 
 # ----------------------------------------------------------------------------- no engine needed
@@ -173,13 +141,12 @@ def test_early_exit_cuts_the_same_attempts(tiny_policy, tiny_requests):
     assert cut > 0
 
 
-@pytest.mark.parametrize("mode", ["logits", "chunked"])
-def test_early_exit_stops_at_first_correct(tiny_policy, tiny_requests, mode):
+def test_early_exit_stops_at_first_correct(tiny_policy, tiny_requests):
     stats = vb.RunStats()
-    fn, tok = tiny_fn(tiny_policy, early_exit=True, mode=mode, stats=stats)
+    fn, tok = tiny_fn(tiny_policy, early_exit=True, stats=stats)
     table = sample_table(fn, tok, tiny_requests, attempts=4, max_tokens=CAP, seed=0,
                          policy="base", chunk_prompts=6)
-    validate(table, ROLLOUTS, f"vllm tiny early exit ({mode})")
+    validate(table, ROLLOUTS, "vllm tiny early exit")
     stopped = table[table["stop_reason"] == "first_correct"]
     assert len(stopped) > 0
     assert (stopped["first_correct_token"] == stopped["n_tokens"]).all()
@@ -196,12 +163,9 @@ def test_early_exit_stops_at_first_correct(tiny_policy, tiny_requests, mode):
         assert verify(row.completion, r.answer, r.answer_format, ended=False).first_correct_chars
         assert not verify(row.completion[:-1], r.answer, r.answer_format,
                           ended=False).first_correct_chars
-    # tokens the engine generated vs recorded: the logits processor adds one forced EOS per hit,
-    # chunking throws away the rest of the chunk after the answer
-    assert stats.generated >= int(table["n_tokens"].sum())
-    if mode == "logits":
-        forced = int((stopped["n_tokens"] < CAP).sum())  # at the cap, nothing is forced
-        assert stats.generated - int(table["n_tokens"].sum()) == forced
+    # tokens the engine generated vs recorded: the logits processor adds one forced EOS per hit
+    forced = int((stopped["n_tokens"] < CAP).sum())  # at the cap, nothing is forced
+    assert stats.generated - int(table["n_tokens"].sum()) == forced
 
 
 def test_early_exit_spends_fewer_tokens(tiny_policy, tiny_requests):
@@ -224,9 +188,10 @@ def test_sample_t_stage_with_vllm_backend(tiny_policy, tmp_path, monkeypatch):
     params = parse_params({
         "paths": {"prepared": str(tmp_path / "prepared"), "base_model": str(tiny_policy),
                   "rollouts": str(tmp_path / "rollouts" / "base.parquet")},
+        "allow_outside_paths": True,
         "sampling": {"backend": "vllm", "attempts": 3, "max_tokens": CAP, "chunk_prompts": 4},
     })
-    _, _, backend = load_generator("vllm", tiny_policy, CAP, 1.0, 1.0, True, 8, 0)
+    _, _, backend = load_generator("vllm", tiny_policy, CAP, 1.0, 1.0, True, 8)
     assert backend == "vllm"
     import mlflow
 
@@ -252,7 +217,7 @@ def smollm2():
 
 def test_smollm2_natural_prompts_pass_schema(smollm2):
     train, _ = builtin_splits(3, 2, [1, 2], 2, seed=0, style="natural")
-    fn, tok = vb.vllm_generate_fn(smollm2, 64, 0.7, 1.0, True, seed=0,
+    fn, tok = vb.vllm_generate_fn(smollm2, 64, 0.7, 1.0, True,
                                   options=vb.EngineOptions(kv_cache_gib=0.25, max_model_len=512))
     table = sample_table(fn, tok, requests_from(render_prompts(train, tok)), attempts=2,
                          max_tokens=64, seed=0, policy="smollm2", chunk_prompts=3)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -19,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from relbudget.io import write_parquet
+from relbudget.io import switch_work_dir, write_parquet
 from relbudget.sampling.common import Generation, Request, score
 from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
 
@@ -92,15 +91,10 @@ def sample_table(generate_fn: GenerateFn, tokenizer, requests: list[Request], at
 
 
 def _prepare_chunk_dir(chunk_dir: Path, fingerprint: str) -> None:
-    """Reuse chunks only if they came from the same configuration; otherwise start afresh."""
-    stamp = chunk_dir / "fingerprint.txt"
-    if chunk_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
-        log.info("discarding chunks from another configuration in %s", chunk_dir)
-        shutil.rmtree(chunk_dir)
-    chunk_dir.mkdir(parents=True, exist_ok=True)
-    if not stamp.exists():
-        stamp.write_text(fingerprint)
-    elif any(chunk_dir.glob("chunk-*.parquet")):
+    """Reuse chunks only if they came from the same configuration; chunks of another one are kept
+    aside in {chunk_dir}.kept/<fingerprint> (the newest few, see relbudget.io.switch_work_dir)."""
+    switch_work_dir(chunk_dir, "fingerprint.txt", fingerprint)
+    if any(chunk_dir.glob("chunk-*.parquet")):
         log.info("resuming from %d finished chunk(s) in %s",
                  len(list(chunk_dir.glob("chunk-*.parquet"))), chunk_dir)
 
@@ -115,9 +109,10 @@ def set_threads(n: int) -> None:
 
 
 def load_generator(backend: str, policy_folder: str | Path, max_tokens: int, temperature: float,
-                   top_p: float, early_exit: bool, batch_size: int, seed: int,
-                   trust_remote_code: bool = False):
-    """(generate_fn, tokenizer, backend name) for a saved policy folder."""
+                   top_p: float, early_exit: bool, batch_size: int, trust_remote_code: bool = False):
+    """(generate_fn, tokenizer, backend name) for a saved policy folder. The seed comes with each
+    call of generate_fn (one per chunk of prompts), so the result never depends on the backend's
+    history."""
     from relbudget.models import load_saved, policy_ref
 
     backend = resolve_backend(backend)
@@ -125,7 +120,7 @@ def load_generator(backend: str, policy_folder: str | Path, max_tokens: int, tem
         from relbudget.sampling.vllm_backend import vllm_generate_fn
 
         fn, tok = vllm_generate_fn(policy_ref(policy_folder), max_tokens, temperature, top_p,
-                                   early_exit, seed, trust_remote_code)
+                                   early_exit, trust_remote_code)
         return fn, tok, backend
     model, tok = load_saved(policy_folder, trust_remote_code)
     model.to("cuda" if torch.cuda.is_available() else "cpu").eval()

@@ -11,26 +11,19 @@ Token accounting, identical to the HF backend (`relbudget.sampling.hf`):
 - `ended` is "eos", "length" (the cap) or "first_correct" (early exit, with the ids cut right
   after the token that confirmed the first correct answer, so n_tokens = first_correct_token).
 
-Early exit at the first correct answer, two ways (both implemented, measured by
-benchmarks/bench_vllm.py; the default is the one that spent fewer tokens and less time):
-- "logits" (default): a batch-level logits processor (`FirstCorrectEOS`, vLLM's v1
-  `LogitsProcessor` API) runs the HF stopping criterion's check (`common.FirstCorrect`) on the
-  newest token of every attempt and, once a correct answer is confirmed, forces EOS as the next
-  token. The forced EOS is dropped from the returned ids. Cost: one extra sampled token per hit, no re-prefill.
-- "chunked": generate `chunk_tokens` tokens at a time, verify each unfinished attempt, and
-  resubmit only the unfinished ones as prompt + generated-so-far (prefix caching on). Up to
-  chunk_tokens - 1 tokens per hit are generated past the answer and thrown away, and every round
-  re-prefills each attempt's last partial KV block.
-Measured on this 2-core CPU: on the chatty tiny policy, 1024 attempts at
-cap 96 (25,300 tokens recorded by every mode), no early exit 33,780 tokens in 2.53 s; logits
-25,688 generated, 5,264 prefilled, 2.28 s; chunked c=8/16/32 27,283/27,239/33,031 generated,
-64,454/31,516/17,592 prefilled, 3.65/3.01/2.93 s. On SmolLM2 (its few hits come at EOS, so
-nothing to cut) logits cost nothing (21.5 vs 21.5 s) and chunked c=16/32 took 25.6/22.9 s.
+Early exit at the first correct answer: a batch-level logits processor (`FirstCorrectEOS`,
+vLLM's v1 `LogitsProcessor` API) runs the HF stopping criterion's check (`common.FirstCorrect`) on
+the newest token of every attempt and, once a correct answer is confirmed, forces EOS as the next
+token. The forced EOS is dropped from the returned ids. Cost: one extra sampled token per hit, no
+re-prefill. (A chunked alternative, generating a few tokens at a time and resubmitting the
+unfinished attempts, generated more tokens and took longer; its measurement is kept in
+docs/benchmarks.md.)
 
 Seeding: every attempt gets its own `SamplingParams.seed`, a hash of the chunk seed and its
 position (`attempt_seed`), so its tokens do not depend on the batch it shares or on the
 engine's history: a resumed `sample_t` run writes the same table as an uninterrupted one, and
-an attempt's tokens are the same with and without early exit up to where it stops. On the CPU
+an attempt's tokens are the same with and without early exit up to where it stops. The engine's
+own seed is therefore unused (fixed at 0). On the CPU
 build a per-request seed fails ("CPU Generator does not use offset") only when a prompt's prefill
 is split over steps (chunked prefill rewinds the request's generator); the engine is therefore
 started with chunked prefill off on CPU, and the seeds work.
@@ -73,7 +66,6 @@ log = logging.getLogger(__name__)
 # vLLM CPU attention head sizes (vllm/v1/attention/backends/cpu_attn.py, 0.32.0).
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 EXTRA_KEY = "relbudget_first_correct"  # SamplingParams.extra_args key read by FirstCorrectEOS
-DEFAULT_CHUNK_TOKENS = 32
 
 
 # ------------------------------------------------------------------------------ model folders
@@ -300,8 +292,7 @@ class EngineOptions:
     kv_cache_gib: float | None = None     # CPU only: KV cache size; None: $RELBUDGET_VLLM_KV_GIB or 1
     gpu_memory_utilization: float = 0.5   # GPU only
     enforce_eager: bool | None = None     # CPU default True: skips torch.compile (start time)
-    block_size: int | None = None         # None: vLLM's (CPU 128). Prefix caching reuses whole
-    #                                       blocks only, so chunked early exit wants small ones
+    block_size: int | None = None         # None: vLLM's (CPU 128)
     max_num_seqs: int = 256
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -312,8 +303,7 @@ def on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-def engine_kwargs(model: str, tokenizer: str, seed: int, opts: EngineOptions,
-                  trust_remote_code: bool) -> dict:
+def engine_kwargs(model: str, tokenizer: str, opts: EngineOptions, trust_remote_code: bool) -> dict:
     cpu = on_cpu()
     max_len = opts.max_model_len
     if max_len is None:
@@ -321,7 +311,7 @@ def engine_kwargs(model: str, tokenizer: str, seed: int, opts: EngineOptions,
         pos = json.loads(cfg_file.read_text()).get("max_position_embeddings") if cfg_file.exists() else None
         max_len = min(int(pos or 4096), 4096)
     kw: dict[str, Any] = dict(
-        model=model, tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code,
+        model=model, tokenizer=tokenizer, seed=0, trust_remote_code=trust_remote_code,
         max_model_len=max_len, enable_prefix_caching=True, max_num_seqs=opts.max_num_seqs,
         dtype=opts.dtype or os.environ.get("RELBUDGET_VLLM_DTYPE") or ("float32" if cpu else "auto"),
         generation_config="vllm",  # sampling defaults from the call, never from the model folder
@@ -351,8 +341,7 @@ def engine_kwargs(model: str, tokenizer: str, seed: int, opts: EngineOptions,
 _ENGINES: dict[str, Any] = {}
 
 
-def get_engine(ref: str, seed: int = 0, opts: EngineOptions | None = None,
-               trust_remote_code: bool = False):
+def get_engine(ref: str, opts: EngineOptions | None = None, trust_remote_code: bool = False):
     """(vllm.LLM, tokenizer source) for a policy reference; one engine per configuration."""
     import time
 
@@ -360,8 +349,8 @@ def get_engine(ref: str, seed: int = 0, opts: EngineOptions | None = None,
 
     opts = opts or EngineOptions()
     model, tok_src = resolve_model(str(ref))
-    kw = engine_kwargs(model, tok_src, seed, opts, trust_remote_code)
-    key = json.dumps({k: v for k, v in kw.items() if k != "seed"}, sort_keys=True, default=str)
+    kw = engine_kwargs(model, tok_src, opts, trust_remote_code)
+    key = json.dumps(kw, sort_keys=True, default=str)
     if key not in _ENGINES:
         t0 = time.time()
         _ENGINES[key] = LLM(**kw)
@@ -383,11 +372,12 @@ def shutdown_engines() -> None:
     gc.collect()
 
 
-def attempt_seed(chunk_seed: int, index: int, round_: int = 0) -> int:
-    """The sampling seed of one attempt (and one round of chunked generation): a hash of the
-    chunk seed and the attempt's position, so an attempt's tokens depend on nothing else (not on
-    the batch it shares, the engine's history, or an interrupted run that is resumed)."""
-    digest = hashlib.sha256(f"{int(chunk_seed)}:{index}:{round_}".encode()).digest()
+def attempt_seed(chunk_seed: int, index: int) -> int:
+    """The sampling seed of one attempt: a hash of the chunk seed and the attempt's position, so
+    an attempt's tokens depend on nothing else (not on the batch it shares, the engine's history,
+    or an interrupted run that is resumed)."""
+    # the ":0" suffix (once a round number) keeps the seeds of every table sampled so far
+    digest = hashlib.sha256(f"{int(chunk_seed)}:{index}:0".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**62 - 1)
 
 
@@ -447,50 +437,9 @@ def generate_plain(llm, tok, prompts: list[list[int]], items: list[tuple[Request
     return gens
 
 
-def generate_chunked(llm, tok, prompts: list[list[int]], items: list[tuple[Request, int]],
-                     max_tokens: int, temperature: float, top_p: float, seed: int,
-                     chunk_tokens: int, stats: RunStats) -> list[Generation]:
-    """Early exit by rounds of `chunk_tokens`: verify, then resubmit only unfinished attempts."""
-    from vllm.inputs import TokensPrompt
-
-    eos = tok.eos_token_id
-    check = FirstCorrect(tok)
-    rows = [RowCheck(r.answer, r.answer_format) for r, _ in items]
-    gen: list[list[int]] = [[] for _ in items]
-    ended: list[str | None] = [None] * len(items)
-    for round_ in range(max_tokens):  # at most max_tokens / chunk_tokens rounds happen
-        active = [i for i, e in enumerate(ended) if e is None]
-        if not active:
-            break
-        submit = [prompts[i] + gen[i] for i in active]
-        params = [_sampling_params(min(chunk_tokens, max_tokens - len(gen[i])), temperature,
-                                   top_p, eos, attempt_seed(seed, i, round_))
-                  for i in active]
-        outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in submit], params,
-                            use_tqdm=False)
-        stats.rounds += 1
-        stats.prefilled += sum(len(p) for p in submit)
-        for i, out in zip(active, outs):
-            new = _ids_of(out)
-            stats.generated += len(new)
-            for t in new:  # the HF criterion, token by token: EOS first, then the check
-                gen[i].append(t)
-                if t == eos:
-                    ended[i] = "eos"
-                    break
-                if check(rows[i], gen[i]):
-                    ended[i] = "first_correct"
-                    break
-            if ended[i] is None and len(gen[i]) >= max_tokens:
-                ended[i] = "length"
-    return [Generation(req, attempt, gen[i], ended[i], seed)
-            for i, (req, attempt) in enumerate(items)]
-
-
 def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, early_exit: bool,
-                     seed: int, trust_remote_code: bool = False, *,
-                     early_exit_mode: str = "logits", chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                     options: EngineOptions | None = None, stats: RunStats | None = None):
+                     trust_remote_code: bool = False, *, options: EngineOptions | None = None,
+                     stats: RunStats | None = None):
     """(fn, tokenizer): fn(items, seed) samples one attempt per (request, attempt index).
 
     The tokenizer is the HF tokenizer of the policy folder (what `score` decodes with).
@@ -500,10 +449,8 @@ def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, ear
 
     from relbudget.models import load_tokenizer
 
-    if early_exit_mode not in ("logits", "chunked"):
-        raise ValueError(f"early_exit_mode must be 'logits' or 'chunked', got {early_exit_mode!r}")
     opts = options or EngineOptions()
-    llm, tok_src = get_engine(str(ref), seed, opts, trust_remote_code)
+    llm, tok_src = get_engine(str(ref), opts, trust_remote_code)
     tok = load_tokenizer(tok_src, trust_remote_code)
     limit = llm.llm_engine.model_config.max_model_len
     run_stats = stats if stats is not None else RunStats()
@@ -520,12 +467,8 @@ def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, ear
         if longest + max_tokens > limit:
             raise ValueError(f"prompt ({longest} tokens) + max_tokens ({max_tokens}) exceeds the "
                              f"engine's max_model_len ({limit})")
-        if early_exit and early_exit_mode == "chunked":
-            gens = generate_chunked(llm, tok, prompts, items, max_tokens, temperature, top_p,
-                                    chunk_seed, chunk_tokens, run_stats)
-        else:
-            gens = generate_plain(llm, tok, prompts, items, max_tokens, temperature, top_p,
-                                  early_exit, chunk_seed, run_stats)
+        gens = generate_plain(llm, tok, prompts, items, max_tokens, temperature, top_p,
+                              early_exit, chunk_seed, run_stats)
         run_stats.seconds += time.time() - t0
         return gens
 

@@ -1,0 +1,57 @@
+"""Each pipeline stage's data interface, declared once from the typed `Paths`.
+
+`stage_files(paths, stage, key)` names the files a stage execution reads (data deps) and writes
+(outs, metrics, plots), as dvc.yaml lists them; the Prefect flow derives its inputs and outputs
+from it, and tests/test_interfaces.py checks dvc.yaml against it (and the stages' code deps and
+params sections against their imports and SECTIONS). File names inside the folders live on
+`Paths` (relbudget.params).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relbudget.params import REPORT_PLOTS, XI_PLOTS, Paths
+
+STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "report")
+
+
+@dataclass(frozen=True)
+class StageFiles:
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """Everything the stage writes."""
+        return self.outs + self.metrics + self.plots
+
+
+def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
+    """The data files of one stage execution; `key` is the regime (train, evaluate; 'base' for
+    the base policy's evaluation) or the sweep cell."""
+    p = paths
+    if stage == "prepare":
+        return StageFiles((), (p.prepared,))
+    if stage == "base_policy":
+        return StageFiles((p.prepared,), (p.base_model,))
+    if stage == "sample_t":
+        return StageFiles((p.base_model, p.prompts("train")), (p.rollouts,))
+    if stage == "xi":
+        return StageFiles((p.rollouts,), (p.per_prompt, p.curves, p.budgets, p.E_T,
+                                          *(p.xi_plot(n) for n in XI_PLOTS)), (p.xi_summary,))
+    if stage == "train":
+        return StageFiles((p.base_model, p.prompts("train"), p.budgets),
+                          (p.policy(key), p.history(key)))
+    if stage == "evaluate":
+        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets), (p.eval_rollouts(key),),
+                          (p.eval_json(key),))
+    if stage == "sweep":
+        return StageFiles((p.base_model, p.prepared, p.E_T),
+                          (p.cell_history(key), p.cell_rollouts(key)), (p.cell_eval(key),))
+    if stage == "report":
+        return StageFiles((p.xi, p.train, p.eval, p.sweep), (p.report_md,), (p.report_metrics,),
+                          tuple(p.report_plot(n) for n in REPORT_PLOTS))
+    raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

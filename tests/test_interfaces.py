@@ -1,0 +1,129 @@
+"""Each dvc.yaml stage against the code it runs: the one place a stage's interface can drift.
+
+For every stage DVC loads from dvc.yaml (its own loader: foreach/matrix expanded, ${paths.*}
+resolved), with its `cmd` module `stages.NAME`:
+  (a) every module of the import closure within relbudget/ and stages/ is a dep (a folder dep
+      such as relbudget/sampling covers its modules), else `dvc repro` keeps stale results when
+      that module changes;
+  (b) the params it depends on are exactly the sections and keys the stage module reads (its
+      SECTIONS, the same list behind the MLflow params and the flow's cache key; `paths` aside:
+      where files go, not what is computed);
+  (c) its data deps, outs, metrics and plots are those relbudget.paths declares for it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from flows.cache import code_files
+from relbudget.params import NOT_SCIENCE, load_params
+from relbudget.paths import stage_files
+
+ROOT = Path(__file__).resolve().parent.parent
+CMD = re.compile(r"^python -m stages\.(\w+)(?: (\S+))?$")
+
+# Modules in a stage's import closure that cannot change its outputs, so dvc.yaml leaves them out
+# (editing them must not rerun the pipeline); what they import for their own use is not followed.
+EXEMPT = {
+    "stages/__init__.py": "a docstring",
+    "relbudget/__init__.py": "a docstring and the version string",
+    "stages/_cli.py": "argument parsing, error messages, the MLflow run around the stage",
+    "relbudget/tracking.py": "MLflow logging only; tracked outputs hold no run-dependent values",
+}
+# Every stage runs on params validated and completed with defaults by relbudget/params.py (through
+# stages/_cli.py), so each one depends on it.
+ALWAYS = ("relbudget/params.py",)
+
+
+def _module(path: str) -> str:
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def _dvc_stages() -> list:
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        return list(repo.index.stages)
+
+
+STAGES = _dvc_stages()
+
+
+def _module_and_key(stage) -> tuple[str, str | None]:
+    m = CMD.match(stage.cmd)
+    assert m, f"{stage.addressing}: cmd {stage.cmd!r} is not `python -m stages.NAME [KEY]`"
+    return m.group(1), m.group(2)
+
+
+def _rel(path: str) -> str:
+    return Path(os.path.normpath(ROOT / path)).relative_to(ROOT).as_posix()
+
+
+def _is_code(path: str) -> bool:
+    return path.split("/")[0] in ("relbudget", "stages", "flows")
+
+
+def _code_deps(stage) -> list[str]:
+    return [_rel(d.def_path) for d in stage.deps if not hasattr(d, "params") and _is_code(_rel(d.def_path))]
+
+
+def _covered(module: str, deps: list[str]) -> bool:
+    return any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+def missing_code_deps(stage) -> list[str]:
+    name, _ = _module_and_key(stage)
+    closure = [f.relative_to(ROOT).as_posix()
+               for f in code_files(f"stages.{name}", leaves=map(_module, EXEMPT))]
+    closure = sorted(set(closure) | set(ALWAYS))
+    deps = _code_deps(stage)
+    return [m for m in closure if m not in EXEMPT and not _covered(m, deps)]
+
+
+def _params(stage) -> set[str]:
+    return {p for d in stage.deps if hasattr(d, "params") for p in d.params}
+
+
+def _ids(stages) -> list[str]:
+    return [s.addressing for s in stages]
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
+def test_code_deps_cover_the_import_closure(stage):
+    missing = missing_code_deps(stage)
+    assert not missing, (f"dvc.yaml stage {stage.addressing} runs code it does not depend on: "
+                         f"{', '.join(missing)} (add them to its deps, or to EXEMPT with a reason)")
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
+def test_params_are_the_sections_the_stage_reads(stage):
+    name, _ = _module_and_key(stage)
+    sections = set(importlib.import_module(f"stages.{name}").SECTIONS) - NOT_SCIENCE
+    assert _params(stage) == sections, (
+        f"dvc.yaml stage {stage.addressing}: params {sorted(_params(stage))}, "
+        f"but stages/{name}.py reads {sorted(sections)} (SECTIONS)")
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
+def test_data_files_are_those_paths_declares(stage):
+    name, key = _module_and_key(stage)
+    files = stage_files(load_params(ROOT / "params.yaml").paths, name, key)
+    data_deps = {_rel(d.def_path) for d in stage.deps
+                 if not hasattr(d, "params") and not _is_code(_rel(d.def_path))}
+    outs = {_rel(o.def_path) for o in stage.outs if not o.metric and not o.plot}
+    metrics = {_rel(o.def_path) for o in stage.outs if o.metric}
+    plots = {_rel(o.def_path) for o in stage.outs if o.plot}
+    assert data_deps == set(files.deps), (stage.addressing, "deps")
+    assert outs == set(files.outs), (stage.addressing, "outs")
+    assert metrics == set(files.metrics), (stage.addressing, "metrics")
+    assert plots == set(files.plots), (stage.addressing, "plots")
+
+
+def test_every_stage_module_is_in_the_dag():
+    assert {_module_and_key(s)[0] for s in STAGES} == {
+        p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_")}
