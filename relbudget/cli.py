@@ -18,13 +18,14 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from relbudget import estimators as est
 from relbudget.params import XiParams, check_xi, error_lines
-from relbudget.schemas import ROLLOUTS, read_table
+from relbudget.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
 
 EXIT_ERROR = 2  # the same code argparse uses for a usage error
 
@@ -52,19 +53,44 @@ def _num(x: Any, fmt: str = ".4g") -> str:
     return format(x, fmt)
 
 
+def _read_folder(folder: Path, allow_mixed: bool):
+    """Every `*.parquet` file directly in `folder` (sorted; hidden names skipped) pooled into one
+    table: only under --allow-mixed (a folder usually holds several policies or caps, the case
+    --allow-mixed exists for). Each file is checked, then the pooled table: a (prompt_id,
+    attempt) found in two files is a schema failure, as in one file."""
+    import pandas as pd
+
+    if not allow_mixed:
+        raise CLIError(f"rollouts table {folder} is a directory; give one parquet file, or pass "
+                       "--allow-mixed to pool every *.parquet file in it")
+    files = sorted(f for f in folder.glob("*.parquet") if not f.name.startswith("."))
+    if not files:
+        raise CLIError(f"rollouts folder {folder} holds no *.parquet file")
+    parts = [read_table(f, ROLLOUTS, schema_columns_only=True) for f in files]
+    for part in parts:  # categories differ between files: pool them as plain strings
+        for col in part.columns:
+            if isinstance(part[col].dtype, pd.CategoricalDtype):
+                part[col] = part[col].astype(str)
+    df = normalise_rollouts(pd.concat(parts, ignore_index=True))
+    del parts
+    df = validate(df, ROLLOUTS, f"rollouts folder {folder} ({len(files)} files pooled)")
+    return df.drop(columns=["attempt", "seed", "policy"])  # as a single table's read
+
+
 def _read_rollouts(args: argparse.Namespace):
     """The rollout table, refused when it mixes policies or caps unless --allow-mixed: one E[T]
-    over two policies' attempts describes neither."""
-    df = read_table(args.rollouts, ROLLOUTS, schema_columns_only=True)
+    over two policies' attempts describes neither. A folder: see _read_folder."""
+    if Path(args.rollouts).is_dir():
+        return _read_folder(Path(args.rollouts), args.allow_mixed)
+    # Checked in full; attempt and seed, needed by no estimator, are dropped as they are checked.
+    df = read_rollouts(args.rollouts, [c for c in ROLLOUTS.columns if c not in ("attempt", "seed")])
     mixed = {c: sorted(map(str, df[c].unique()))[:5] for c in ("policy", "max_tokens")
              if df[c].nunique() > 1}
     if mixed and not args.allow_mixed:
         what = "; ".join(f"{c}: {', '.join(v)}" for c, v in mixed.items())
         raise CLIError(f"{args.rollouts} mixes several {' and '.join(mixed)} values ({what}); "
                        "pass --allow-mixed to pool them into one estimate")
-    # Validated; the estimators need none of these, and on millions of rows they are ~1/3 of
-    # the memory (issue: <= 1 GB for 6.4M rows).
-    return df.drop(columns=["attempt", "seed", "policy"])
+    return df.drop(columns=["policy"])  # no estimator reads it
 
 
 # ---------------------------------------------------------------- xi
@@ -149,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--rollouts", required=True, metavar="FILE", help="rollout table (parquet)")
+        p.add_argument("--rollouts", required=True, metavar="FILE",
+                       help="rollout table (parquet); a folder of them with --allow-mixed")
         p.add_argument("--group-size", dest="group_size", type=int, default=None, metavar="G",
                        help=f"GRPO group size for P_inf (default {d.group_size})")
         p.add_argument("--reward", choices=est.REWARDS, default="within",
@@ -158,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "((H - T + 1) / H if T <= H, else 0) (default within)")
         p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
         p.add_argument("--allow-mixed", dest="allow_mixed", action="store_true",
-                       help="pool a table holding several policies or caps (refused by default; "
-                       "the cap is then the smallest)")
+                       help="pool a table holding several policies or caps, or every *.parquet "
+                       "of a --rollouts folder (refused by default; the cap is then the smallest)")
 
     p = sub.add_parser("xi", help="E[T] with CI, and xi, p, P_inf, regime for each horizon")
     common(p)

@@ -1,7 +1,8 @@
 """Atomic writes: every stage output is written to a temporary name beside its target and renamed.
 
 A rename within one filesystem is atomic, so an interrupted stage (even SIGKILL) leaves either the
-old output or the new one, never a half-written file.
+old output or the new one, never a half-written file. A stage with several outputs writes them
+inside `output_set()`, so they are replaced together: all old or all new (see its docstring).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -135,14 +138,173 @@ def switch_work_dir(folder: str | Path, stamp_name: str, fp: str, keep: int = KE
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path; on success rename it over `path`, on error delete it."""
+    """Yield a temporary file path; on success rename it over `path`, on error delete it.
+    Inside `output_set()` the rename waits for the end of the set."""
     path = Path(path)
     tmp = _tmp_sibling(path)
+    staged = False
     try:
         yield tmp
-        os.replace(tmp, path)
+        pending = _OUTPUT_SET.get()
+        if pending is not None:
+            pending.stage(tmp, path)
+            staged = True
+        else:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not staged:
+            tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- outputs replaced as a set
+
+JOURNAL = ".{name}.journal.tmp"  # beside the first file of a set; `.*.tmp`: in .dvcignore
+
+
+class _PendingSet:
+    def __init__(self) -> None:
+        self.files: dict[Path, Path] = {}  # target -> its staged temp sibling
+
+    def stage(self, tmp: Path, target: Path) -> None:
+        earlier = self.files.pop(target, None)
+        if earlier is not None:  # written twice in one set: the last write wins
+            earlier.unlink(missing_ok=True)
+        self.files[target] = tmp
+
+    def discard(self) -> None:
+        for tmp in self.files.values():
+            tmp.unlink(missing_ok=True)
+
+
+_OUTPUT_SET: ContextVar[_PendingSet | None] = ContextVar("relbudget_output_set", default=None)
+
+
+def _journal_of(target: Path) -> Path:
+    return target.with_name(JOURNAL.format(name=target.name))
+
+
+def _rename(src: Path, dst: Path) -> None:  # one place, so a test can kill the process mid-set
+    os.replace(src, dst)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def output_set() -> Iterator[None]:
+    """Replace a stage's outputs as one set: every `atomic_path` write (write_json, write_parquet,
+    write_yaml, write_text, the plots) inside the block goes to its temp sibling
+    `.NAME.XXXXXXXX.tmp`, and only when the block ends without an error are they all renamed over
+    their targets. Why a reader never sees new files beside old ones:
+
+    * an exception (or SIGTERM, which raises StageKilled) inside the block: the temp files are
+      deleted, no target was touched;
+    * SIGKILL while the block runs: no target was touched; the temp files are removed by
+      `remove_stale_temps` when the stage starts again;
+    * the commit: the temp files are fsynced, then a journal listing (temp, target) pairs is
+      written atomically (temp + rename) beside the first target, `.NAME.journal.tmp`. From that
+      moment the set counts as written: the renames follow (SIGTERM/SIGINT blocked meanwhile; an
+      exception raised into the thread finishes them first), then the journal is deleted. A
+      SIGKILL between the journal and its deletion leaves some targets renamed and the rest
+      still complete in their temp files; the next start of the stage (`remove_stale_temps`,
+      through `finish_output_sets`) renames the rest from the journal before removing any temp
+      file. So after a kill the set is the old one (no journal yet) or the new one (journal
+      completed), never a mix, and each file keeps exactly the bytes it was written with.
+
+    Only the targets change names; what files exist and their bytes are what the stage wrote.
+    Nested sets join the outer one. `atomic_dir` is not deferred (no stage needs a folder in a
+    set). The set is per thread (a ContextVar): the flow's threads each have their own."""
+    if _OUTPUT_SET.get() is not None:
+        yield
+        return
+    pending = _PendingSet()
+    token = _OUTPUT_SET.set(pending)
+    try:
+        yield
+    except BaseException:
+        pending.discard()
+        raise
+    finally:
+        _OUTPUT_SET.reset(token)
+    _commit(pending.files)
+
+
+def _commit(files: dict[Path, Path]) -> None:
+    if not files:
+        return
+    jtmp = None
+    try:
+        for tmp in files.values():
+            _fsync(tmp)
+        first = next(iter(files))  # the stage's first write: one of its declared outputs
+        journal = _journal_of(first)
+        pairs = [[os.path.relpath(tmp, first.parent), os.path.relpath(dst, first.parent)]
+                 for dst, tmp in files.items()]
+        jtmp = _tmp_sibling(first)
+        jtmp.write_text(json.dumps({"files": pairs}) + "\n")
+        _fsync(jtmp)
+        os.replace(jtmp, journal)  # the set is written from here on
+    except BaseException:
+        for tmp in files.values():
+            tmp.unlink(missing_ok=True)
+        if jtmp is not None:
+            jtmp.unlink(missing_ok=True)
+        raise
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        try:
+            for dst, tmp in files.items():
+                try:
+                    _rename(tmp, dst)
+                except FileNotFoundError:  # a stage starting meanwhile finished this journal
+                    if not dst.exists():
+                        raise
+        except BaseException:  # raised into this thread (the flow's SIGTERM): finish first
+            _finish(journal)
+            raise
+        journal.unlink(missing_ok=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)  # a pending SIGTERM lands here
+
+
+def _finish(journal: Path) -> list[Path]:
+    """Complete the renames of a journal (those already done are skipped), then delete it."""
+    done = []
+    try:
+        pairs = json.loads(journal.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("unreadable output journal %s (%s); removed", journal, err)
+        pairs = []
+    for tmp_rel, dst_rel in pairs:
+        tmp, dst = journal.parent / tmp_rel, journal.parent / dst_rel
+        try:
+            os.replace(tmp, dst)
+            done.append(dst)
+        except FileNotFoundError:  # renamed before the interruption
+            pass
+    journal.unlink(missing_ok=True)
+    return done
+
+
+def finish_output_sets(outputs) -> list[Path]:
+    """Complete every output set whose commit was interrupted (its journal is left in the folder
+    of one of these outputs): the renames it lists are done now. Called when a stage starts,
+    before its temp files are removed."""
+    done = []
+    folders = [d for d in dict.fromkeys(Path(out).parent for out in outputs) if d.is_dir()]
+    for journal in sorted(j for d in folders for j in d.glob(JOURNAL.format(name="*"))):
+        if journal.exists():
+            finished = _finish(journal)
+            log.warning("completed the interrupted replacement of a set of outputs (%s): %s",
+                        journal, ", ".join(map(str, finished)) or "nothing left to rename")
+            done += finished
+    return done
 
 
 @contextmanager
@@ -199,9 +361,38 @@ def to_json_safe(obj: Any) -> Any:
     return obj
 
 
+class NotWritable(PermissionError):
+    """An output's folder cannot be written: found before any compute, not after it."""
+
+
+def check_writable(outputs) -> None:
+    """Refuse (NotWritable, one line) when the folder of an output, or the nearest existing
+    folder above it, cannot take a new file: a write probe (a `.relbudget-probe.*.tmp` file
+    created and deleted), so a read-only mount, permissions and a full quota all count, as the
+    real write would see them. Only the folders matter: outputs are renamed into them."""
+    seen: set[Path] = set()
+    for out in map(Path, outputs):
+        folder = out.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in seen:
+            continue
+        seen.add(folder)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".relbudget-probe.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise NotWritable(f"cannot write {out}: {folder} is not writable "
+                              f"({err.strerror or err}); make it writable, or point paths.* "
+                              "to a writable folder") from None
+
+
 def remove_stale_temps(outputs) -> list[Path]:
     """Remove what an interrupted (even SIGKILLed) earlier write of these outputs left beside them:
-    `.NAME.*.tmp` temp files or folders and `.NAME.old.*` folders. Called when a stage starts."""
+    `.NAME.*.tmp` temp files or folders and `.NAME.old.*` folders. Called when a stage starts.
+    An output set whose commit was interrupted is completed first (`finish_output_sets`)."""
+    finish_output_sets(outputs)
     gone = []
     for out in map(Path, outputs):
         if not out.parent.is_dir():

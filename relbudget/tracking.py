@@ -136,6 +136,38 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         folder = Path(parsed.path).parent if parsed.path else Path.cwd()
         if not folder.exists():
             raise TrackingError(f"MLflow SQLite store folder does not exist: {folder}")
+        check_sqlite_store(uri)
+
+
+def check_sqlite_store(uri: str) -> None:
+    """A damaged SQLite store (`file is not a database`, a truncated or overwritten mlflow.db) is
+    one line naming the file and the fix, not SQLAlchemy's traceback. An absent or empty file is
+    fine (MLflow creates the store); a store locked by a writer is left to MLflow's retries."""
+    import sqlite3
+
+    # sqlite:///relative.db, sqlite:////absolute.db (SQLAlchemy's convention), maybe ?query
+    db = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
+    if not db or db == ":memory:" or not Path(db).is_file() or Path(db).stat().st_size == 0:
+        return
+    try:
+        con = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            return
+        bad = err
+    except sqlite3.DatabaseError as err:  # file is not a database, disk image is malformed
+        bad = err
+    else:
+        return
+    import shlex
+
+    raise TrackingError(f"the MLflow store {db} is not a usable SQLite database ({bad}); move it "
+                        f"aside (mv {shlex.quote(db)} {shlex.quote(db + '.broken')}) to start a "
+                        "new store, or set MLFLOW_TRACKING_URI to another one")
 
 
 def git_commit() -> str:

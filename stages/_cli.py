@@ -6,10 +6,12 @@ import argparse
 import logging
 import signal
 import sys
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from relbudget.budgets import BudgetError
-from relbudget.io import WorkLocked, remove_stale_temps
+from relbudget.io import NotWritable, WorkLocked, check_writable, remove_stale_temps
 from relbudget.schemas import TableError
 from relbudget.params import Params, ParamsError, dump_sections, load_params, params_hash
 from relbudget.tracking import PipelineRun, TrackingError, stage_run
@@ -33,9 +35,14 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     dumped = dump_sections(params, sections)
     if stage in REGIME_STAGES and regime not in (None, "base") and regime not in params.regimes:
         raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: {', '.join(params.regimes)}")
-    remove_stale_temps(_outputs(params, stage, regime))
+    if KILLED.is_set():  # the flow got SIGTERM: no new stage starts
+        raise StageKilled("killed by SIGTERM before it started")
+    outputs = _outputs(params, stage, regime)
+    check_writable(outputs)  # a read-only data/ fails here, not after the compute
+    remove_stale_temps(outputs)
     with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline):
-        return fn(params, regime) if regime is not None else fn(params)
+        with _killable():
+            return fn(params, regime) if regime is not None else fn(params)
 
 
 def _outputs(params: Params, stage: str, regime: str | None) -> tuple[str, ...]:
@@ -51,9 +58,60 @@ class StageKilled(Exception):
     """SIGTERM (timeout, Prefect, Kubernetes): raised in the stage, so it ends like an exception
     (temp files removed, MLflow run FAILED)."""
 
+    def __init__(self, message: str = "killed by SIGTERM"):  # raised into a thread: no argument
+        super().__init__(message)
+
 
 def _on_sigterm(signum, frame) -> None:
     raise StageKilled(f"killed by {signal.Signals(signum).name}")
+
+
+# A process that runs stages in threads (the Prefect flow's thread runner): a signal handler runs
+# in the main thread only, so SIGTERM raises StageKilled into each thread running a stage instead.
+KILLED = threading.Event()  # set by SIGTERM: stages not started yet are refused
+_STAGE_THREADS: set[int] = set()
+_STAGE_THREADS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _killable() -> Iterator[None]:
+    """The stage function runs inside this: kill_running_stages() reaches it here, inside its
+    MLflow run, so the run ends FAILED and the stage's temp files are removed."""
+    # A worker process's main thread (the flow's process runner) without a handler: SIGTERM
+    # would end it on the spot, so it raises StageKilled there too while the stage runs.
+    main_default = (threading.current_thread() is threading.main_thread()
+                    and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+    if main_default:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    with _STAGE_THREADS_LOCK:
+        _STAGE_THREADS.add(threading.get_ident())
+    try:
+        yield
+    finally:
+        with _STAGE_THREADS_LOCK:
+            _STAGE_THREADS.discard(threading.get_ident())
+        if main_default:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def kill_running_stages() -> int:
+    """Refuse new stages and raise StageKilled in every thread of this process that is running a
+    stage (other than the caller's): at its next Python instruction, so a stage inside a long C
+    call (one generation step, one optimizer step) stops when it returns. The count reached."""
+    import ctypes
+
+    KILLED.set()
+    me = threading.get_ident()
+    with _STAGE_THREADS_LOCK:  # held: a thread cannot leave _killable (its MLflow run) meanwhile
+        targets = [t for t in _STAGE_THREADS if t != me]
+        for ident in targets:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                                       ctypes.py_object(StageKilled))
+        _STAGE_THREADS.difference_update(targets)  # one exception each, never a stale entry
+        mine = me in _STAGE_THREADS
+    if mine:  # the signal's own thread runs a stage (a forked worker process): as _on_sigterm
+        raise StageKilled()
+    return len(targets)
 
 
 def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regime: bool = False) -> None:
@@ -70,7 +128,8 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
     except StageKilled as err:
         print(f"error: {err}; temporary files removed, MLflow run FAILED", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
-    except (ParamsError, TrackingError, BudgetError, TableError, WorkLocked, FileNotFoundError) as err:
+    except (ParamsError, TrackingError, BudgetError, TableError, WorkLocked, NotWritable,
+            FileNotFoundError) as err:
         # user errors (params, a damaged or missing input file): one message, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

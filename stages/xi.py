@@ -9,7 +9,7 @@ import pandas as pd
 
 from relbudget import estimators as est
 from relbudget.budgets import plan_budgets, write_budgets
-from relbudget.io import write_json, write_parquet
+from relbudget.io import output_set, write_json, write_parquet
 from relbudget.params import XI_PLOTS
 from relbudget.plots import gamma_fit, xi_curves
 from relbudget.tracking import log_metrics
@@ -39,15 +39,16 @@ def run(params) -> dict:
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
     summary["gamma"] = est.to_json_safe(est.fit_gamma(df))  # ValueError on a table without a hit
 
-    write_parquet(per_prompt_table(df, budgets), p.per_prompt)
-    write_parquet(curves, p.curves)
-    write_budgets(typed, p.xi)
-    xi_curves(curves, budgets, p.xi_plot("xi_curves.png"), tuple(params.report.paper_band))
-    gamma_fit(df, p.xi_plot("gamma_fit.png"), summary["gamma"])
-    write_json(summary, p.xi_summary)
-    # What the sweep cells read: it changes only with the rollouts, so editing regimes or the
-    # bootstrap leaves every cell cached.
-    write_json({k: summary[k] for k in ("E_T", "n_attempts", "n_hits")}, p.E_T)
+    with output_set():  # all seven files replaced together, or none (relbudget.io.output_set)
+        write_parquet(per_prompt_table(df, budgets), p.per_prompt)
+        write_parquet(curves, p.curves)
+        write_budgets(typed, p.xi)
+        xi_curves(curves, budgets, p.xi_plot("xi_curves.png"), tuple(params.report.paper_band))
+        gamma_fit(df, p.xi_plot("gamma_fit.png"), summary["gamma"])
+        write_json(summary, p.xi_summary)
+        # What the sweep cells read: it changes only with the rollouts, so editing regimes or the
+        # bootstrap leaves every cell cached.
+        write_json({k: summary[k] for k in ("E_T", "n_attempts", "n_hits")}, p.E_T)
 
     log_metrics({**summary, **{f"H_{k}": b["H"] for k, b in budgets.items()},
                  "gamma_K": summary["gamma"]["K"]})

@@ -277,15 +277,22 @@ main("prepare", run, ["data"])
 """
 
 
-def test_sigterm_ends_the_stage_like_an_exception(tmp_path):
+def sigterm_once_started(script: str, tmp_path, start_s: float, end_s: float):
+    """Run `python -c script` in tmp_path (empty params), SIGTERM it once it has written
+    `started` (or after start_s), and return (process, its stderr) when it has ended."""
     (tmp_path / "params.yaml").write_text("{}\n")
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STAGE], cwd=tmp_path, env=_env(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + start_s
     while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=end_s)
+    return proc, err
+
+
+def test_sigterm_ends_the_stage_like_an_exception(tmp_path):
+    proc, err = sigterm_once_started(SLOW_STAGE, tmp_path, start_s=120, end_s=60)
     assert proc.returncode == 128 + signal.SIGTERM and "killed by SIGTERM" in err
     assert "Traceback" not in err
     import mlflow
@@ -293,3 +300,360 @@ def test_sigterm_ends_the_stage_like_an_exception(tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs(client.get_experiment_by_name("relbudget").experiment_id)
     assert run.info.status == "FAILED" and "killed" in run.data.tags["error"]
+
+
+# ---------------------------------------------------------------- outputs replaced as a set
+
+
+def test_a_failed_write_inside_a_set_changes_no_file(tmp_path):
+    from relbudget.io import atomic_path, output_set, write_parquet, write_text
+
+    write_json({"v": "old"}, tmp_path / "a.json")
+    write_parquet(pd.DataFrame({"v": ["old"]}), tmp_path / "b.parquet")
+    write_text("old\n", tmp_path / "c.txt")
+    old = {n: (tmp_path / n).read_bytes() for n in ("a.json", "b.parquet", "c.txt")}
+    with pytest.raises(OSError, match="disk full"):
+        with output_set():
+            write_json({"v": "new"}, tmp_path / "a.json")
+            with atomic_path(tmp_path / "b.parquet") as tmp:  # the second write fails midway
+                tmp.write_bytes(b"PAR1 half a table")
+                raise OSError(28, "disk full")
+            write_text("new\n", tmp_path / "c.txt")
+    assert {n: (tmp_path / n).read_bytes() for n in old} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)  # no temp file left
+    with output_set():  # and a set that succeeds replaces all three
+        write_json({"v": "new"}, tmp_path / "a.json")
+        write_text("new\n", tmp_path / "c.txt")
+    assert (tmp_path / "c.txt").read_text() == "new\n"
+    assert "new" in (tmp_path / "a.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)
+
+
+XI_PARAMS = {"xi": {"n_bootstrap": 50}, "regimes": REGIMES}
+
+
+def _xi_outputs(params) -> list[Path]:
+    from relbudget.paths import stage_files
+
+    return [Path(f) for f in stage_files(params.paths, "xi").outputs]
+
+
+def _xi_project(folder: Path, seed: int) -> Path:
+    (folder / "data" / "rollouts").mkdir(parents=True)
+    make_rollouts(30, 8, seed=seed).drop(columns=["type"]).to_parquet(
+        folder / "data" / "rollouts" / "base.parquet", index=False)
+    return folder
+
+
+def _run_xi_here(monkeypatch, folder: Path) -> dict[str, bytes]:
+    """The xi stage's run() in `folder`, MLflow calls stubbed; its outputs' bytes."""
+    import types
+
+    import stages.xi as xi
+
+    monkeypatch.chdir(folder)
+    monkeypatch.setattr(xi, "log_metrics", lambda *a, **k: None)
+    monkeypatch.setattr(xi, "mlflow", types.SimpleNamespace(log_artifact=lambda *a, **k: None))
+    params = parse_params(XI_PARAMS)
+    xi.run(params)
+    return {str(f): f.read_bytes() for f in _xi_outputs(params)}
+
+
+def _state(folder: Path) -> dict[str, bytes | None]:
+    params = parse_params(XI_PARAMS)
+    return {str(f): (folder / f).read_bytes() if (folder / f).exists() else None
+            for f in _xi_outputs(params)}
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "data" / "xi").iterdir() if p.name.startswith("."))
+
+
+def test_xi_stage_failing_midway_keeps_the_old_outputs(tmp_path, monkeypatch):
+    """The measured bug: a new budgets.yaml beside an old summary.json. Here the fifth of seven
+    writes (gamma_fit.png) raises; not one of the seven files may change."""
+    import stages.xi as xi
+
+    old = _run_xi_here(monkeypatch, _xi_project(tmp_path, seed=1))
+    (tmp_path / "data" / "rollouts" / "base.parquet").unlink()
+    make_rollouts(30, 8, seed=2).drop(columns=["type"]).to_parquet(
+        tmp_path / "data" / "rollouts" / "base.parquet", index=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(xi, "gamma_fit", broken)
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        _run_xi_here(monkeypatch, tmp_path)
+    assert _state(tmp_path) == old and _leftovers(tmp_path) == []
+
+
+KILL_XI = """
+import os, signal, sys, types
+import relbudget.io as rio
+import stages.xi as xi
+from relbudget.params import parse_params
+
+where, count = sys.argv[1], int(sys.argv[2])
+xi.log_metrics = lambda *a, **k: None
+xi.mlflow = types.SimpleNamespace(log_artifact=lambda *a, **k: None)
+if where == "rename":  # SIGKILL after `count` renames of the set's commit
+    real, done = rio._rename, [0]
+    def rename(src, dst):
+        if done[0] == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done[0] += 1
+        real(src, dst)
+    rio._rename = rename
+else:  # SIGKILL inside the gamma_fit plot (the fifth write), after its temp file is written
+    real_plot = xi.gamma_fit
+    def plot(df, path, gamma):
+        real_plot(df, path, gamma)
+        os.kill(os.getpid(), signal.SIGKILL)
+    xi.gamma_fit = plot
+xi.run(parse_params(%r))
+""" % (XI_PARAMS,)
+
+
+@pytest.fixture(scope="module")
+def xi_sets(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """An xi project with the outputs of rollouts seed 1 (old) and seed-2 rollouts in place, and
+    the bytes a clean run on seed 2 writes (new)."""
+    with pytest.MonkeyPatch.context() as mp:
+        new = _run_xi_here(mp, _xi_project(tmp_path_factory.mktemp("reference"), seed=2))
+        proj = _xi_project(tmp_path_factory.mktemp("proj"), seed=1)
+        old = _run_xi_here(mp, proj)
+    assert all(old[f] != new[f] for f in old)
+    make_rollouts(30, 8, seed=2).drop(columns=["type"]).to_parquet(
+        proj / "data" / "rollouts" / "base.parquet", index=False)
+    return proj, old, new
+
+
+@pytest.mark.parametrize("where,count,expect", [("write", 0, "old"), ("rename", 0, "new"),
+                                                ("rename", 3, "new")])
+def test_sigkill_of_xi_mid_set_leaves_all_old_or_all_new(tmp_path, xi_sets, where, count, expect):
+    """SIGKILL while the xi stage writes its seven files, or between the renames of its commit:
+    once the stage starts again (remove_stale_temps, the first thing `execute` does), every file
+    is the old one or every file is the new one, byte for byte."""
+    import shutil
+
+    template, old, new = xi_sets
+    proj = Path(shutil.copytree(template, tmp_path / "proj"))
+    r = subprocess.run([sys.executable, "-c", KILL_XI, where, str(count)], cwd=proj,
+                       env=_env(proj), capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    killed = _state(proj)
+    if where == "rename":  # the journal is there, and (count > 0) the files are a mix now
+        assert any(n.endswith(".journal.tmp") for n in _leftovers(proj))
+        assert count == 0 or {killed[f] == new[f] for f in killed} == {True, False}
+    else:
+        assert killed == old and _leftovers(proj) != []  # the staged temp files
+    remove_stale_temps([proj / f for f in _xi_outputs(parse_params(XI_PARAMS))])
+    assert _state(proj) == (old if expect == "old" else new)
+    assert _leftovers(proj) == []
+
+
+# ---------------------------------------------------------------- MLflow store, read-only data/
+
+
+def test_damaged_mlflow_db_is_one_line_naming_the_file(tmp_path):
+    """The measured case: mlflow.db overwritten with garbage gave SQLAlchemy's `file is not a
+    database` traceback from every stage."""
+    (tmp_path / "params.yaml").write_text("{}\n")
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"not sqlite at all " * 300)
+    env = _env(tmp_path)
+    del env["MLFLOW_TRACKING_URI"]  # the default store: mlflow.db beside params.yaml
+    r = subprocess.run([sys.executable, "-m", "stages.xi"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert _clean_failure(r) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(db) in r.stderr and "file is not a database" in r.stderr
+    assert "mv " in r.stderr and "MLFLOW_TRACKING_URI" in r.stderr
+    assert db.read_bytes() == b"not sqlite at all " * 300
+
+
+def _read_only(folder: Path, cmd: list[str]) -> list[str]:
+    """`cmd` with `folder` read-only: a read-only bind mount in a private mount namespace when
+    root (permissions do not stop root), else the folder's write bits cleared (undone by the
+    caller's chmod)."""
+    if os.geteuid() != 0:
+        for d in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+            d.chmod(0o555)
+        return cmd
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("root without mount namespaces: cannot make a folder read-only")
+    import shlex
+
+    f = shlex.quote(str(folder))
+    return ["unshare", "-m", "sh", "-c", f"mount --bind {f} {f} && mount -o remount,bind,ro {f} "
+            f"{f} && exec {' '.join(map(shlex.quote, cmd))}"]
+
+
+def test_read_only_data_fails_before_any_compute(tmp_path, monkeypatch):
+    """The measured case: evaluate sampled for 10.7 s on a read-only data/, then PermissionError.
+    Every stage now probes its outputs' folders first (here xi): one line, exit 2, no MLflow run,
+    the old outputs as they were."""
+    _xi_project(tmp_path, seed=1)
+    old = _run_xi_here(monkeypatch, tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(XI_PARAMS))
+    t0 = time.time()
+    try:
+        r = subprocess.run(_read_only(tmp_path / "data", [sys.executable, "-m", "stages.xi"]),
+                           cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=120)
+    finally:
+        for d in [tmp_path / "data", *(p for p in (tmp_path / "data").rglob("*") if p.is_dir())]:
+            d.chmod(0o755)
+    assert _clean_failure(r) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "data/xi" in r.stderr and "not writable" in r.stderr and time.time() - t0 < 60
+    assert _state(tmp_path) == old
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the MLflow run
+
+
+# ---------------------------------------------------------------- CLI: a folder of tables
+
+
+def test_cli_pools_a_folder_only_with_allow_mixed(tmp_path, mixed, capsys):
+    from relbudget.cli import main as cli_main
+
+    df = pd.read_parquet(mixed)
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    for policy, part in df.groupby("policy"):
+        part.to_parquet(folder / f"{policy}.parquet", index=False)
+    r = _cli("xi", "--rollouts", folder, "--json")
+    assert _clean_failure(r) and "is a directory" in r.stderr and "--allow-mixed" in r.stderr
+    pooled = _cli("xi", "--rollouts", folder, "--json", "--allow-mixed")
+    assert pooled.returncode == 0, pooled.stderr
+    assert pooled.stdout == _cli("xi", "--rollouts", mixed, "--json", "--allow-mixed").stdout
+    # the same attempts in two files are duplicates, as in one file
+    df[df["policy"] == "synth"].to_parquet(folder / "copy.parquet", index=False)
+    assert cli_main(["xi", "--rollouts", str(folder), "--allow-mixed"]) == 2
+    assert "3 files pooled" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["xi", "--rollouts", str(tmp_path / "empty"), "--allow-mixed"]) == 2
+    assert "holds no *.parquet" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- SIGTERM in the Prefect flow
+
+
+FLOW_THREADS = """
+import sys, threading, time
+from pathlib import Path
+from flows.pipeline import _kill_stages_on_sigterm
+from relbudget.io import atomic_path
+from relbudget.params import parse_params
+from stages._cli import KILLED, execute
+
+def slow(params):
+    with atomic_path("data/prepared/part.txt") as tmp:
+        tmp.write_text("half written")
+        Path("started").write_text("1")
+        while True:
+            time.sleep(0.05)
+
+params, result = parse_params({}), {}
+
+def worker(stage):
+    try:
+        execute(stage, slow, params, ["data"])
+    except BaseException as err:
+        result[stage] = f"{type(err).__name__}: {err}"
+
+undo = _kill_stages_on_sigterm()  # what the flow body installs
+t = threading.Thread(target=worker, args=("prepare",))  # as the thread task runner runs a stage
+t.start()
+t.join()
+later = threading.Thread(target=worker, args=("xi",))
+later.start()
+later.join()
+undo()
+print(result)
+sys.exit(143 if KILLED.is_set() else 0)
+"""
+
+
+def test_sigterm_in_the_flow_ends_its_stage_threads_like_an_exception(tmp_path):
+    """The flow runs stages in threads, where no signal handler runs: SIGTERM raises StageKilled
+    into each stage thread (MLflow run FAILED "killed", temp files removed) and refuses the
+    stages not started yet."""
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", FLOW_THREADS], cwd=tmp_path,
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "started").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    assert "'prepare': 'StageKilled: killed by SIGTERM'" in out
+    assert "'xi': 'StageKilled: killed by SIGTERM before it started'" in out
+    assert list((tmp_path / "data" / "prepared").iterdir()) == []  # the temp file is gone
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs(client.get_experiment_by_name("relbudget").experiment_id)
+    assert run.info.run_name == "prepare" and run.info.status == "FAILED"
+    assert run.data.tags["error"] == "StageKilled: killed by SIGTERM"
+
+
+FLOW_MAIN = """
+import sys, time
+from pathlib import Path
+import stages.prepare
+from relbudget.io import atomic_path
+
+def slow(params):
+    with atomic_path(Path(params.paths.prepared) / "part.txt") as tmp:
+        tmp.write_text("half written")
+        Path("started").write_text("1")
+        while True:
+            time.sleep(0.05)
+
+stages.prepare.run = slow
+from flows.pipeline import main
+sys.exit(main(["--out-root", "out", "--retries", "0"]))
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_flow_process(tmp_path):
+    """`python -m flows.pipeline` (a temporary Prefect server: ~20-40 s) gets SIGTERM while its
+    first stage runs: exit 143, one `error:` line, no traceback, the stage's run FAILED."""
+    proc, err = sigterm_once_started(FLOW_MAIN, tmp_path, start_s=240, end_s=120)
+    assert proc.returncode == 143, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: flow run killed by SIGTERM: stage "
+                                                     "prepare failed: StageKilled"), err
+    # no traceback through the flow or the stage (the temporary server may log its own)
+    assert "flows/pipeline.py" not in err and "stages/_cli.py" not in err, err
+    assert not [p for p in (tmp_path / "out").rglob(".*.tmp")]
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs(client.get_experiment_by_name("relbudget").experiment_id,
+                              "tags.stage = 'prepare'")
+    assert [(r.info.status, r.data.tags["error"]) for r in runs] == [
+        ("FAILED", "StageKilled: killed by SIGTERM")]
+
+
+# ---------------------------------------------------------------- the memory estimate
+
+
+def test_memory_estimate_covers_a_sampled_table_in_memory():
+    """The cost check's rows x (ROW_BYTES + TOKEN_BYTES x cap) against a table built by
+    sample_table from the built-in task's completions (benchmarks/bench_row_bytes.py: 96 B/row of
+    columns + 1.03 B per token of text; the peak RSS of building it, ~320 B + 3.7 B per token, is
+    what the constants are set from, docs/failures.md)."""
+    from benchmarks.bench_row_bytes import build_table
+    from relbudget.params import ROW_BYTES, rollout_bytes
+
+    table = build_table(800, 8, 256)
+    deep = table.memory_usage(deep=True, index=False)
+    assert (deep.sum() - deep["completion"]) / len(table) < ROW_BYTES
+    assert deep["completion"] / table["n_tokens"].sum() < 1.2  # about one byte per token
+    # the finished table is well inside the estimate of the peak (~1.3 KB/row at cap 256)
+    assert 2 * deep.sum() / len(table) <= rollout_bytes(1, 1, 256)
