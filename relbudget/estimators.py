@@ -97,6 +97,17 @@ def check_horizons(df: pd.DataFrame, horizons: Iterable[int]) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def _prompt_codes(df: pd.DataFrame) -> tuple[np.ndarray, Any]:
+    """pd.factorize(prompt_id, sort=True): codes 0..P-1 in the sorted order of the ids, also for a
+    categorical column (schemas.read_rollouts), which factorize would order as its categories."""
+    ids = df["prompt_id"]
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        cats = ids.cat.categories
+        if not cats.is_monotonic_increasing:
+            ids = ids.cat.reorder_categories(cats.sort_values())
+    return pd.factorize(ids, sort=True)
+
+
 def _check_group_size(group_size: int) -> int:
     if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 2:
         raise ValueError(f"group size G={group_size!r} must be a whole number >= 2")
@@ -114,7 +125,7 @@ def per_prompt(df: pd.DataFrame) -> pd.DataFrame:
     tokens went by without a correct answer, so it is the one finite number to plot for it.
     Rows are sorted by prompt_id. O(attempts) after one sort of the distinct prompt ids.
     """
-    codes, ids = pd.factorize(df["prompt_id"], sort=True)
+    codes, ids = _prompt_codes(df)
     hit, c = _hit_consumed(df)
 
     def per_code(weights: np.ndarray | None) -> np.ndarray:
@@ -277,7 +288,7 @@ def curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
     hit = ~np.isnan(fct)
     hf = fct[hit].astype(np.int64)
     del fct
-    codes, _ = pd.factorize(df["prompt_id"], sort=True)
+    codes, _ = _prompt_codes(df)
     n_prompts = int(codes.max()) + 1
     k = np.bincount(codes, minlength=n_prompts).astype(float)  # attempts per prompt
 
@@ -426,7 +437,7 @@ def reward_curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
         cv = curves(df, H, G, E_T=math.nan)
         return pd.DataFrame({"H": H, "reward_mean": cv["p"], "reward_var": cv["reward_var"],
                              "p_informative": cv["p_informative"]})
-    codes, _ = pd.factorize(df["prompt_id"], sort=True)
+    codes, _ = _prompt_codes(df)
     k = np.bincount(codes).astype(float)
     fct = _fct(df)
     # Budget rewards of a prompt are equal iff their T (any T > H counting as one "none") are, and
@@ -472,7 +483,7 @@ def restart_T(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     prompt's last hit give one right-censored T, at least their sum (dropped when that sum is 0,
     since T >= 0 says nothing). Observed T's come in (prompt_id, attempt) order.
     """
-    codes, _ = pd.factorize(df["prompt_id"], sort=True)
+    codes, _ = _prompt_codes(df)
     order = np.lexsort((df["attempt"].to_numpy(), codes))
     codes = codes[order]
     c = consumed(df).to_numpy()[order]

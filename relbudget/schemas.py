@@ -46,10 +46,15 @@ def _attempt_unique(df: pd.DataFrame) -> pd.Series:
     """
     if "prompt_id" not in df or "attempt" not in df:
         return pd.Series(True, index=df.index)  # the missing column is reported on its own
-    codes, uniques = pd.factorize(df["prompt_id"])
+    if isinstance(df["prompt_id"].dtype, pd.CategoricalDtype):  # its codes, without hashing
+        cat = df["prompt_id"].cat
+        codes, n_ids = cat.codes.to_numpy().astype(np.int64), len(cat.categories)
+    else:
+        codes, uniques = pd.factorize(df["prompt_id"])
+        n_ids = len(uniques)
     attempt = df["attempt"].to_numpy()
     if (len(df) and attempt.dtype.kind == "i" and attempt.min() >= 0 and codes.min() >= 0
-            and len(uniques) * (int(attempt.max()) + 1) <= 2 * len(df) + 1024):
+            and n_ids * (int(attempt.max()) + 1) <= 2 * len(df) + 1024):
         codes *= int(attempt.max()) + 1
         codes += attempt
         twice = np.flatnonzero(np.bincount(codes) > 1)
@@ -190,3 +195,126 @@ def read_table(path: str | Path, schema: pa.DataFrameSchema,
     if schema is ROLLOUTS:
         df = normalise_rollouts(df)
     return validate(df, schema, f"{schema.name} table {path}")
+
+
+# ---------------------------------------------------------------- a lean read of a rollout table
+
+_STRINGS = ("prompt_id", "stop_reason", "policy")  # read dictionary-encoded, as categoricals
+_INT_TYPES = {None, *(f"{i}nt{b}" for i in "iI" for b in (8, 16, 32, 64))}
+
+
+def _sorted_categorical(col: pa_lib.ChunkedArray) -> pd.Categorical:
+    """A dictionary column as a Categorical whose categories are sorted, so that
+    pd.factorize(sort=True) gives the codes it gives on the strings."""
+    cat = col.to_pandas().array
+    cats = cat.categories
+    return cat if cats.is_monotonic_increasing else cat.reorder_categories(cats.sort_values())
+
+
+def _lean_rollouts(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    """The ROLLOUTS checks on NumPy arrays, one column at a time; None where a check fails or the
+    table is stored in a form they do not cover (other types, nulls, a stored index), which
+    read_table then decides on, with its own message."""
+    arrow = pq.read_schema(path)
+    meta = arrow.pandas_metadata or {}
+    if any(isinstance(c, str) for c in meta.get("index_columns", [])):
+        return None
+    numpy_type = {c.get("name"): c.get("numpy_type") for c in meta.get("columns", [])}
+    for name in ROLLOUTS.columns:
+        i = arrow.get_field_index(name)  # -1: missing or not unique
+        if i < 0:
+            return None
+        t, nt = arrow.field(i).type, numpy_type.get(name)
+        if name in _STRINGS:
+            ok = (pa_lib.types.is_string(t) or pa_lib.types.is_large_string(t)) \
+                and nt in (None, "object", "str")
+        elif name == "final_correct":
+            ok = pa_lib.types.is_boolean(t) and nt in (None, "bool")
+        else:
+            ok = pa_lib.types.is_signed_integer(t) and nt in _INT_TYPES
+        if not ok:
+            return None
+
+    def read(name: str) -> pa_lib.ChunkedArray | None:
+        col = pq.read_table(path, columns=[name],
+                            read_dictionary=[name] if name in _STRINGS else None).column(0)
+        pa_lib.default_memory_pool().release_unused()  # the decoder's buffers
+        return None if col.null_count and name != "first_correct_token" else col
+
+    def ints(name: str) -> np.ndarray | None:
+        col = read(name)
+        return None if col is None else col.to_numpy().astype(np.int64, copy=False)
+
+    out: dict[str, object] = {}
+    prompt = read("prompt_id")
+    attempt = ints("attempt")
+    if prompt is None or attempt is None or (len(attempt) and attempt.min() < 0):
+        return None
+    prompt = _sorted_categorical(prompt)
+    if not _attempt_unique(pd.DataFrame({"prompt_id": prompt, "attempt": attempt},
+                                        copy=False)).all():
+        return None
+    out["prompt_id"], out["attempt"], out["seed"] = prompt, attempt, ints("seed")
+    if out["seed"] is None:
+        return None
+    for name in ("attempt", "seed"):  # checked; dropped unless asked for
+        if name not in columns:
+            del out[name]
+    del attempt
+    for name in ("policy", "stop_reason"):
+        col = read(name)
+        if col is None:
+            return None
+        out[name] = _sorted_categorical(col)
+    n = out["n_tokens"] = ints("n_tokens")
+    cap = out["max_tokens"] = ints("max_tokens")
+    final = read("final_correct")
+    if n is None or cap is None or final is None or (len(n) and (n.min() < 0 or cap.min() <= 0)):
+        return None
+    out["final_correct"] = final.to_numpy().astype(bool, copy=False)
+    del final
+
+    col = read("first_correct_token")
+    missing = col.is_null().to_numpy()
+    fct = col.fill_null(0).to_numpy().astype(np.int64, copy=False)
+    del col
+    stop = out["stop_reason"]
+    used = stop.categories[np.bincount(stop.codes, minlength=len(stop.categories)) > 0]
+    if not set(used) <= set(STOP_REASONS):
+        return None
+    codes = {c: i for i, c in enumerate(stop.categories)}
+    # first_correct_token in 1..n_tokens; 'length' ends at the cap; 'first_correct' at the answer
+    bad = ~missing & ((fct < 1) | (fct > n))
+    if "length" in codes:
+        bad |= (stop.codes == codes["length"]) & (n != cap)
+    if "first_correct" in codes:
+        bad |= (stop.codes == codes["first_correct"]) & (missing | (fct != n))
+    if bad.any():
+        return None
+    out["first_correct_token"] = pd.arrays.IntegerArray(fct, missing)
+    return pd.DataFrame({c: out[c] for c in columns}, copy=False)
+
+
+def read_rollouts(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """read_table(path, ROLLOUTS, schema_columns_only=True), only `columns` of it (default: all
+    of the schema's), with prompt_id, stop_reason and policy as categoricals (sorted categories).
+
+    For the command line on millions of rows: the ROLLOUTS checks run as NumPy operations on the
+    columns as they are read, and the columns not asked for (attempt, seed) are dropped once
+    checked, so the peak memory is about the returned frame's. A table that fails a check, or is
+    stored in a form these checks do not cover, goes through read_table: the same error message,
+    or the same table (with its string dtypes) where pandera accepts it.
+    """
+    columns = list(ROLLOUTS.columns) if columns is None else list(columns)
+    if unknown := [c for c in columns if c not in ROLLOUTS.columns]:
+        raise ValueError(f"not rollout schema columns: {unknown}")
+    path = Path(path)
+    if path.is_file():
+        try:
+            df = _lean_rollouts(path, columns)
+        except (pa_lib.ArrowException, OSError):
+            df = None  # read_table says what is wrong with the file
+        pa_lib.default_memory_pool().release_unused()
+        if df is not None:
+            return df
+    return read_table(path, ROLLOUTS, schema_columns_only=True)[columns]

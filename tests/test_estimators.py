@@ -341,3 +341,48 @@ def test_summarize_all_unsolved_is_json_safe():
 def test_summarize_default_horizons():
     s = est.summarize(make_rollouts(30, 4, seed=2), n_bootstrap=99)
     assert [h["H"] for h in s["horizons"]] == est.summary_horizons(128)
+
+
+# ---------------------------------------------------------------- categorical ids, lean read
+
+
+@pytest.mark.parametrize("reward", ["within", "final", "budget"])
+def test_categorical_prompt_ids_give_the_same_numbers(reward):
+    """factorize orders a categorical by its categories; the estimators order prompt ids as
+    strings whatever the categories' order, so a categorical table gives the same numbers."""
+    df = make_rollouts(60, 8, seed=4)
+    cat = df.assign(prompt_id=pd.Categorical(df["prompt_id"],
+                                             categories=sorted(set(df["prompt_id"]), reverse=True)
+                                             + ["unused"]),
+                    stop_reason=df["stop_reason"].astype("category"))
+    assert est.summarize(cat, None, n_bootstrap=200, reward=reward) == \
+        est.summarize(df, None, n_bootstrap=200, reward=reward)
+    pd.testing.assert_frame_equal(est.per_prompt(cat), est.per_prompt(df))
+    for a, b in zip(est.restart_T(cat), est.restart_T(df)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_rollouts_matches_read_table(tmp_path):
+    """The lean read gives read_table's table (categoricals aside) and, for a bad table, its
+    exact error message."""
+    from relbudget.schemas import ROLLOUTS, TableError, read_rollouts, read_table
+
+    df = make_rollouts(50, 6, seed=2, validated=False)
+    path = tmp_path / "r.parquet"
+    df.to_parquet(path)
+    cols = ["prompt_id", "n_tokens", "first_correct_token", "stop_reason", "policy"]
+    lean = read_rollouts(path, cols)
+    assert list(lean.columns) == cols and isinstance(lean["prompt_id"].dtype, pd.CategoricalDtype)
+    full = read_table(path, ROLLOUTS, schema_columns_only=True)
+    pd.testing.assert_frame_equal(lean.astype({c: full[c].dtype for c in cols}), full[cols])
+    pd.testing.assert_frame_equal(read_rollouts(path).astype(full.dtypes.to_dict()), full)
+
+    for col, value in [("attempt", -1), ("first_correct_token", 0), ("stop_reason", "stop")]:
+        bad = df.copy()
+        bad.loc[7, col] = value
+        bad.to_parquet(path)
+        with pytest.raises(TableError) as want:
+            read_table(path, ROLLOUTS, schema_columns_only=True)
+        with pytest.raises(TableError) as got:
+            read_rollouts(path, cols)
+        assert str(got.value) == str(want.value) and "row 7" in str(got.value)
