@@ -1,7 +1,8 @@
 """The pipeline of dvc.yaml as a Prefect 3 flow: same stage functions, cached, scheduled.
 
     prepare -> base_policy -> sample_t -> xi -> train@REGIME (one task per regime, fanned out)
-            -> evaluate@REGIME, evaluate@base, sweep@CELL (one per xi x seed) -> report
+            -> evaluate@REGIME, evaluate@base, sweep@CELL (one per xi x seed),
+               arm@ARM-sSEED (adaptive budgets) -> fixed_best@SEED (after the sweep) -> report
 
 Every task calls the stage's own `run` through `stages._cli.execute`, the function behind
 `python -m stages.NAME` (and so behind `dvc repro`): one MLflow run per stage execution, ended
@@ -40,12 +41,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from flows.cache import (MISSING, base_key, label_of, manifest, stage_cache_key, stage_io,
                          tree_digest)
 from relbudget.io import to_json_safe, write_json
-from relbudget.params import Params, ParamsError, Paths, format_errors, load_params
+from relbudget.params import Params, ParamsError, Paths, arm_name, format_errors, load_params
 
 SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
 # running at once in threads of one process would interleave their random streams.
-TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep"})
+TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep", "arm",
+                          "fixed_best"})
 DEFAULT_OUT_ROOT = "runs/prefect"
 RESULTS_DIR = ".prefect-results"
 STATE_DIR = ".flow"
@@ -73,6 +75,8 @@ class Timeouts(BaseModel):
     train: float = Field(12 * 3600, gt=0)
     evaluate: float = Field(4 * 3600, gt=0)
     sweep: float = Field(12 * 3600, gt=0)
+    arm: float = Field(12 * 3600, gt=0)
+    fixed_best: float = Field(12 * 3600, gt=0)
     report: float = Field(1800, gt=0)
 
 
@@ -255,6 +259,25 @@ _THREAD_TIMEOUT_FILTER = _DropThreadTimeoutWarning()
 logging.getLogger("prefect.task_runs").addFilter(_THREAD_TIMEOUT_FILTER)
 
 
+class _NoTracebackWhenKilled(logging.Filter):
+    """After a SIGTERM, Prefect's failure records of the killed stages and of the flow keep their
+    message (it names the stage and `killed by SIGTERM`) but not the traceback of the flow's
+    own code; each stage's traceback is in its MLflow run (error.txt)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        cli = sys.modules.get("stages._cli")
+        exc = record.exc_info[0] if record.exc_info else None
+        if (cli is not None and cli.KILLED.is_set() and isinstance(exc, type)
+                and issubclass(exc, (StageFailed, PipelineFailed))):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_KILLED_FILTER = _NoTracebackWhenKilled()
+for _name in ("prefect.task_runs", "prefect.flow_runs"):
+    logging.getLogger(_name).addFilter(_KILLED_FILTER)
+
+
 def _ship_stage_logs() -> Callable[[], None]:
     """Send the stages' own log lines (logger 'relbudget') to the Prefect UI during the flow."""
     from prefect.logging.handlers import APILogHandler
@@ -272,6 +295,42 @@ def _ship_stage_logs() -> Callable[[], None]:
         lg.setLevel(level)
 
     return undo
+
+
+def _kill_stages_on_sigterm() -> Callable[[], None]:
+    """While the flow body runs: SIGTERM ends each running stage like an exception (StageKilled
+    raised in its thread: MLflow run FAILED `killed by SIGTERM`, temp files removed) and refuses
+    the stages not started, so the flow ends Failed and `main` exits 143 with one line. Without
+    this, Prefect's handler (TerminationSignal in the main thread) leaves the stage threads
+    running: measured, the stage ran on to its end and the process had not exited 280 s later.
+    A runner's cancellation (Prefect's control intent set) still goes on to Prefect's handler,
+    after the stages are killed. Returns the undo; a no-op outside the main thread."""
+    import signal
+    import threading
+
+    from stages._cli import KILLED, kill_running_stages
+
+    KILLED.clear()  # a new flow run in this process (tests, notebooks) starts unkilled
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    prev = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame) -> None:
+        kill_running_stages()
+        if callable(prev) and _runner_intent():
+            prev(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, prev)
+
+
+def _runner_intent() -> bool:
+    try:
+        from prefect._internal import control_listener
+
+        return control_listener.get_intent() is not None
+    except Exception:  # a private API: without it, a SIGTERM is a plain kill
+        return False
 
 
 def publish_report(paths: Paths) -> list[str]:
@@ -347,7 +406,7 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
         if serial and stage in TORCH_STAGES:
             last_torch[:] = [futures[label]]
 
-    undo_logs = _ship_stage_logs()
+    undo_logs, undo_sigterm = _ship_stage_logs(), _kill_stages_on_sigterm()
     try:
         submit("prepare", None, [])
         submit("base_policy", None, ["prepare"])
@@ -361,11 +420,18 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
         cells = [cell for cell, _, _ in params.sweep.cells()]
         for cell in cells:
             submit("sweep", cell, ["xi"])
+        arms = [arm_name(a, s) for a in params.arms.arms for s in params.sweep.seeds]
+        for name in arms:
+            submit("arm", name, ["xi"])
+        for s in params.sweep.seeds:  # the best fixed xi is known once every cell has finished
+            submit("fixed_best", str(s), ["evaluate@base", *(f"sweep@{c}" for c in cells)])
         submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes),
-                                *(f"sweep@{c}" for c in cells)])
+                                *(f"sweep@{c}" for c in cells), *(f"arm@{n}" for n in arms),
+                                *(f"fixed_best@{s}" for s in params.sweep.seeds)])
         for f in futures.values():
             f.wait()
     finally:
+        undo_sigterm()
         undo_logs()
 
     states = {label: f.state for label, f in futures.items()}
@@ -415,12 +481,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="scheduled", help="serve: deployment name")
     ap.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule (default daily 03:00)")
     args = ap.parse_args(argv)
+    from relbudget.tracking import TrackingError, check_reachable, tracking_uri
+    from stages._cli import KILLED
+
     try:
         kwargs = dict(params_file=args.params, out_root=args.out_root,
                       timeouts=_timeouts_arg(args.timeout), retries=args.retries,
                       retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible)
         rooted(load_params(args.params), flow_config(**kwargs).out_root)  # fail fast, before Prefect
-    except (FlowConfigError, ParamsError) as err:
+        check_reachable(tracking_uri())  # a damaged mlflow.db: one line here, not in every task
+    except (FlowConfigError, ParamsError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     flow_ = pipeline
@@ -437,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     slow_start = {} if PREFECT_API_URL.value() else {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 120}
     with temporary_settings(updates=slow_start):
         state = flow_(**kwargs, return_state=True)
+    if KILLED.is_set():
+        print(f"error: flow run killed by SIGTERM: {_failure_text(state)}", file=sys.stderr)
+        return 128 + 15
     if not state.is_completed():
         print(f"error: flow run {state.name}: {_failure_text(state)}", file=sys.stderr)
         return 1

@@ -466,14 +466,16 @@ def train_dataset(prompts_df: pd.DataFrame):
 
 
 def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams, H: int,
-                 output_dir: str | Path, max_model_len: int | None = None) -> tuple[Any, pd.DataFrame]:
+                 output_dir: str | Path, max_model_len: int | None = None,
+                 extra_callback=None) -> tuple[Any, pd.DataFrame]:
     """GRPO at horizon H until the token budget (or max_steps); returns (model, history).
 
     `prompts_df["prompt"]` is what the policy is given (`models.render_prompts`: chat template
     applied for instruct models), the same text the rollout table was sampled from.
 
     output_dir holds the Trainer's checkpoints; a rerun of the same configuration resumes from
-    the newest one, history included.
+    the newest one, history included. `extra_callback(history_callback)` makes one more
+    TrainerCallback that runs after the history's (e.g. relbudget.training.EvalCurve).
     """
     from trl import GRPOTrainer
 
@@ -512,7 +514,9 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
         args = grpo_config(train, H, output_dir, max_model_len)
         trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                               train_dataset=train_dataset(prompts_df), processing_class=tokenizer,
-                              callbacks=[history], rollout_func=rollout)
+                              callbacks=[history] + ([extra_callback(history)] if extra_callback
+                                                     else []),
+                              rollout_func=rollout)
         trainer.remove_callback(PrinterCallback)  # it prints every step's full log dict
         if controller is not None:
             controller.attach(trainer)  # sets the cap where TRL reads it (resumed: the saved H)

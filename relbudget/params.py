@@ -31,7 +31,11 @@ class Section(BaseModel):
 # Bounds a 2-core, 24 GB machine can honour (docs/failures.md): checked before any compute.
 XI_RANGE = (1e-3, 1e3)  # a target xi outside it is a typo (1e308) or a horizon of 1 token (1e-300)
 MAX_NAME = 64  # regime names become folder names, MLflow tags and DVC stage names
-ROW_BYTES = 200  # a rollout row in memory besides its completion text (about 1 byte per token)
+# Peak memory of sampling a rollout table, per row: ROW_BYTES + TOKEN_BYTES per token of the cap
+# (benchmarks/bench_row_bytes.py: ~1.2 KB/row at cap 256, i.e. about 320 B + 3.7 B per token;
+# the finished table alone is ~96 B/row + 1 B per token)
+ROW_BYTES = 320
+TOKEN_BYTES = 4
 MEMORY_LIMIT = 8 * 2**30  # what a rollout table of one stage may take in memory
 
 
@@ -44,12 +48,14 @@ def check_xi(xi: float, what: str) -> float:
 
 
 def rollout_bytes(attempts: int, prompts: int, cap: int) -> int:
-    """The estimated memory of a rollout table: attempts x prompts rows of ROW_BYTES + cap."""
-    return attempts * prompts * (ROW_BYTES + cap)
+    """The estimated peak memory of sampling a rollout table: attempts x prompts rows of
+    ROW_BYTES + TOKEN_BYTES x cap."""
+    return attempts * prompts * (ROW_BYTES + TOKEN_BYTES * cap)
 
 
 XI_PLOTS = ("xi_curves.png", "gamma_fit.png")
-REPORT_PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png")
+REPORT_PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png",
+                "tokens_to_target.png")
 
 
 class Paths(Section):
@@ -64,78 +70,52 @@ class Paths(Section):
     eval: str = "data/eval"
     report: str = "data/report"
     sweep: str = "data/sweep"
+    arms: str = "data/arms"
+    metrics: str = "metrics"  # the headline DVC compares across commits: tracked in git
 
     # The files inside those folders, named here only: stages, the flow and relbudget.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
-    def prompts(self, split: str) -> str:
-        """The prompt table of a split ('train' or 'eval')."""
-        return f"{self.prepared}/{split}.parquet"
+    # One template a file: {FOLDER} is a field above and {key} the accessor's one argument (a
+    # split, regime, cell, arm or plot name); an accessor without {key} is a property.
+    def _file(template: str, doc: str | None = None):  # noqa: N805 (class body only; deleted)
+        if "{key}" not in template:
+            return property(lambda self: template.format_map(self.__dict__), doc=doc)
 
-    @property
-    def xi_summary(self) -> str:
-        return f"{self.xi}/summary.json"
+        def accessor(self, key: str) -> str:
+            return template.format_map({**self.__dict__, "key": key})
 
-    @property
-    def E_T(self) -> str:
-        """The base policy's E[T] alone (what sweep cells read)."""
-        return f"{self.xi}/E_T.json"
+        accessor.__doc__ = doc
+        return accessor
 
-    @property
-    def budgets(self) -> str:
-        return f"{self.xi}/budgets.yaml"
-
-    @property
-    def per_prompt(self) -> str:
-        return f"{self.xi}/per_prompt.parquet"
-
-    @property
-    def curves(self) -> str:
-        return f"{self.xi}/curves.parquet"
-
-    def xi_plot(self, name: str) -> str:
-        """A plot of the xi stage (a name of XI_PLOTS)."""
-        return f"{self.xi}/{name}"
+    prompts = _file("{prepared}/{key}.parquet", "The prompt table of a split ('train' or 'eval').")
+    xi_summary = _file("{xi}/summary.json")
+    E_T = _file("{xi}/E_T.json", "The base policy's E[T] alone (what sweep cells read).")
+    budgets = _file("{xi}/budgets.yaml")
+    per_prompt = _file("{xi}/per_prompt.parquet")
+    curves = _file("{xi}/curves.parquet")
+    xi_plot = _file("{xi}/{key}", "A plot of the xi stage (a name of XI_PLOTS).")
+    history = _file("{train}/{key}/history.parquet")
+    train_work = _file("{train}/.{key}.work", "Trainer checkpoints of an unfinished train@REGIME "
+                       "(hidden, removed on success).")
+    eval_json = _file("{eval}/{key}.json")
+    eval_rollouts = _file("{eval}/{key}_rollouts.parquet")
+    cell_history = _file("{sweep}/{key}/history.parquet")
+    cell_rollouts = _file("{sweep}/{key}/rollouts.parquet")
+    cell_eval = _file("{sweep}/{key}/eval.json")
+    cell_work = _file("{sweep}/.{key}.work")
+    arm_history = _file("{arms}/{key}/history.parquet")
+    arm_json = _file("{arms}/{key}/arm.json")
+    arm_work = _file("{arms}/.{key}.work")
+    report_md = _file("{report}/report.md")
+    report_metrics = _file("{report}/metrics.json")
+    report_plot = _file("{report}/{key}", "A plot of the report (a name of REPORT_PLOTS).")
+    headline_json = _file("{metrics}/headline.json", "The report's headline numbers (git-tracked).")
+    efficiency_csv = _file("{metrics}/efficiency.csv", "Gain per 100k tokens per xi (git-tracked).")
+    del _file
 
     def policy(self, regime: str) -> str:
         """The policy folder of a regime; 'base' is the base policy."""
         return self.base_model if regime == "base" else f"{self.models}/{regime}"
-
-    def history(self, regime: str) -> str:
-        return f"{self.train}/{regime}/history.parquet"
-
-    def train_work(self, regime: str) -> str:
-        """Trainer checkpoints of an unfinished train@REGIME (hidden, removed on success)."""
-        return f"{self.train}/.{regime}.work"
-
-    def eval_json(self, regime: str) -> str:
-        return f"{self.eval}/{regime}.json"
-
-    def eval_rollouts(self, regime: str) -> str:
-        return f"{self.eval}/{regime}_rollouts.parquet"
-
-    def cell_history(self, cell: str) -> str:
-        return f"{self.sweep}/{cell}/history.parquet"
-
-    def cell_rollouts(self, cell: str) -> str:
-        return f"{self.sweep}/{cell}/rollouts.parquet"
-
-    def cell_eval(self, cell: str) -> str:
-        return f"{self.sweep}/{cell}/eval.json"
-
-    def cell_work(self, cell: str) -> str:
-        return f"{self.sweep}/.{cell}.work"
-
-    @property
-    def report_md(self) -> str:
-        return f"{self.report}/report.md"
-
-    @property
-    def report_metrics(self) -> str:
-        return f"{self.report}/metrics.json"
-
-    def report_plot(self, name: str) -> str:
-        """A plot of the report (a name of REPORT_PLOTS)."""
-        return f"{self.report}/{name}"
 
 
 class HFSource(Section):
@@ -396,6 +376,88 @@ class SweepParams(Section):
         return [(cell_name(x, s), x, s) for x in self.xi for s in self.seeds]
 
 
+ARMS = ("fixed_best", "controller", "per_prompt", "filtered")
+ADAPTIVE_ARMS = ARMS[1:]
+
+
+def arm_name(arm: str, seed: int) -> str:
+    """An arm run's name and folder, as dvc.yaml spells it: ${item.arm}-s${item.seed}."""
+    return f"{arm}-s{seed}"
+
+
+def parse_arm(name: str) -> tuple[str, int]:
+    """(arm, seed) of an arm run's name; ValueError unless it is ARM-s<SEED> with a known ARM."""
+    arm, sep, seed = name.rpartition("-s")
+    if not (sep and arm in ARMS and seed.isdigit()):
+        raise ValueError(f"arm run {name!r} is not of the form ARM-s<SEED> with ARM one of "
+                         f"{', '.join(ARMS)}")
+    return arm, int(seed)
+
+
+class ArmsParams(Section):
+    """arm@ARM-SEED: adaptive budgets against the best fixed xi of the sweep, on the same token
+    budget and seeds as the sweep cells (`sweep.token_budget`, `sweep.seeds`):
+    - fixed_best: the sweep cell of the xi with the highest mean gain per token, rerun with the
+      evaluations along training (stage fixed_best@SEED, after the sweep);
+    - controller: H_t = target_xi * E_t[T] (train.controller, with this target_xi);
+    - per_prompt: H_x = target_xi * E[T|x] (train.per_prompt, with this target_xi);
+    - filtered: fixed H = target_xi * E[T] on the prompts whose xi_x lies in filter_band."""
+
+    arms: list[str] = Field(default_factory=lambda: list(ADAPTIVE_ARMS),
+                            description="adaptive arms to run (fixed_best always runs)")
+    target_xi: float = Field(1.0, description="the xi the adaptive arms aim at")
+    filter_band: tuple[float, float] = Field((0.5, 2.0), description="filtered: the xi_x band kept")
+    target_accuracy: float | None = Field(
+        None, ge=0, le=1, description="accuracy at H_eval that counts as reached; null: halfway "
+        "from the base accuracy to the best final accuracy of any arm (mean over seeds)")
+    eval_at: list[int] = Field(default_factory=lambda: [2500, 5000, 10000, 20000, 30000],
+                               description="generated tokens at which each arm run is evaluated "
+                               "at H_eval during training (and at the end): the accuracy curve")
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ADAPTIVE_ARMS]
+        if bad or len(set(v)) != len(v):
+            raise ValueError(f"arms.arms must be distinct names from {list(ADAPTIVE_ARMS)}, got {v}")
+        return v
+
+    @field_validator("eval_at")
+    @classmethod
+    def _eval_at(cls, v: list[int]) -> list[int]:
+        if any(x <= 0 for x in v) or sorted(set(v)) != v or len(v) > 50:
+            raise ValueError(f"arms.eval_at must be increasing positive token counts (at most 50), "
+                             f"got {v}")
+        return v
+
+    @field_validator("target_xi")
+    @classmethod
+    def _xi(cls, v: float) -> float:
+        return check_xi(v, "arms.target_xi")
+
+    @field_validator("filter_band")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not (0 <= lo <= hi) or not math.isfinite(hi):
+            raise ValueError(f"arms.filter_band must be [lo, hi] with 0 <= lo <= hi, got {list(v)}")
+        return v
+
+    def train_params(self, train: "TrainParams", arm: str, seed: int, token_budget: int):
+        """The train section of one arm run."""
+        t = train.model_copy(update={"seed": seed, "token_budget": token_budget,
+                                     "budget": "fixed", "prompt_filter": None})
+        if arm == "controller":
+            c = t.controller.model_copy(update={"target_xi": self.target_xi})
+            return t.model_copy(update={"budget": "controller", "controller": c})
+        if arm == "per_prompt":
+            pp = t.per_prompt.model_copy(update={"target_xi": self.target_xi})
+            return t.model_copy(update={"budget": "per_prompt", "per_prompt": pp})
+        if arm == "fixed_best":
+            return t
+        return t.model_copy(update={"prompt_filter": PromptFilterParams(xi_band=self.filter_band)})
+
+
 class ReportParams(Section):
     paper_band: tuple[float, float] = (1.5, 2.0)
 
@@ -412,6 +474,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     sweep: SweepParams = SweepParams()
+    arms: ArmsParams = ArmsParams()
     report: ReportParams = ReportParams()
     allow_outside_paths: bool = Field(False, description="let paths.* leave the project folder "
                                       "(absolute or ../); off, so a typo never writes elsewhere")
@@ -458,8 +521,9 @@ class Params(Section):
                 ("evaluate", e.attempts, d.n_eval, max(e.h_eval, s.max_tokens))):
             need = rollout_bytes(attempts, prompts, cap)
             if need > MEMORY_LIMIT:
-                raise ValueError(f"{what}: {attempts} attempts x {prompts} prompts x (cap {cap} + "
-                                 f"{ROW_BYTES}) bytes ~ {need / 2**30:.1f} GiB of rollouts, above "
+                raise ValueError(f"{what}: {attempts} attempts x {prompts} prompts x ({ROW_BYTES} + "
+                                 f"{TOKEN_BYTES} x cap {cap}) bytes ~ {need / 2**30:.1f} GiB of "
+                                 "rollouts at their peak, above "
                                  f"the {MEMORY_LIMIT / 2**30:.0f} GiB limit; lower attempts or prompts")
 
     @model_validator(mode="after")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from relbudget.params import REPORT_PLOTS, XI_PLOTS, Paths
 
-STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "report")
+STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "arm",
+          "fixed_best", "report")
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,22 @@ def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
     if stage == "train":
         return StageFiles((p.base_model, p.prompts("train"), p.budgets),
                           (p.policy(key), p.history(key)))
-    if stage == "evaluate":
-        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets), (p.eval_rollouts(key),),
-                          (p.eval_json(key),))
+    if stage == "evaluate":  # a regime's evaluation also logs its gain over the base's (MLflow)
+        gain = (p.history(key), p.eval_json("base")) if key != "base" else ()
+        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets, *gain),
+                          (p.eval_rollouts(key),), (p.eval_json(key),))
     if stage == "sweep":
-        return StageFiles((p.base_model, p.prepared, p.E_T),
+        return StageFiles((p.base_model, p.prepared, p.E_T, p.eval_json("base")),
                           (p.cell_history(key), p.cell_rollouts(key)), (p.cell_eval(key),))
+    if stage == "arm":
+        return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.eval_json("base")),
+                          (p.arm_history(key),), (p.arm_json(key),))
+    if stage == "fixed_best":  # `key` is the seed; it also reads the sweep (for its best xi)
+        name = f"fixed_best-s{key}"
+        return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.sweep,
+                           p.eval_json("base")), (p.arm_history(name),), (p.arm_json(name),))
     if stage == "report":
-        return StageFiles((p.xi, p.train, p.eval, p.sweep), (p.report_md,), (p.report_metrics,),
-                          tuple(p.report_plot(n) for n in REPORT_PLOTS))
+        return StageFiles((p.xi, p.train, p.eval, p.sweep, p.arms), (p.report_md,),
+                          (p.report_metrics, p.headline_json),
+                          (*(p.report_plot(n) for n in REPORT_PLOTS), p.efficiency_csv))
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

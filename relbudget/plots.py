@@ -147,3 +147,22 @@ def gamma_fit(df: pd.DataFrame, path: str | Path, fit: dict | None = None) -> No
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+ARM_COLORS = {"fixed_best": "black", "controller": "tab:green", "per_prompt": "tab:purple",
+              "filtered": "tab:orange"}
+
+
+def tokens_to_target(curves: dict[str, list[pd.DataFrame]], target: float, path: str | Path) -> None:
+    """Accuracy at H_eval against generated tokens, one line per arm run, the target marked."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for arm, cs in curves.items():
+        for i, c in enumerate(cs):
+            ax.plot(c["tokens"] / 1e3, c["accuracy"], marker="o", ms=3, lw=1, alpha=0.8,
+                    color=ARM_COLORS.get(arm), label=arm if i == 0 else None)
+    ax.axhline(target, color="grey", ls="--", lw=1, label=f"target {target:.3f}")
+    ax.set(xlabel="generated completion tokens (thousands)", ylabel="accuracy at H_eval",
+           title="tokens to target: budget arms (one line per seed)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, path)

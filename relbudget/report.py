@@ -14,6 +14,8 @@ Pure functions of the stage's inputs (dicts read from JSON, history tables); no 
 from __future__ import annotations
 
 import base64
+import glob
+import json
 import math
 import re
 from pathlib import Path
@@ -23,6 +25,9 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from relbudget.params import cell_name
+from relbudget.schemas import HISTORY, read_table
 
 PER = 1e5  # efficiencies are per 100k generated completion tokens
 PEAK_RESAMPLES = 2000
@@ -45,6 +50,14 @@ def efficiency(at: dict, base_at: dict, tokens: int) -> dict:
     fall = _num(base_at.get("E_T")) - _num(at.get("E_T"))  # nan where either is infinite
     return {"gain": gain, "gain_per_100k": gain * per,
             "E_T_fall_per_100k": fall * per if math.isfinite(fall) else None}
+
+
+def gain_metrics(at: dict[str, dict], base_eval: str | Path, tokens: int) -> dict:
+    """`gain`, `gain_per_100k`, `E_T_fall_per_100k` at H_eval against the base policy's
+    evaluation file: what every run that trained (train cells, arms, evaluate@REGIME) logs under
+    the same keys, so the MLflow runs table sorts trained policies by the headline efficiency."""
+    base = json.loads(Path(base_eval).read_text())["at"]["H_eval"]
+    return efficiency(at["H_eval"], base, tokens)
 
 
 FINAL_STEPS = 10  # "final xi_t" = the mean over the last FINAL_STEPS steps of training
@@ -134,6 +147,29 @@ def cell_row(ev: dict, history: pd.DataFrame, base_eval: dict) -> dict:
             "acc_H_eval": at["accuracy"], "first_answer_acc": first,
             "first_answer_gain": None if first is None or first_base is None else first - first_base,
             "E_T": at["E_T"], **train}
+
+
+def load_cells(paths, sweep) -> list[tuple[dict, pd.DataFrame]]:
+    """(eval.json, history) of every cell of the grid; a folder named as the cell wins over
+    another one with the same xi and seed (e.g. `xi1-s0` beside `xi1.0-s0`)."""
+    root = Path(paths.sweep)
+    found: dict[tuple[float, int], tuple[str, dict]] = {}
+    for f in sorted(map(Path, glob.glob(paths.cell_eval("*")))):
+        ev = json.loads(f.read_text())
+        key = (float(ev["xi"]), int(ev["seed"]))
+        if key not in found or f.parent.name == cell_name(*key):
+            found[key] = (f.parent.name, ev)
+    cells, missing = [], []
+    for _, xi, seed in sweep.cells():
+        if (xi, seed) not in found:
+            missing.append(cell_name(xi, seed))
+            continue
+        folder, ev = found[(xi, seed)]
+        cells.append((ev, read_table(paths.cell_history(folder), HISTORY)))
+    if missing:
+        raise FileNotFoundError(f"sweep cells without results under {root}: {', '.join(missing)}; "
+                                "run their sweep stages first")
+    return cells
 
 
 def sweep_table(cells: list[tuple[dict, pd.DataFrame]], base_eval: dict) -> pd.DataFrame:
@@ -294,7 +330,9 @@ def _sweep_section(agg: pd.DataFrame, peak: dict, band: tuple[float, float], bas
 
 def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | None = None,
            peak: dict | None = None, band: tuple[float, float] = (1.5, 2.0),
-           base_at: dict | None = None, gamma_png: str = "../xi/gamma_fit.png") -> str:
+           base_at: dict | None = None, gamma_png: str = "../xi/gamma_fit.png",
+           more: list[str] | None = None) -> str:
+    """report.md; `more`: further sections (Markdown lines) before the plots."""
     s = summary
     lines = ["# relbudget report", "",
              f"Base policy: E[T] = {_fmt(s['E_T'], 2)} tokens (95% CI {_fmt(s['E_T_ci'][0], 2)} - "
@@ -311,6 +349,7 @@ def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | Non
               "candidate of a completion is correct (and within H_eval).", ""]
     if agg is not None and peak is not None:
         lines += _sweep_section(agg, peak, band, base_at or {}, s.get("gamma"), gamma_png)
+    lines += more or []
     lines += ["## Plots", "", "![efficiency](efficiency.png)", "", "![base curves](xi_curves.png)",
               "", "![learning curves](learning_curves.png)", ""]
     return "\n".join(lines)

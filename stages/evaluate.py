@@ -16,8 +16,9 @@ import mlflow
 from relbudget.budgets import BudgetError, read_budgets
 from relbudget.evaluation import evaluate_policy
 from relbudget.io import write_json
+from relbudget.report import gain_metrics
 from relbudget.tracking import eval_headline, log_dataset, log_metrics
-from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
+from relbudget.schemas import HISTORY, PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.evaluate")
 SECTIONS = ["evaluate", "sampling.backend", "base_policy.trust_remote_code",
@@ -58,6 +59,9 @@ def run(params, regime: str) -> dict:
     for name, m in result["at"].items():
         log_metrics({f"{name}/{k}": v for k, v in m.items()})
     log_metrics(eval_headline(result["at"]))  # the same columns on every evaluate run
+    if regime != "base":  # the headline efficiency, one column with the sweep cells and arms
+        tokens = read_table(params.paths.history(regime), HISTORY)["cum_generated_tokens"].max()
+        log_metrics(gain_metrics(result["at"], params.paths.eval_json("base"), int(tokens)))
     mlflow.log_artifact(params.paths.eval_json(regime))
     log.info("evaluate@%s: %s", regime, {n: round(m["accuracy"], 3) for n, m in result["at"].items()})
     return result

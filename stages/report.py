@@ -8,7 +8,6 @@ the plots. metrics.json holds no timings: unchanged inputs give the same bytes.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -17,39 +16,16 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from relbudget import plots
+from relbudget import compare, headline, plots
 from relbudget import report as rep
 from relbudget.budgets import read_budgets
-from relbudget.io import to_json_safe, write_json, write_text
-from relbudget.params import REPORT_PLOTS, cell_name
+from relbudget.io import output_set, to_json_safe, write_json, write_text
+from relbudget.params import REPORT_PLOTS
 from relbudget.schemas import HISTORY, read_table
 from relbudget.tracking import log_metrics
 
 log = logging.getLogger("relbudget.report")
-SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "paths"]
-
-
-def load_cells(params) -> list[tuple[dict, pd.DataFrame]]:
-    """(eval.json, history) of every cell of the grid; a folder named as the cell wins over
-    another one with the same xi and seed (e.g. `xi1-s0` beside `xi1.0-s0`)."""
-    root = Path(params.paths.sweep)
-    found: dict[tuple[float, int], tuple[str, dict]] = {}
-    for f in sorted(map(Path, glob.glob(params.paths.cell_eval("*")))):
-        ev = json.loads(f.read_text())
-        key = (float(ev["xi"]), int(ev["seed"]))
-        if key not in found or f.parent.name == cell_name(*key):
-            found[key] = (f.parent.name, ev)
-    cells, missing = [], []
-    for _, xi, seed in params.sweep.cells():
-        if (xi, seed) not in found:
-            missing.append(cell_name(xi, seed))
-            continue
-        folder, ev = found[(xi, seed)]
-        cells.append((ev, read_table(params.paths.cell_history(folder), HISTORY)))
-    if missing:
-        raise FileNotFoundError(f"sweep cells without results under {root}: {', '.join(missing)}; "
-                                "run their sweep stages first")
-    return cells
+SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "arms", "paths"]
 
 
 def load_inputs(params) -> dict:
@@ -61,7 +37,7 @@ def load_inputs(params) -> dict:
         "base_eval": json.loads(Path(p.eval_json("base")).read_text()),
         "evals": {r: json.loads(Path(p.eval_json(r)).read_text()) for r in params.regimes},
         "histories": {r: read_table(p.history(r), HISTORY) for r in params.regimes},
-        "cells": load_cells(params),
+        "cells": rep.load_cells(p, params.sweep),
     }
 
 
@@ -76,27 +52,37 @@ def run(params) -> dict:
     histories: dict[float, list] = {}
     for ev, h in inp["cells"]:
         histories.setdefault(float(ev["xi"]), []).append(h)
-
-    plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot("xi_curves.png"), band)
-    plots.learning_curves(inp["histories"], p.report_plot("learning_curves.png"))
-    plots.efficiency(agg, p.report_plot("efficiency.png"), band, pd.DataFrame(rows), peak)
-    plots.xi_t_sweep(histories, dict(zip(agg["xi"], agg["xi_t_slope_per_10k"])),
-                     p.report_plot("xi_t_sweep.png"))
     base_at = inp["base_eval"]["at"]["H_eval"]
-    metrics = to_json_safe({
-        "base": {"E_T": inp["summary"]["E_T"], "acc_H_eval": base_at["accuracy"],
-                 "first_answer_acc": base_at.get("first_answer_accuracy")},
-        "regimes": {r["regime"]: r for r in rows},
-        "sweep": table.to_dict(orient="records"),
-        "sweep_by_xi": agg.to_dict(orient="records"),
-        "peak": {k: peak[k] for k in ("xi", "low", "high")},
-        "peak_sentence": rep.band_sentence(peak, band)})
-    write_json(metrics, p.report_metrics)
-    gamma_png = os.path.relpath(p.xi_plot("gamma_fit.png"), out)
-    write_text(rep.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
-                          gamma_png), p.report_md)
+    arms = compare.compare(p, params.arms, params.sweep.seeds, base_at["accuracy"])
+
+    with output_set():  # the report's files replaced together, or none (relbudget.io)
+        plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot("xi_curves.png"), band)
+        plots.learning_curves(inp["histories"], p.report_plot("learning_curves.png"))
+        plots.efficiency(agg, p.report_plot("efficiency.png"), band, pd.DataFrame(rows), peak)
+        plots.xi_t_sweep(histories, dict(zip(agg["xi"], agg["xi_t_slope_per_10k"])),
+                         p.report_plot("xi_t_sweep.png"))
+        plots.tokens_to_target(arms["curves"], arms["target_accuracy"],
+                               p.report_plot("tokens_to_target.png"))
+        metrics = to_json_safe({
+            "base": {"E_T": inp["summary"]["E_T"], "acc_H_eval": base_at["accuracy"],
+                     "first_answer_acc": base_at.get("first_answer_accuracy")},
+            "regimes": {r["regime"]: r for r in rows},
+            "sweep": table.to_dict(orient="records"),
+            "sweep_by_xi": agg.to_dict(orient="records"),
+            "peak": {k: peak[k] for k in ("xi", "low", "high")},
+            "peak_sentence": rep.band_sentence(peak, band),
+            **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
+        write_json(metrics, p.report_metrics)
+        # the numbers DVC compares across commits: git-tracked, outside data/ (relbudget.headline)
+        headline.write(metrics, inp["summary"], p)
+        gamma_png = os.path.relpath(p.xi_plot("gamma_fit.png"), out)
+        write_text(rep.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band,
+                              base_at, gamma_png, arms["markdown"]), p.report_md)
     log_metrics({f"{r['regime']}/{k}": v for r in rows for k, v in r.items()})
-    log_metrics({"peak_xi": peak["xi"], "peak_xi_low": peak["low"], "peak_xi_high": peak["high"]})
+    log_metrics({"peak_xi": peak["xi"], "peak_xi_low": peak["low"], "peak_xi_high": peak["high"],
+                 "target_accuracy": arms["target_accuracy"]})
+    log_metrics({f"arms/{s['arm']}/{k}": v for s in arms["arms_summary"] for k, v in s.items()
+                 if k not in ("arm",)})
     for f in (p.report_md, p.report_metrics, *map(p.report_plot, REPORT_PLOTS)):
         mlflow.log_artifact(f)
     # MLflow shows report.md as text; this page renders, with the plots embedded (MLflow only)

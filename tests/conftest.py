@@ -23,9 +23,11 @@ TINY = {
     "xi": {"n_bootstrap": 50},
     "regimes": {"low": 0.5, "high": 2.0},
     "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
-              "checkpoint_every": 2},
+              "checkpoint_every": 2, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
     "evaluate": {"attempts": 4, "h_eval": 24, "pass_k": [1, 4], "batch_size": 32},
     "sweep": {"xi": [1.0, 2.0], "seeds": [0], "token_budget": 300, "eval_attempts": 2},
+    # every arm, one seed; the band keeps every prompt of so few; one evaluation along the way
+    "arms": {"filter_band": [0.0, 1000.0], "eval_at": [100]},
 }
 
 

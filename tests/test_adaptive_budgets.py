@@ -111,19 +111,19 @@ def test_prompt_filter_counts_and_refusal(prompts, rollouts):
 def test_train_stage_applies_filter_then_per_prompt(prompts, rollouts, tmp_path):
     from relbudget.params import parse_params
     from relbudget.schemas import ROLLOUTS, write_table
-    from stages.train import adaptive_budgets
+    from relbudget.training import adaptive_budgets
 
     path = tmp_path / "base.parquet"
     write_table(rollouts, ROLLOUTS, path)
     params = parse_params({"allow_outside_paths": True, "paths": {"rollouts": str(path)}, "train": {
         "budget": "per_prompt", "per_prompt": {"target_xi": 0.2, "h_min": 6, "h_max": 30},
         "prompt_filter": {"xi_band": [0.0, 1e9], "H": 20}}})
-    kept, H, out = adaptive_budgets(params, prompts, 20)
+    kept, H, out = adaptive_budgets(params.train, path, prompts, 20)
     covered = prompts["prompt_id"].isin(rollouts["prompt_id"]).sum()
     assert out["filter_n_kept"] == covered == len(kept) and out["filter_n_prompts"] == len(prompts)
     assert H == kept["H_x"].max() and out["per_prompt_H_x_q100"] == H
     fixed = parse_params({"allow_outside_paths": True, "paths": {"rollouts": str(path)}})
-    assert adaptive_budgets(fixed, prompts, 20)[1:] == (20, {})
+    assert adaptive_budgets(fixed.train, path, prompts, 20)[1:] == (20, {})
 
 
 def test_controller_resumes_at_the_saved_H(rambler, prompts, tmp_path, monkeypatch):

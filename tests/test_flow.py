@@ -38,9 +38,10 @@ TINY = {
     "xi": {"n_bootstrap": 50},
     "regimes": {"a": 1.0},
     "train": {"stop": "steps", "max_steps": 2, "num_generations": 4, "prompts_per_step": 2,
-              "checkpoint_every": 50},
+              "checkpoint_every": 50, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
     "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
     "sweep": {"xi": [1.0], "seeds": [0], "eval_attempts": 2},
+    "arms": {"arms": ["controller"]},
 }
 MEASUREMENT = ("prepare", "base_policy", "sample_t", "xi")  # the stages before training
 RUN = dict(retries=1, retry_delay_s=0)
@@ -63,7 +64,9 @@ def run_flow(**kwargs):
 def expected_labels(params: Params) -> list[str]:
     return [*MEASUREMENT, *(f"train@{r}" for r in params.regimes), "evaluate@base",
             *(f"evaluate@{r}" for r in params.regimes),
-            *(f"sweep@{cell}" for cell, _, _ in params.sweep.cells()), "report"]
+            *(f"sweep@{cell}" for cell, _, _ in params.sweep.cells()),
+            *(f"arm@{a}-s{s}" for a in params.arms.arms for s in params.sweep.seeds),
+            *(f"fixed_best@{s}" for s in params.sweep.seeds), "report"]
 
 
 @pytest.fixture(scope="module")
@@ -212,9 +215,11 @@ def test_deleted_or_edited_output_reexecutes_its_stage_only(project, first_run):
 
 
 def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
-    # a train param: train, evaluate@regime, the sweep cells and report; not evaluate@base
+    # a train param: train, evaluate@regime, the sweep cells, the arms and report; not
+    # evaluate@base
     write_params(project, "changed.yaml", train={"max_steps": 3})
-    rerun = {"train@a", "evaluate@a", "sweep@xi1.0-s0", "report"}
+    rerun = {"train@a", "evaluate@a", "sweep@xi1.0-s0", "arm@controller-s0", "fixed_best@0",
+             "report"}
     state, summary = run_flow(params_file="changed.yaml")
     assert state.is_completed(), state.message
     assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, summary["states"]
@@ -282,13 +287,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop a process started in its own session, and its children, by its group id."""
+def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stop a process started in its own session, and its children, by its group id: SIGTERM,
+    SIGKILL after `grace` seconds."""
     if proc.poll() is not None:
         return
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
+        proc.wait(timeout=grace)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -41,7 +41,8 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     log = sh("dvc", "repro", cwd=repo)
     assert ran_stages(log) == {"prepare", "base_policy", "sample_t", "xi", "train@low",
                                "train@high", "evaluate@low", "evaluate@high", "evaluate_base",
-                               "sweep@1.0-0", "sweep@2.0-0", "report"}
+                               "sweep@1.0-0", "sweep@2.0-0", "arm@controller-0",
+                               "arm@per_prompt-0", "arm@filtered-0", "fixed_best@0", "report"}
 
     # Outputs exist and pass their schemas.
     rollouts = read_table(repo / "data/rollouts/base.parquet", ROLLOUTS)
@@ -56,7 +57,8 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
         assert "H_eval" in json.loads((repo / f"data/eval/{r}.json").read_text())["at"]
     report = (repo / "data/report/report.md").read_text()
     assert "| low |" in report and "| high |" in report
-    for png in ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png"):
+    for png in ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png",
+                "tokens_to_target.png"):
         assert (repo / "data/report" / png).read_bytes()[:4] == b"\x89PNG"
     # the sweep cells: H = xi * E[T] from the xi stage, aggregated by the report
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
@@ -68,18 +70,30 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
         assert "first_answer_accuracy" in json.loads(
             (repo / f"data/sweep/{cell}/eval.json").read_text())["at"]["H_eval"]
     assert not list((repo / "data/sweep").glob(".*.work"))  # no weights or checkpoints left
+    # the budget arms, compute-matched with the sweep, each evaluated along training (eval_at)
+    assert 0 < metrics["target_accuracy"] <= 1
+    assert {(a["arm"], a["seed"]) for a in metrics["arms"]} == {
+        ("fixed_best", 0), ("controller", 0), ("per_prompt", 0), ("filtered", 0)}
+    best = [a for a in metrics["arms"] if a["arm"] == "fixed_best"][0]
+    assert best["xi"] == metrics["peak"]["xi"]  # the sweep's best xi, rerun
+    for a in metrics["arms"]:
+        h = read_table(repo / f"data/arms/{a['arm']}-s0/history.parquet", HISTORY)
+        assert h["acc_H_eval"].notna().sum() == 1  # eval_at [100], then the final evaluation
+        assert a["generated_tokens"] == h["cum_generated_tokens"].iloc[-1] >= 300
+    assert "Adaptive budgets against the best fixed xi" in report
 
     # One MLflow run per stage execution, all FINISHED, tagged by stage and regime.
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["relbudget"])
     parents, runs = runs[runs["tags.stage"] == "pipeline"], runs[runs["tags.stage"] != "pipeline"]
-    assert len(runs) == 12
+    assert len(runs) == 16
     assert set(runs["status"]) == {"FINISHED"}
     # one dvc repro = one pipeline run: one parent, every stage run its child, one shared tag
     assert len(parents) == 1 and parents["tags.pipeline_run"].iloc[0].startswith("dvc-repro-")
     assert set(runs["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     assert set(runs["tags.pipeline_run"]) == set(parents["tags.pipeline_run"])
-    assert set(runs["tags.regime"]) == {"", "low", "high", "base", "xi1.0-s0", "xi2.0-s0"}
+    assert set(runs["tags.regime"]) == {"", "low", "high", "base", "xi1.0-s0", "xi2.0-s0",
+                                        "controller-s0", "per_prompt-s0", "filtered-s0", "0"}
 
     # Nothing changed: nothing runs.
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == set()
@@ -90,23 +104,24 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     sh("dvc", "repro", "-f", cwd=repo)
     assert (repo / "dvc.lock").read_text() == lock
 
-    # One swept xi changes: only that cell and report run (dvc status says so first).
+    # One swept xi changes: only that cell, fixed_best (the best xi may move) and report run
+    # (dvc status says so first); the adaptive arms do not depend on the grid.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["xi"] = [1.0, 1.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = sh("dvc", "status", cwd=repo)
     changed = {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
-    assert changed == {"sweep@1.5-0", "report"}, status
-    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"sweep@1.5-0", "report"}
+    assert changed == {"sweep@1.5-0", "fixed_best@0", "report"}, status
+    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"sweep@1.5-0", "fixed_best@0", "report"}
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
     assert [c["xi"] for c in metrics["sweep"]] == [1.0, 1.5]  # the stale xi = 2 cell is left out
 
-    # A train param changes: train, evaluate of the regimes, every cell and report run.
+    # A train param changes: train, evaluate of the regimes, every cell, the arms and report.
     params["train"]["lr"] = 2e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == {
         "train@low", "train@high", "evaluate@low", "evaluate@high", "sweep@1.0-0", "sweep@1.5-0",
-        "report"}
+        "arm@controller-0", "arm@per_prompt-0", "arm@filtered-0", "fixed_best@0", "report"}
 
 
 def test_bad_params_fail_before_any_work(repo: Path):

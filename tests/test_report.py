@@ -122,7 +122,7 @@ def test_render_shows_the_peak_the_sweep_table_and_gamma():
 
 
 def test_final_xi_t_is_one_definition_for_report_and_train_summary():
-    from stages.train import summary
+    from relbudget.training import summary
 
     xi_t = [float(i) for i in range(1, 13)] + [np.nan]  # the last step had no hit
     h = history(list(range(1000, 14_000, 1000)), xi_t).assign(

@@ -163,7 +163,7 @@ def test_train_killed_resumes_from_its_checkpoint(measured: Path):
 
 
 def test_horizon_beyond_the_model_context_is_refused_before_training():
-    from stages.train import check_length
+    from relbudget.training import check_length
 
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=40)
@@ -183,7 +183,7 @@ def test_horizon_beyond_the_model_context_is_refused_before_training():
 def test_a_tokenizer_that_adds_bos_is_flagged_before_training(caplog):
     from tokenizers.processors import TemplateProcessing
 
-    from stages.train import check_length
+    from relbudget.training import check_length
 
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=64)

@@ -1,0 +1,225 @@
+"""One training run from the base policy, as the stages need it: checks before compute, the
+adaptive budgets, an accuracy curve along training, and the summary of the run.
+
+`train_and_evaluate` is the whole of a sweep cell or an arm (train@REGIME saves its policy
+instead of evaluating it in the same process):
+
+1. H: max(1, round(xi * E[T])) from the xi stage's E_T.json (`horizon`);
+2. the prompts: `train.prompt_filter` and `train.budget = per_prompt` (`adaptive_budgets`);
+3. GRPO until the token budget (`relbudget.grpo.train_policy`), evaluating the policy at H_eval
+   when the generated tokens pass each of `eval_at` (`EvalCurve`): the tokens-to-target curve;
+4. evaluation of the trained policy at H_eval (and at its own H when H <= H_eval).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import TrainerCallback
+
+from relbudget.report import FINAL_STEPS, final_xi_t
+
+log = logging.getLogger(__name__)
+
+
+def horizon(E_T_path: str | Path, xi: float) -> tuple[int, float]:
+    """(H = max(1, round(xi * E[T])), E[T]) from the xi stage's E[T] of the base policy
+    (rounded half up, as the regimes' budgets are)."""
+    path = Path(E_T_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the xi stage first")
+    E_T = json.loads(path.read_text()).get("E_T")
+    if not isinstance(E_T, (int, float)) or not math.isfinite(E_T) or E_T <= 0:
+        raise ValueError(f"{path}: E_T is {E_T!r}; the base policy solved nothing, so no H = xi E[T]")
+    return max(1, int(math.floor(xi * E_T + 0.5))), float(E_T)
+
+
+def check_length(model, tokenizer, prompts, H: int, train) -> int:
+    """The context a rollout needs (longest prompt + H), refused before training when the model or
+    TRL's colocated vLLM engine (`train.vllm_max_model_len`) cannot hold it. Returns the engine's
+    context to use."""
+    longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts["prompt"])
+    need = longest + H
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and need > limit:
+        raise ValueError(f"H = {H} plus the longest prompt ({longest} tokens) exceeds the model's "
+                         f"max_position_embeddings ({limit}); lower the regime's xi or the prompts")
+    if train.use_vllm and train.vllm_max_model_len is not None and train.vllm_max_model_len < need:
+        raise ValueError(f"train.vllm_max_model_len = {train.vllm_max_model_len} cannot hold the "
+                         f"longest prompt ({longest} tokens) plus H = {H}; set it to at least {need} "
+                         "or leave it unset (null) to size it automatically")
+    first = str(prompts["prompt"].iloc[0])
+    with_specials = tokenizer(first)["input_ids"]
+    if with_specials != tokenizer(first, add_special_tokens=False)["input_ids"]:
+        # TRL tokenizes string prompts with the tokenizer's special tokens (e.g. a BOS); the
+        # rollout table was sampled without them, so T would describe a slightly other prompt.
+        log.warning("this tokenizer adds special tokens to a prompt (%s); TRL will add them, the "
+                    "sampler did not", tokenizer.convert_ids_to_tokens(with_specials[:2]))
+    return train.vllm_max_model_len or need
+
+
+def adaptive_budgets(train, rollouts_path: str | Path, prompts: pd.DataFrame, H: int):
+    """train.prompt_filter and train.budget = per_prompt, from the base rollouts:
+    (prompts to train on, the H to configure TRL with, their counts and the H_x quantiles).
+    per_prompt: H becomes the largest H_x (TRL's own cap; each request has its own)."""
+    from relbudget.prompt_budgets import filter_prompts, per_prompt_caps
+    from relbudget.schemas import ROLLOUTS, read_table
+
+    out: dict = {}
+    if train.prompt_filter is None and train.budget != "per_prompt":
+        return prompts, H, out
+    rollouts = read_table(rollouts_path, ROLLOUTS, schema_columns_only=True)
+    if train.prompt_filter is not None:
+        prompts, counts = filter_prompts(rollouts, prompts, train.prompt_filter, H)
+        out.update({f"filter_{k}" if not k.startswith("filter_") else k: v
+                    for k, v in counts.items()})
+    if train.budget == "per_prompt":
+        prompts, hx = per_prompt_caps(rollouts, prompts, train.per_prompt)
+        H = int(prompts["H_x"].max())
+        out.update({f"per_prompt_{k}": v for k, v in hx.items()})
+    return prompts, H, out
+
+
+def context_H(train, H: int) -> int:
+    """The longest completion the run may generate (the controller may raise H up to h_max)."""
+    return max(H, train.controller.h_max) if train.budget == "controller" else H
+
+
+def _nan_if_none(v: float | None) -> float:
+    return math.nan if v is None else v
+
+
+def summary(history: pd.DataFrame, seconds: float, H: int, warning: str | None) -> dict:
+    """Final metrics of the run (MLflow and the stage's return value)."""
+    last = history.tail(FINAL_STEPS)  # the end of training, smoothed over a few steps
+    steps = int(history["step"].max()) if len(history) else 0
+    tokens = int(history["cum_generated_tokens"].iloc[-1]) if len(history) else 0
+
+    def final(col: str) -> float:
+        return float(last[col].mean()) if len(last) else math.nan
+
+    return {
+        "H": H,
+        "steps": steps,
+        "generated_tokens": tokens,
+        "train_seconds": seconds,
+        "seconds_per_step": seconds / max(steps, 1),
+        "ms_per_generated_token": 1000 * seconds / max(tokens, 1),
+        "final_reward_mean": final("reward_mean"),
+        "final_frac_informative": final("frac_informative"),
+        "final_mean_length": final("mean_length"),
+        "final_tokens_after_correct": final("tokens_after_correct"),
+        "final_xi_t": _nan_if_none(final_xi_t(history)),  # the report's definition
+        "first_E_T": float(history["E_T"].iloc[0]) if len(history) else math.nan,
+        "final_E_T": final("E_T"),
+        "preflight_warning": warning is not None,
+    }
+
+
+# ---------------------------------------------------------------- the accuracy curve
+
+
+class EvalCurve(TrainerCallback):
+    """Accuracy at H_eval along training, for the tokens-to-target comparison.
+
+    Each time the run's generated tokens pass a point of `at` (below the budget: the last point is
+    the final evaluation, made by the stage after training), the policy as it is at that step is
+    evaluated (the same sampling as the final evaluation: `evaluate` = callable(model) ->
+    accuracy), and the value goes into that step's history row as `acc_H_eval` (so a resumed run
+    keeps its curve). The random state is saved and restored around the evaluation: the training
+    trajectory is the same with or without the curve.
+    """
+
+    def __init__(self, history_cb, evaluate, at: list[int], budget: int):
+        self.history, self.evaluate = history_cb, evaluate
+        self.at, self.budget = [int(x) for x in at], int(budget)
+
+    def _due(self, row: dict) -> bool:
+        done = row["cum_generated_tokens"]
+        before = done - row["generated_tokens"]
+        return done < self.budget and any(before < x <= done for x in self.at)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        rows = self.history.rows
+        if not rows or rows[-1]["step"] != state.global_step or not self._due(rows[-1]):
+            return control
+        state_before = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+        was_training = model.training
+        model.eval()
+        try:
+            acc = float(self.evaluate(model))
+        finally:
+            model.train(was_training)
+            torch.set_rng_state(state_before[0])
+            np.random.set_state(state_before[1])
+            random.setstate(state_before[2])
+        rows[-1]["acc_H_eval"] = acc
+        self.history.unlogged["acc_H_eval"] = acc
+        log.info("step %d: accuracy at H_eval %.3f after %d tokens", rows[-1]["step"], acc,
+                 rows[-1]["cum_generated_tokens"])
+        return control
+
+
+def curve_evaluator(tok, prompts: pd.DataFrame, e, h_eval: int, attempts: int, policy: str):
+    """model -> accuracy within H_eval on the eval prompts, sampled as `evaluate_policy` samples
+    (HF generation of the in-memory model, early exit, evaluate.seed)."""
+    from relbudget import estimators as est
+    from relbudget.sampling import hf_generate_fn, requests_from, sample_table
+
+    requests = requests_from(prompts)
+
+    def evaluate(model) -> float:
+        gen = hf_generate_fn(model, tok, h_eval, e.temperature, 1.0, True, e.batch_size)
+        table = sample_table(gen, tok, requests, attempts, h_eval, e.seed, policy=policy,
+                             chunk_prompts=max(1, len(prompts)), desc=f"curve@{policy}")
+        return float(est.hit_within(table, h_eval).mean())
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- a cell or an arm
+
+
+def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: int,
+                       eval_at: list[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """GRPO from the base policy with train params `t` at H, then evaluation at H_eval.
+    Returns (history, eval rollouts, eval result, run summary); the result holds no timings."""
+    from relbudget.evaluation import evaluate_policy
+    from relbudget.grpo import train_policy
+    from relbudget.io import work_lock
+    from relbudget.models import load_saved, render_prompts, save_policy
+    from relbudget.schemas import PROMPTS, read_table
+
+    paths, e, bp = params.paths, params.evaluate, params.base_policy
+    model, tok = load_saved(paths.base_model, bp.trust_remote_code)
+    prompts = render_prompts(read_table(paths.prompts("train"), PROMPTS), tok, bp.chat_template)
+    prompts, H, budget_stats = adaptive_budgets(t, paths.rollouts, prompts, H)
+    max_model_len = check_length(model, tok, prompts, context_H(t, H), t)
+    eval_prompts = read_table(paths.prompts("eval"), PROMPTS)
+
+    curve = None
+    if eval_at:
+        rendered = render_prompts(eval_prompts, tok, bp.chat_template)
+        evaluate = curve_evaluator(tok, rendered, e, e.h_eval, eval_attempts, name)
+        curve = lambda hist: EvalCurve(hist, evaluate, eval_at, t.token_budget)  # noqa: E731
+    t0 = time.time()
+    with work_lock(work):  # a second run of the same cell is refused: no shared live checkpoint
+        model, history = train_policy(model, tok, prompts, t, H, work / "trainer", max_model_len,
+                                      extra_callback=curve)
+    seconds = time.time() - t0
+    save_policy(model, tok, work / "policy")  # evaluated the way evaluate@REGIME is, then dropped
+
+    # H_own comes free only when it is within the H_eval pass; a larger cap would cost every miss
+    horizons = {"H_eval": e.h_eval, **({"H_own": H} if H <= e.h_eval else {})}
+    table, result = evaluate_policy(work / "policy", eval_prompts, horizons, e, bp,
+                                    params.sampling.backend, name, eval_attempts)
+    stats = {**summary(history, seconds, H, None), **budget_stats}
+    return history, table, result, stats
