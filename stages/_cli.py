@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
 from relbudget.budgets import BudgetError
@@ -33,8 +35,11 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     only), nested under its pipeline execution's parent run (`pipeline`, or found from the
     environment: see relbudget.tracking.pipeline_run)."""
     dumped = dump_sections(params, sections)
-    if stage in REGIME_STAGES and regime not in (None, "base") and regime not in params.regimes:
-        raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: {', '.join(params.regimes)}")
+    base_ok = stage == "evaluate"  # `evaluate base` is the reference; `train base` is no regime
+    if stage in REGIME_STAGES and regime is not None and not (base_ok and regime == "base") \
+            and regime not in params.regimes:
+        raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: "
+                          f"{', '.join(params.regimes)}")
     if KILLED.is_set():  # the flow got SIGTERM: no new stage starts
         raise StageKilled("killed by SIGTERM before it started")
     outputs = _outputs(params, stage, regime)
@@ -42,7 +47,23 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     remove_stale_temps(outputs)
     with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline):
         with _killable():
-            return fn(params, regime) if regime is not None else fn(params)
+            result = fn(params, regime) if regime is not None else fn(params)
+    apply_umask(outputs)
+    return result
+
+
+def apply_umask(outputs) -> None:
+    """Give every output file and folder the mode the user's umask asks for. Writers that are
+    not ours (safetensors writes model weights 0600 whatever the umask) would otherwise break
+    shared-filesystem setups (Dask/Ray workers under another user). Modes only, never bytes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for out in map(Path, outputs):
+        paths = [out] if out.is_file() else ([out, *out.rglob("*")] if out.is_dir() else [])
+        for p in paths:
+            want = (0o777 if p.is_dir() else 0o666) & ~mask
+            if p.stat().st_mode & 0o777 != want:
+                p.chmod(want)
 
 
 def _outputs(params: Params, stage: str, regime: str | None) -> tuple[str, ...]:
@@ -114,6 +135,14 @@ def kill_running_stages() -> int:
     return len(targets)
 
 
+def _end_progress_bars() -> None:
+    """Close tqdm bars still open (a SIGTERM mid-sampling), so the error starts its own line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
 def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regime: bool = False) -> None:
     setup_logging()
     ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
@@ -126,6 +155,7 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
         params = load_params(args.params)  # validated before any compute
         execute(stage, fn, params, sections, getattr(args, "regime", None))
     except StageKilled as err:
+        _end_progress_bars()
         print(f"error: {err}; temporary files removed, MLflow run FAILED", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     except (ParamsError, TrackingError, BudgetError, TableError, WorkLocked, NotWritable,

@@ -657,3 +657,36 @@ def test_memory_estimate_covers_a_sampled_table_in_memory():
     assert deep["completion"] / table["n_tokens"].sum() < 1.2  # about one byte per token
     # the finished table is well inside the estimate of the peak (~1.3 KB/row at cap 256)
     assert 2 * deep.sum() / len(table) <= rollout_bytes(1, 1, 256)
+
+
+def test_outputs_of_foreign_writers_get_the_umask(tmp_path):
+    """safetensors writes model weights 0600 whatever the umask; the stage entry point gives
+    every output file and folder the user's umask afterwards (modes only)."""
+    from stages._cli import apply_umask
+
+    model = tmp_path / "models" / "r"
+    model.mkdir(parents=True)
+    weights = model / "model.safetensors"
+    weights.write_bytes(b"w")
+    weights.chmod(0o600)
+    model.chmod(0o700)
+    table = tmp_path / "t.parquet"
+    table.write_bytes(b"t")
+    table.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        apply_umask([str(model), str(table), str(tmp_path / "absent")])
+    finally:
+        os.umask(old)
+    assert (weights.stat().st_mode & 0o777, model.stat().st_mode & 0o777,
+            table.stat().st_mode & 0o777) == (0o644, 0o755, 0o644)
+    assert weights.read_bytes() == b"w"
+
+
+def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
+    from relbudget.params import ParamsError, parse_params
+    from stages._cli import execute
+
+    params = parse_params({})
+    with pytest.raises(ParamsError, match="unknown regime 'base'"):
+        execute("train", lambda p, r: None, params, ["train"], "base")
