@@ -39,6 +39,17 @@ TOKEN_BYTES = 4
 MEMORY_LIMIT = 8 * 2**30  # what a rollout table of one stage may take in memory
 
 
+# Ceilings of the numeric params: generous for any machine this project targets (a GPU profile
+# uses 1k-token budgets, 20M-token training budgets), far below values that hang or exhaust
+# memory before any check could say why (issue: 1e9 passed validation, then hung).
+MAX_TOKENS = 131_072  # a completion budget, a context length
+MAX_WIDTH = 16_384  # hidden size of the built-in policy
+MAX_BATCH = 65_536
+MAX_STEPS = 10_000_000
+MAX_TOKEN_BUDGET = 10**11  # generated completion tokens of one run
+MAX_THREADS = 1024
+
+
 def check_xi(xi: float, what: str) -> float:
     """A target xi, finite and inside XI_RANGE; ValueError naming `what` otherwise."""
     if not (math.isfinite(xi) and XI_RANGE[0] <= xi <= XI_RANGE[1]):
@@ -166,25 +177,25 @@ class BasePolicyParams(Section):
     chat_template: Literal["auto", "on", "off"] = Field(
         "auto", description="how prompts reach the policy: auto = through the tokenizer's chat "
         "template when it has one (instruct models), else raw text (the built-in policy)")
-    hidden_size: int = Field(96, gt=0)
-    n_layers: int = Field(3, gt=0)
-    n_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    max_position: int = Field(512, gt=0)
-    steps: int = Field(380, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr: float = Field(3e-3, gt=0)
-    n_traces: int = Field(20000, gt=0, description="distinct training problems for the traces")
+    hidden_size: int = Field(96, gt=0, le=MAX_WIDTH)
+    n_layers: int = Field(3, gt=0, le=256)
+    n_heads: int = Field(4, gt=0, le=256)
+    intermediate_size: int = Field(256, gt=0, le=4 * MAX_WIDTH)
+    max_position: int = Field(512, gt=0, le=MAX_TOKENS)
+    steps: int = Field(380, gt=0, le=MAX_STEPS)
+    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
+    lr: float = Field(3e-3, gt=0, le=10)
+    n_traces: int = Field(20000, gt=0, le=1_000_000, description="distinct training problems for the traces")
     # Self-correcting traces (data.style: retry): the policy's imperfection lives in the data.
     slip_carry: float = Field(0.5, ge=0, lt=1, description="chance that a column with a carry "
                               "is written off by one in a pre-training attempt")
     slip_plain: float = Field(0.05, ge=0, lt=1, description="the same for a column without carry")
     continue_rate: float = Field(0.99, ge=0, le=1, description="chance that a trace goes on with "
                                  "another attempt after each attempt, right or wrong")
-    trace_tokens: int = Field(320, gt=0, description="longest pre-training completion; set it "
+    trace_tokens: int = Field(320, gt=0, le=MAX_TOKENS, description="longest pre-training completion; set it "
                               "to at least sampling.max_tokens so every position is trained")
     seed: int = 0
-    threads: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "BasePolicyParams":
@@ -196,15 +207,15 @@ class BasePolicyParams(Section):
 class SamplingParams(Section):
     backend: Literal["hf", "vllm", "auto"] = "hf"
     attempts: int = Field(8, gt=0, le=4096, description="K attempts per prompt")
-    max_tokens: int = Field(192, gt=0, description="Hmax, the cap every attempt runs to")
-    temperature: float = Field(1.0, gt=0)
+    max_tokens: int = Field(192, gt=0, le=MAX_TOKENS, description="Hmax, the cap every attempt runs to")
+    temperature: float = Field(1.0, gt=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
     early_exit: bool = Field(True, description="stop an attempt at its first correct answer")
-    batch_size: int = Field(128, gt=0, description="sequences per generate call")
-    n_prompts: int | None = Field(None, gt=0, description="None: every train prompt")
-    chunk_prompts: int = Field(32, gt=0, description="prompts per resumable chunk")
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH, description="sequences per generate call")
+    n_prompts: int | None = Field(None, gt=0, le=10_000_000, description="None: every train prompt")
+    chunk_prompts: int = Field(32, gt=0, le=1_000_000, description="prompts per resumable chunk")
     seed: int = 0
-    threads: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, le=MAX_THREADS)
 
 
 class XiParams(Section):
@@ -223,8 +234,8 @@ class XiParams(Section):
 
 
 class _HBounds(Section):
-    h_min: int = Field(8, gt=0, description="the smallest H allowed")
-    h_max: int = Field(192, gt=0, description="the largest H allowed (vLLM: within its context)")
+    h_min: int = Field(8, gt=0, le=MAX_TOKENS, description="the smallest H allowed")
+    h_max: int = Field(192, gt=0, le=MAX_TOKENS, description="the largest H allowed (vLLM: within its context)")
 
     @model_validator(mode="after")
     def _h_order(self):
@@ -238,7 +249,7 @@ class ControllerParams(_HBounds):
     from the policy's own completions of the last `every` steps (censored at H_t)."""
 
     target_xi: float = Field(1.75, gt=0, le=1000)
-    every: int = Field(4, gt=0, description="steps between updates of H")
+    every: int = Field(4, gt=0, le=MAX_STEPS, description="steps between updates of H")
     smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the old H (log space)")
     estimator: Literal["gamma", "ratio"] = Field(
         "gamma", description="gamma: right-censored Gamma MLE (bias < 2% at xi >= 1 in tests); "
@@ -250,7 +261,7 @@ class PerPromptParams(_HBounds):
     the pooled E[T]: (consumed_sum + shrink * E_T) / (hits + shrink)."""
 
     target_xi: float = Field(1.75, gt=0, le=1000)
-    shrink: float = Field(2.0, ge=0, description="pseudo-hits at the pooled E[T] per prompt")
+    shrink: float = Field(2.0, ge=0, le=1e6, description="pseudo-hits at the pooled E[T] per prompt")
     unsolved: Literal["h_max", "drop"] = Field(
         "h_max", description="prompts without any correct base attempt: train at h_max, or drop")
 
@@ -279,8 +290,8 @@ class TrainParams(Section):
     prompt_filter: PromptFilterParams | None = Field(
         None, description="null: train on every prompt; else keep prompts with xi_x in the band")
     stop: Literal["tokens", "steps"] = "tokens"
-    token_budget: int = Field(150_000, gt=0, description="completion tokens per regime (compute-matched)")
-    max_steps: int = Field(400, gt=0, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
+    token_budget: int = Field(150_000, gt=0, le=MAX_TOKEN_BUDGET, description="completion tokens per regime (compute-matched)")
+    max_steps: int = Field(400, gt=0, le=MAX_STEPS, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
     reward: Literal["within", "final", "budget"] = Field(
         "within", description="within: 1 if a correct answer appears within H (the theory); "
         "final: the last answer in the completion must be correct; budget: (H - T + 1) / H if "
@@ -292,15 +303,15 @@ class TrainParams(Section):
         "answer is generated and trained on (a self-correcting policy then runs on to H)")
     num_generations: int = Field(8, ge=2, le=1024)
     prompts_per_step: int = Field(8, gt=0, le=4096)
-    lr: float = Field(1e-4, gt=0)
-    beta: float = Field(0.0, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    lr: float = Field(1e-4, gt=0, le=10)
+    beta: float = Field(0.0, ge=0, le=1e3)
+    temperature: float = Field(1.0, gt=0, le=100)
+    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
     min_p_informative: float = Field(0.05, ge=0, le=1, description="preflight warning threshold")
     refuse_uninformative: bool = False
-    checkpoint_every: int = Field(50, gt=0)
+    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS)
     seed: int = 0
-    threads: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, le=MAX_THREADS)
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
     vllm_max_model_len: int | None = Field(
@@ -310,12 +321,12 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     attempts: int = Field(8, gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
-    h_eval: int = Field(64, gt=0, description="the common evaluation budget H_eval")
+    h_eval: int = Field(64, gt=0, le=MAX_TOKENS, description="the common evaluation budget H_eval")
     pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    temperature: float = Field(1.0, gt=0)
-    batch_size: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0, le=100)
+    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
     seed: int = 1
-    threads: int = Field(1, gt=0)
+    threads: int = Field(1, gt=0, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _k(self) -> "EvaluateParams":
@@ -350,8 +361,8 @@ class SweepParams(Section):
     xi: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 1.75, 3.0, 6.0],
                             description="target xi values (H = xi * E[T] of the base policy)")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="train seeds per xi")
-    token_budget: int = Field(40_000, gt=0, description="generated completion tokens per cell")
-    eval_attempts: int = Field(4, gt=0, description="samples per eval prompt in each cell")
+    token_budget: int = Field(40_000, gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per cell")
+    eval_attempts: int = Field(4, gt=0, le=4096, description="samples per eval prompt in each cell")
 
     @field_validator("xi")
     @classmethod

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 import yaml
 
 from relbudget.budgets import (BudgetError, budget_of, check_token_budget, plan_budgets,
@@ -146,11 +147,15 @@ def test_outside_paths_need_the_flag():
 
 
 def test_unreachable_token_budget_is_refused():
-    t = TrainParams(token_budget=10**15, max_steps=400, prompts_per_step=8, num_generations=8)
+    # 1e15 is refused by its range already; within range, 400 steps of 64 x 57 tokens cannot
+    # reach 10^10 tokens: refused before compute, with the numbers
+    with pytest.raises(ValidationError, match="less than or equal to"):
+        TrainParams(token_budget=10**15)
+    t = TrainParams(token_budget=10**10, max_steps=400, prompts_per_step=8, num_generations=8)
     with pytest.raises(BudgetError, match=r"at most 1459200 tokens.*max_steps to at least"):
         check_token_budget(t, 57, "train@balanced")
     check_token_budget(TrainParams(token_budget=150_000), 57, "train@balanced")  # reachable
-    check_token_budget(TrainParams(token_budget=10**15, stop="steps"), 57, "x")  # no token stop
+    check_token_budget(TrainParams(token_budget=10**10, stop="steps"), 57, "x")  # no token stop
 
 
 # ---------------------------------------------------------------- CLI inputs
@@ -690,3 +695,17 @@ def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
     params = parse_params({})
     with pytest.raises(ParamsError, match="unknown regime 'base'"):
         execute("train", lambda p, r: None, params, ["train"], "base")
+
+
+@pytest.mark.parametrize("section,key", [
+    ("base_policy", "hidden_size"), ("base_policy", "steps"), ("base_policy", "n_traces"),
+    ("sampling", "max_tokens"), ("sampling", "batch_size"), ("train", "max_steps"),
+    ("train", "token_budget"), ("train", "checkpoint_every"), ("evaluate", "h_eval"),
+    ("sweep", "token_budget"), ("sweep", "eval_attempts"), ("train", "threads")])
+def test_every_numeric_param_has_a_ceiling(section, key):
+    """1e9-scale values used to pass validation and then hang or exhaust memory; each is now
+    refused by name before any stage starts."""
+    from relbudget.params import ParamsError, parse_params
+
+    with pytest.raises(ParamsError, match=rf"{section}\.{key}: .*less than or equal"):
+        parse_params({section: {key: 10**12}})
