@@ -142,7 +142,8 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
 def check_sqlite_store(uri: str) -> None:
     """A damaged SQLite store (`file is not a database`, a truncated or overwritten mlflow.db) is
     one line naming the file and the fix, not SQLAlchemy's traceback. An absent or empty file is
-    fine (MLflow creates the store); a store locked by a writer is left to MLflow's retries."""
+    fine (MLflow creates the store); a store locked by a writer, or left with a hot journal by a
+    killed one, is left to MLflow."""
     import sqlite3
 
     # sqlite:///relative.db, sqlite:////absolute.db (SQLAlchemy's convention), maybe ?query
@@ -155,10 +156,11 @@ def check_sqlite_store(uri: str) -> None:
             con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
             con.close()
-    except sqlite3.OperationalError as err:
-        if "locked" in str(err) or "busy" in str(err):
-            return
-        bad = err
+    except sqlite3.OperationalError:
+        # locked or busy (a writer), or a hot journal a killed writer left, which a read-only
+        # connection may not roll back ("attempt to write a readonly database"): not damage;
+        # MLflow's own read-write connection deals with each
+        return
     except sqlite3.DatabaseError as err:  # file is not a database, disk image is malformed
         bad = err
     else:

@@ -709,3 +709,30 @@ def test_every_numeric_param_has_a_ceiling(section, key):
 
     with pytest.raises(ParamsError, match=rf"{section}\.{key}: .*less than or equal"):
         parse_params({section: {key: 10**12}})
+
+
+def test_a_store_left_with_a_hot_journal_is_not_called_damaged(tmp_path):
+    """A writer killed mid-transaction leaves mlflow.db with a hot journal; a read-only check
+    cannot roll it back ("attempt to write a readonly database"). That is not damage: MLflow's
+    read-write connection rolls it back. Seen as a flaky failure of a kill-and-resume test."""
+    import shutil
+    import sqlite3
+
+    from relbudget.tracking import check_sqlite_store
+
+    live = tmp_path / "live.db"
+    con = sqlite3.connect(live)
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.execute("BEGIN")
+    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20000)])
+    con.execute("PRAGMA cache_size = 1")  # spill pages to the file: the journal is now hot
+    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(20000)])
+    copy = tmp_path / "copy" / "mlflow.db"
+    copy.parent.mkdir()
+    shutil.copy(live, copy)  # the files as a SIGKILL mid-transaction leaves them
+    shutil.copy(tmp_path / "live.db-journal", tmp_path / "copy" / "mlflow.db-journal")
+    con.rollback()
+    con.close()
+    check_sqlite_store(f"sqlite:///{copy}")  # no TrackingError
+    assert sqlite3.connect(copy).execute("SELECT count(*) FROM t").fetchone() == (0,)
