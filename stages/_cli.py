@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from relbudget.budgets import BudgetError
-from relbudget.io import NotWritable, WorkLocked, check_writable, remove_stale_temps
+from relbudget.io import NotWritable, WorkLocked, _umask, check_writable, remove_stale_temps
 from relbudget.schemas import TableError
 from relbudget.params import Params, ParamsError, dump_sections, load_params, params_hash
 from relbudget.tracking import PipelineRun, TrackingError, stage_run
@@ -56,8 +55,7 @@ def apply_umask(outputs) -> None:
     """Give every output file and folder the mode the user's umask asks for. Writers that are
     not ours (safetensors writes model weights 0600 whatever the umask) would otherwise break
     shared-filesystem setups (Dask/Ray workers under another user). Modes only, never bytes."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = _umask()
     for out in map(Path, outputs):
         paths = [out] if out.is_file() else ([out, *out.rglob("*")] if out.is_dir() else [])
         for p in paths:
