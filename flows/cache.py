@@ -1,7 +1,7 @@
 """The Prefect flow's cache key: a stage execution's inputs, params and code, hashed.
 
 Cache key of a task = hash of (stage, regime, the params hash of the sections the stage declares
-in its SECTIONS (relbudget.params.params_hash, the MLflow tag's: no paths), the content of its
+in its SECTIONS (relbudget.core.params.params_hash, the MLflow tag's: no paths), the content of its
 input files, the source of the stage module and of every `relbudget`/`stages` module it imports,
 transitively). Before a cached result is used, the outputs on disk are checked against the
 manifest the task wrote when it last executed under that key; outputs that were deleted, edited,
@@ -22,12 +22,12 @@ from typing import Any, Iterable
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 
-from relbudget.params import Params, params_hash
-from relbudget.paths import stage_files
+from relbudget.core.params import Params, params_hash
+from relbudget.core.paths import stage_files
 
 PROJECT = Path(__file__).resolve().parent.parent
 OWN_PACKAGES = ("relbudget", "stages")  # the code whose source enters a cache key
-KEY_VERSION = "2"  # 2: outputs are the files of relbudget.paths
+KEY_VERSION = "2"  # 2: outputs are the files of relbudget.core.paths
 MISSING = "missing"
 
 
@@ -36,7 +36,7 @@ def label_of(stage: str, regime: str | None) -> str:
 
 
 def stage_io(stage: str, regime: str | None, params: Params) -> tuple[list[str], list[str]]:
-    """(inputs, outputs) of one stage execution: its files of relbudget.paths (as dvc.yaml lists
+    """(inputs, outputs) of one stage execution: its files of relbudget.core.paths (as dvc.yaml lists
     them), plus a local dataset file that `prepare` reads."""
     files = stage_files(params.paths, stage, regime)
     ins = list(files.deps)

@@ -40,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.cache import (MISSING, base_key, label_of, manifest, stage_cache_key, stage_io,
                          tree_digest)
-from relbudget.io import to_json_safe, write_json
-from relbudget.params import Params, ParamsError, Paths, arm_name, format_errors, load_params
+from relbudget.core.io import to_json_safe, write_json
+from relbudget.core.params import Params, ParamsError, Paths, arm_name, format_errors, load_params
 
 SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
@@ -168,7 +168,7 @@ def flow_pipeline_run():
     `pipeline_run` tag (`prefect-FLOW_RUN_ID`) on all of them."""
     from prefect.runtime import flow_run
 
-    from relbudget.tracking import PipelineRun
+    from relbudget.core.tracking import PipelineRun
 
     rid = str(flow_run.id)
     return PipelineRun(f"prefect-{rid}", f"flow {flow_run.name}",
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="scheduled", help="serve: deployment name")
     ap.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule (default daily 03:00)")
     args = ap.parse_args(argv)
-    from relbudget.tracking import TrackingError, check_reachable, tracking_uri
+    from relbudget.core.tracking import TrackingError, check_reachable, tracking_uri
     from stages._cli import KILLED
 
     try:

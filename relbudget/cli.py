@@ -7,7 +7,7 @@
 of informative groups are reported per horizon (`reward_mean`, `reward_var`, `p_informative`);
 `p` = P(T <= H) is always there.
 
-Defaults come from relbudget.params.XiParams, the one source of the xi knobs. `--json` prints
+Defaults come from relbudget.core.params.XiParams, the one source of the xi knobs. `--json` prints
 exactly one JSON object on stdout. Any error (missing file, schema failure, a bad number, a horizon
 above the cap) is a short message on stderr and exit code 2, never a traceback.
 """
@@ -23,9 +23,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from relbudget import estimators as est
-from relbudget.params import XiParams, check_xi, error_lines
-from relbudget.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
+from relbudget.measure import estimators as est
+from relbudget.core.params import XiParams, check_xi, error_lines
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
 
 EXIT_ERROR = 2  # the same code argparse uses for a usage error
 
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-xi", dest="target_xi", type=float, required=True, metavar="X")
     p.set_defaults(func=cmd_plan)
 
-    from relbudget.measure import add_parser as add_measure
+    from relbudget.cli_measure import add_parser as add_measure
 
     add_measure(sub, cmd_plan)
     return parser

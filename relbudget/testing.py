@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from relbudget.models import char_tokenizer, save_policy, tiny_llama
-from relbudget.params import BasePolicyParams
-from relbudget.pretrain import pretrain
-from relbudget.task import column_trace, make_problems, prompt_text
+from relbudget.measure.models import char_tokenizer, save_policy, tiny_llama
+from relbudget.core.params import BasePolicyParams
+from relbudget.train.pretrain import pretrain
+from relbudget.measure.task import column_trace, make_problems, prompt_text
 
 
 def _one_digit_traces(n: int, seed: int) -> list[tuple[str, str]]:

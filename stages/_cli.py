@@ -11,11 +11,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relbudget.budgets import BudgetError
-from relbudget.io import NotWritable, WorkLocked, _umask, check_writable, remove_stale_temps
-from relbudget.schemas import TableError
-from relbudget.params import Params, ParamsError, dump_sections, load_params, params_hash
-from relbudget.tracking import PipelineRun, TrackingError, stage_run
+from relbudget.core.errors import BudgetError
+from relbudget.core.io import NotWritable, WorkLocked, umask, check_writable, remove_stale_temps
+from relbudget.core.schemas import TableError
+from relbudget.core.params import Params, ParamsError, dump_sections, load_params, params_hash
+from relbudget.core.tracking import PipelineRun, TrackingError, stage_run
 
 log = logging.getLogger("relbudget")
 REGIME_STAGES = ("train", "evaluate")  # their argument names a regime of params.yaml
@@ -32,7 +32,7 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
             regime: str | None = None, pipeline: PipelineRun | None = None) -> object:
     """Run one stage execution as one MLflow run tagged with its params hash (science params
     only), nested under its pipeline execution's parent run (`pipeline`, or found from the
-    environment: see relbudget.tracking.pipeline_run)."""
+    environment: see relbudget.core.tracking.pipeline_run)."""
     dumped = dump_sections(params, sections)
     base_ok = stage == "evaluate"  # `evaluate base` is the reference; `train base` is no regime
     if stage in REGIME_STAGES and regime is not None and not (base_ok and regime == "base") \
@@ -55,7 +55,7 @@ def apply_umask(outputs) -> None:
     """Give every output file and folder the mode the user's umask asks for. Writers that are
     not ours (safetensors writes model weights 0600 whatever the umask) would otherwise break
     shared-filesystem setups (Dask/Ray workers under another user). Modes only, never bytes."""
-    mask = _umask()
+    mask = umask()
     for out in map(Path, outputs):
         paths = [out] if out.is_file() else ([out, *out.rglob("*")] if out.is_dir() else [])
         for p in paths:
@@ -65,7 +65,7 @@ def apply_umask(outputs) -> None:
 
 
 def _outputs(params: Params, stage: str, regime: str | None) -> tuple[str, ...]:
-    from relbudget.paths import stage_files
+    from relbudget.core.paths import stage_files
 
     try:
         return stage_files(params.paths, stage, regime).outputs

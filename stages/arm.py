@@ -24,13 +24,13 @@ from pathlib import Path
 
 import mlflow
 
-from relbudget.budgets import check_token_budget
-from relbudget.io import output_set, write_json
-from relbudget import report as rep
-from relbudget.params import parse_arm
-from relbudget.schemas import HISTORY, write_table
-from relbudget.tracking import eval_headline, log_metrics
-from relbudget.training import horizon, train_and_evaluate
+from relbudget.measure.budgets import check_token_budget
+from relbudget.core.io import output_set, write_json
+from relbudget.report import analysis
+from relbudget.core.params import parse_arm
+from relbudget.core.schemas import HISTORY, write_table
+from relbudget.core.tracking import eval_headline, log_metrics
+from relbudget.train.training import horizon, train_and_evaluate
 
 log = logging.getLogger("relbudget.arm")
 # fixed_best reads the whole `sweep` section (its grid, to find the best xi); the adaptive arms
@@ -45,8 +45,8 @@ def best_fixed_xi(params) -> float:
     import json
 
     base = json.loads(Path(params.paths.eval_json("base")).read_text())
-    table = rep.sweep_table(rep.load_cells(params.paths, params.sweep), base)
-    return rep.peak_xi(table)["xi"]
+    table = analysis.sweep_table(analysis.load_cells(params.paths, params.sweep), base)
+    return analysis.peak_xi(table)["xi"]
 
 
 def run(params, name: str) -> dict:
@@ -74,7 +74,7 @@ def run(params, name: str) -> dict:
 
     log_metrics({f"summary/{k}": v for k, v in stats.items()})
     log_metrics(eval_headline(result["at"]))
-    log_metrics(rep.gain_metrics(result["at"], paths.eval_json("base"),
+    log_metrics(gain_metrics(result["at"], paths.eval_json("base"),
                                  stats["generated_tokens"]))
     log.info("arm@%s: accuracy at H_eval %.3f after %d tokens", name,
              result["at"]["H_eval"]["accuracy"], stats["generated_tokens"])

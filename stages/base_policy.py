@@ -11,12 +11,12 @@ import mlflow
 import pandas as pd
 import torch
 
-from relbudget.io import atomic_dir
-from relbudget.models import (REFERENCE_FILE, SMOLLM2_GGUF, char_tokenizer, load_policy, n_params,
+from relbudget.core.io import atomic_dir
+from relbudget.measure.models import (REFERENCE_FILE, SMOLLM2_GGUF, char_tokenizer, load_policy, n_params,
                               save_policy, tiny_llama)
-from relbudget.params import Params
-from relbudget.pretrain import pretrain
-from relbudget.task import trace_corpus
+from relbudget.core.params import Params
+from relbudget.train.pretrain import pretrain
+from relbudget.measure.task import trace_corpus
 
 log = logging.getLogger("relbudget.base_policy")
 SECTIONS = ["base_policy", "data.levels", "data.operands", "data.style", "paths"]

@@ -2,7 +2,7 @@
 
 `python -m stages.evaluate base` evaluates the base policy the same way, as the reference, at
 H_eval and at every regime's H. Sampling stops each completion at its first correct answer
-(early exit, see relbudget.evaluation): a policy that runs on after wrong answers costs only its
+(early exit, see relbudget.measure.evaluation): a policy that runs on after wrong answers costs only its
 tokens up to the first correct one, or up to the cap.
 """
 
@@ -13,12 +13,12 @@ import time
 
 import mlflow
 
-from relbudget.budgets import BudgetError, read_budgets
-from relbudget.evaluation import evaluate_policy
-from relbudget.io import write_json
-from relbudget.report import gain_metrics
-from relbudget.tracking import eval_headline, log_dataset, log_metrics
-from relbudget.schemas import HISTORY, PROMPTS, ROLLOUTS, read_table, write_table
+from relbudget.measure.budgets import BudgetError, read_budgets
+from relbudget.measure.evaluation import evaluate_policy
+from relbudget.core.io import write_json
+from relbudget.measure.metrics import gain_metrics
+from relbudget.core.tracking import eval_headline, log_dataset, log_metrics
+from relbudget.core.schemas import HISTORY, PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.evaluate")
 SECTIONS = ["evaluate", "sampling.backend", "base_policy.trust_remote_code",
@@ -26,7 +26,7 @@ SECTIONS = ["evaluate", "sampling.backend", "base_policy.trust_remote_code",
 
 
 def load_budgets(params) -> dict:
-    """budgets.yaml, every entry validated (relbudget.budgets): H >= 1, regime, every field."""
+    """budgets.yaml, every entry validated (relbudget.measure.budgets): H >= 1, regime, every field."""
     return {k: b.model_dump() for k, b in read_budgets(params.paths.xi).items()}
 
 

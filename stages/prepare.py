@@ -6,10 +6,10 @@ import logging
 
 import mlflow
 
-from relbudget.params import Params
-from relbudget.schemas import PROMPTS, write_table
-from relbudget.task import builtin_splits
-from relbudget.tracking import log_dataset
+from relbudget.core.params import Params
+from relbudget.core.schemas import PROMPTS, write_table
+from relbudget.measure.task import builtin_splits
+from relbudget.core.tracking import log_dataset
 
 log = logging.getLogger("relbudget.prepare")
 SECTIONS = ["data", "paths"]
@@ -20,7 +20,7 @@ def run(params: Params) -> dict:
     if d.source == "builtin":
         train, eval_ = builtin_splits(d.n_train, d.n_eval, d.levels, d.operands, d.seed, d.style)
     else:
-        from relbudget.datasets_io import load_hf_prompts
+        from relbudget.measure.datasets import load_hf_prompts
 
         train, eval_ = load_hf_prompts(d.hf, d.n_train, d.n_eval, d.seed)
     for name, table in (("train", train), ("eval", eval_)):

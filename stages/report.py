@@ -1,6 +1,6 @@
 """report: the study in one page: base curves, the named regimes, efficiency against xi from the
 sweep cells, its peak against the paper's band, the budget arms against the best fixed xi
-(analysis: relbudget.study, one call).
+(analysis: relbudget.report.study, one call).
 
 Reads the xi stage's outputs, the evaluations, the training histories, every sweep cell of params
 `sweep` (found by the xi and seed in their eval.json) and every arm run; writes report.md,
@@ -17,13 +17,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from relbudget import headline, plots, study
-from relbudget import report as rep
-from relbudget.budgets import read_budgets
-from relbudget.io import output_set, write_json, write_text
-from relbudget.params import REPORT_PLOTS
-from relbudget.schemas import HISTORY, read_table
-from relbudget.tracking import log_metrics
+from relbudget.report import headline, plots, study
+from relbudget.report import analysis, render
+from relbudget.measure.budgets import read_budgets
+from relbudget.core.io import output_set, write_json, write_text
+from relbudget.core.params import REPORT_PLOTS
+from relbudget.core.schemas import HISTORY, read_table
+from relbudget.core.tracking import log_metrics
 
 log = logging.getLogger("relbudget.report")
 SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "arms", "paths"]
@@ -38,7 +38,7 @@ def load_inputs(params) -> dict:
         "base_eval": json.loads(Path(p.eval_json("base")).read_text()),
         "evals": {r: json.loads(Path(p.eval_json(r)).read_text()) for r in params.regimes},
         "histories": {r: read_table(p.history(r), HISTORY) for r in params.regimes},
-        "cells": rep.load_cells(p, params.sweep),
+        "cells": analysis.load_cells(p, params.sweep),
     }
 
 
@@ -59,10 +59,10 @@ def run(params) -> dict:
     inp = load_inputs(params)
     st = study.analyse(inp, params)
     metrics, peak = st["metrics"], st["peak"]
-    with output_set():  # the report's files replaced together, or none (relbudget.io)
+    with output_set():  # the report's files replaced together, or none (relbudget.core.io)
         write_plots(params, inp, st)
         write_json(metrics, p.report_metrics)
-        # the numbers DVC compares across commits: git-tracked, outside data/ (relbudget.headline)
+        # the numbers DVC compares across commits: git-tracked, outside data/ (relbudget.report.headline)
         headline.write(metrics, inp["summary"], p)
         write_text(st["markdown"], p.report_md)
     log_metrics({f"{r['regime']}/{k}": v for r in st["rows"] for k, v in r.items()})
@@ -73,7 +73,7 @@ def run(params) -> dict:
     for f in (p.report_md, p.report_metrics, *map(p.report_plot, REPORT_PLOTS)):
         mlflow.log_artifact(f)
     # MLflow shows report.md as text; this page renders, with the plots embedded (MLflow only)
-    mlflow.log_text(rep.html_page(Path(p.report_md).read_text(), p.report), "report.html")
+    mlflow.log_text(render.html_page(Path(p.report_md).read_text(), p.report), "report.html")
     log.info("report written to %s; %s", p.report, metrics["peak_sentence"])
     return metrics
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-from relbudget.io import work_lock
-from relbudget.models import render_prompts
-from relbudget.sampling import fingerprint, load_generator, requests_from, sample_table, set_threads
-from relbudget.schemas import PROMPTS, ROLLOUTS, read_table, write_table
+from relbudget.core.io import work_lock
+from relbudget.measure.models import render_prompts
+from relbudget.measure.sampling import fingerprint, load_generator, requests_from, sample_table, set_threads
+from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
 log = logging.getLogger("relbudget.sample_t")
 SECTIONS = ["sampling", "base_policy.trust_remote_code", "base_policy.chat_template", "paths"]

@@ -7,7 +7,7 @@ trains GRPO from the base policy at H = max(1, round(xi * E[T])) on `sweep.token
 generated completion tokens with train.seed = SEED (the rest of `train` as for the regimes), then
 evaluates the trained policy on the eval prompts at H_eval (and at its own H when H <= H_eval,
 which the same sampling pass answers for free), with `sweep.eval_attempts` samples per prompt
-and early exit (relbudget.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
+and early exit (relbudget.train.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
 eval.json and rollouts.parquet; the trained weights are not kept (the work folder {paths.sweep}/.CELL.work holds the trainer's
 checkpoints, so an interrupted cell resumes, and is removed on success).
 """
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import mlflow
 
-from relbudget.budgets import check_token_budget
-from relbudget.io import output_set, write_json
-from relbudget.params import parse_cell
-from relbudget.schemas import HISTORY, ROLLOUTS, write_table
-from relbudget.report import gain_metrics
-from relbudget.tracking import eval_headline, log_metrics
-from relbudget.training import horizon, train_and_evaluate
+from relbudget.measure.budgets import check_token_budget
+from relbudget.core.io import output_set, write_json
+from relbudget.core.params import parse_cell
+from relbudget.core.schemas import HISTORY, ROLLOUTS, write_table
+from relbudget.measure.metrics import gain_metrics
+from relbudget.core.tracking import eval_headline, log_metrics
+from relbudget.train.training import horizon, train_and_evaluate
 
 log = logging.getLogger("relbudget.sweep")
 # what a cell reads, no more: the other cells' xi values and seeds are not in it

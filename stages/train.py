@@ -15,13 +15,13 @@ from pathlib import Path
 
 import mlflow
 
-from relbudget.budgets import budget_of, check_token_budget
-from relbudget.grpo import preflight, train_policy
-from relbudget.io import atomic_dir, work_lock
-from relbudget.models import load_saved, render_prompts, save_policy
-from relbudget.schemas import HISTORY, PROMPTS, read_table, write_table
-from relbudget.tracking import log_dataset, log_policy
-from relbudget.training import adaptive_budgets, check_length, context_H, summary
+from relbudget.measure.budgets import budget_of, check_token_budget
+from relbudget.train.grpo import preflight, train_policy
+from relbudget.core.io import atomic_dir, work_lock
+from relbudget.measure.models import load_saved, render_prompts, save_policy
+from relbudget.core.schemas import HISTORY, PROMPTS, read_table, write_table
+from relbudget.core.tracking import log_dataset, log_policy
+from relbudget.train.training import adaptive_budgets, check_length, context_H, summary
 
 log = logging.getLogger("relbudget.train")
 # the regime's H comes from budgets.yaml (a data dep), not from params `regimes`

@@ -7,13 +7,13 @@ import logging
 import mlflow
 import pandas as pd
 
-from relbudget import estimators as est
-from relbudget.budgets import plan_budgets, write_budgets
-from relbudget.io import output_set, write_json, write_parquet
-from relbudget.params import XI_PLOTS
-from relbudget.plots import gamma_fit, xi_curves
-from relbudget.tracking import log_metrics
-from relbudget.schemas import ROLLOUTS, read_table
+from relbudget.measure import estimators as est
+from relbudget.measure.budgets import plan_budgets, write_budgets
+from relbudget.core.io import output_set, write_json, write_parquet
+from relbudget.core.params import XI_PLOTS
+from relbudget.report.plots import gamma_fit, xi_curves
+from relbudget.core.tracking import log_metrics
+from relbudget.core.schemas import ROLLOUTS, read_table
 
 log = logging.getLogger("relbudget.xi")
 SECTIONS = ["xi", "regimes", "report.paper_band", "paths"]
@@ -39,7 +39,7 @@ def run(params) -> dict:
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
     summary["gamma"] = est.to_json_safe(est.fit_gamma(df))  # ValueError on a table without a hit
 
-    with output_set():  # all seven files replaced together, or none (relbudget.io.output_set)
+    with output_set():  # all seven files replaced together, or none (relbudget.core.io.output_set)
         write_parquet(per_prompt_table(df, budgets), p.per_prompt)
         write_parquet(curves, p.curves)
         write_budgets(typed, p.xi)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
 
 # name: (weight, q, floor, mean extra tokens, wrong_floor, wrong mean extra tokens)
 TYPES = {

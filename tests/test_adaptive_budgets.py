@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from relbudget.grpo import BudgetReward, train_policy
-from relbudget.models import load_saved
-from relbudget.params import PerPromptParams, PromptFilterParams, TrainParams
-from relbudget.prompt_budgets import filter_prompts, per_prompt_caps
-from relbudget.sampling import hf_generate_fn, requests_from, sample_table
-from relbudget.schemas import HISTORY, validate
-from relbudget.task import builtin_splits
+from relbudget.train.grpo import BudgetReward, train_policy
+from relbudget.measure.models import load_saved
+from relbudget.core.params import PerPromptParams, PromptFilterParams, TrainParams
+from relbudget.train.prompt_budgets import filter_prompts, per_prompt_caps
+from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
+from relbudget.core.schemas import HISTORY, validate
+from relbudget.measure.task import builtin_splits
 from tests.test_train import TINY, _pretrained
 
 
@@ -93,7 +93,7 @@ def test_per_prompt_caps_are_applied_per_request(after_answer, rambler, prompts,
 
 
 def test_prompt_filter_counts_and_refusal(prompts, rollouts):
-    from relbudget import estimators as est
+    from relbudget.measure import estimators as est
 
     pp = est.per_prompt(rollouts).set_index("prompt_id")
     xi_x = (20 / pp["E_T"]).reindex(prompts["prompt_id"].astype(str))
@@ -109,9 +109,9 @@ def test_prompt_filter_counts_and_refusal(prompts, rollouts):
 
 
 def test_train_stage_applies_filter_then_per_prompt(prompts, rollouts, tmp_path):
-    from relbudget.params import parse_params
-    from relbudget.schemas import ROLLOUTS, write_table
-    from relbudget.training import adaptive_budgets
+    from relbudget.core.params import parse_params
+    from relbudget.core.schemas import ROLLOUTS, write_table
+    from relbudget.train.training import adaptive_budgets
 
     path = tmp_path / "base.parquet"
     write_table(rollouts, ROLLOUTS, path)

@@ -38,7 +38,7 @@ import mlflow
 import pytest
 import yaml
 
-from relbudget.params import parse_params
+from relbudget.core.params import parse_params
 from tests.test_flow import TINY, _free_port
 from tests.test_flow import _stop as _stop_group
 
@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 VENV_BIN = Path(sys.executable).parent
 REGIMES = {"low": 0.5, "high": 1.0}
-HEADLINE = "acc_H_eval"  # relbudget.tracking.eval_headline: the column every evaluate run logs
+HEADLINE = "acc_H_eval"  # relbudget.core.tracking.eval_headline: the column every evaluate run logs
 REPORT_ARTIFACT = "relbudget-report"  # flows.pipeline.REPORT_ARTIFACT
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                  "--no-first-run", "--virtual-time-budget=15000"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from relbudget import estimators as est
+from relbudget.measure import estimators as est
 from relbudget.cli import main
-from relbudget.params import XiParams
+from relbudget.core.params import XiParams
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synth import make_rollouts  # noqa: E402

@@ -1,6 +1,6 @@
 """The budget arms' comparison: tokens to a target accuracy, and the curve behind it.
 
-The curve is measured during training (relbudget.training.EvalCurve); the first test trains a
+The curve is measured during training (relbudget.train.training.EvalCurve); the first test trains a
 real tiny policy through TRL twice, with and without the curve, and asserts that evaluating along
 the way leaves the training trajectory untouched (history and weights), so the fixed_best arm is
 the same run as its sweep cell.
@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from relbudget import compare
-from relbudget.grpo import train_policy
-from relbudget.models import load_saved
-from relbudget.params import EvaluateParams, TrainParams, parse_params
-from relbudget.task import builtin_splits, trace_corpus
+from relbudget.report import compare
+from relbudget.train.grpo import train_policy
+from relbudget.measure.models import load_saved
+from relbudget.core.params import EvaluateParams, TrainParams, parse_params
+from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.testing import tiny_policy
-from relbudget.training import EvalCurve, curve_evaluator
+from relbudget.train.training import EvalCurve, curve_evaluator
 
 
 def _curve(points):
@@ -74,9 +74,9 @@ def test_target_ratio_and_a_plain_sentence_either_way():
 
 
 def test_compare_reads_the_arm_files_and_names_missing_ones(tmp_path):
-    from relbudget.io import write_json
-    from relbudget.schemas import HISTORY, write_table
-    from relbudget.grpo import history_frame
+    from relbudget.core.io import write_json
+    from relbudget.core.schemas import HISTORY, write_table
+    from relbudget.train.grpo import history_frame
 
     params = parse_params({"allow_outside_paths": True, "paths": {"arms": str(tmp_path / "arms")},
                            "sweep": {"seeds": [0]}, "arms": {"arms": ["controller"]}})

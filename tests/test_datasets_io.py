@@ -8,11 +8,11 @@ import datasets
 import pandas as pd
 import pytest
 
-from relbudget import datasets_io
-from relbudget.datasets_io import DataError, DatasetLoadError, load_hf_prompts
-from relbudget.params import HFSource
-from relbudget.schemas import PROMPTS, validate
-from relbudget.verify import verify
+from relbudget.measure import datasets as datasets_io
+from relbudget.measure.datasets import DataError, DatasetLoadError, load_hf_prompts
+from relbudget.core.params import HFSource
+from relbudget.core.schemas import PROMPTS, validate
+from relbudget.measure.verify import verify
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The headline metrics DVC compares across revisions (relbudget.headline, docs/tracking.md).
+"""The headline metrics DVC compares across revisions (relbudget.report.headline, docs/tracking.md).
 
 - `headline(metrics)`: finite numbers only (no strings, None, NaN or inf) under METRIC.ENTITY
   keys that no other metrics file or params.yaml uses, the same bytes when written twice; parts
@@ -26,10 +26,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from relbudget import headline as hl
-from relbudget import report as rep
-from relbudget.io import to_json_safe
-from relbudget.params import Paths, cell_name
+from relbudget.report import headline as hl
+from relbudget.report import analysis, render
+from relbudget.core.io import to_json_safe
+from relbudget.core.params import Paths, cell_name
 
 HEADLINE_JSON, EFFICIENCY_CSV = Paths().headline_json, Paths().efficiency_csv  # the defaults
 
@@ -67,9 +67,9 @@ def realistic_metrics(seeds: int = 3) -> dict:
     rng = np.random.default_rng(0)
     cells = [(cell_eval(x, s, float(0.77 + rng.normal(0, 0.05))), history(xi0=x))
              for x in SWEEP_XI for s in range(seeds)]
-    table = rep.sweep_table(cells, BASE)
-    agg, peak = rep.by_xi(table), rep.peak_xi(table)
-    rows = [rep.regime_row(name, {"target_xi": t, "xi": t * 1.013, "H": round(45 * t)},
+    table = analysis.sweep_table(cells, BASE)
+    agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
+    rows = [analysis.regime_row(name, {"target_xi": t, "xi": t * 1.013, "H": round(45 * t)},
                            regime_eval(acc), history(), BASE)
             for name, t, acc in (("deficient", 0.4, 0.7), ("balanced", 1.75, 0.82),
                                  ("ample", 5.0, 0.8))]
@@ -79,7 +79,7 @@ def realistic_metrics(seeds: int = 3) -> dict:
         "sweep": table.to_dict(orient="records"),
         "sweep_by_xi": agg.to_dict(orient="records"),
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
-        "peak_sentence": rep.band_sentence(peak, (1.5, 2.0))})
+        "peak_sentence": render.band_sentence(peak, (1.5, 2.0))})
 
 
 def leaves(d: dict, prefix: str = "") -> dict:
@@ -151,7 +151,7 @@ def test_headline_skips_absent_parts_and_single_seed_errors():
 def test_headline_keys_repeat_no_key_of_the_other_metrics_and_params():
     """`dvc exp show` names a column whose key two files share PATH:KEY (wider, and missed by a
     --keep KEY pattern): the headline's keys are its own."""
-    from relbudget import estimators as est
+    from relbudget.measure import estimators as est
     from tests.synth import make_rollouts
 
     summary = est.summarize(make_rollouts(40, 4), None, 4, 20)
@@ -191,7 +191,7 @@ def write_report_inputs(params) -> None:
         (folder / "eval.json").write_text(json.dumps(cell_eval(x, s, 0.8 + 0.01 * x)))
         history(xi0=x).to_parquet(p.cell_history(folder.name))
     if hasattr(params, "arms"):  # the budget arms' runs (stages.arm, stages.fixed_best)
-        from relbudget.params import arm_name
+        from relbudget.core.params import arm_name
 
         for arm in ["fixed_best", *params.arms.arms]:
             for seed in params.sweep.seeds:
@@ -204,7 +204,7 @@ def write_report_inputs(params) -> None:
 
 
 def test_report_stage_writes_the_headline_files(project: Path):
-    from relbudget.params import load_params
+    from relbudget.core.params import load_params
     from stages import report
     from stages._cli import execute
 
@@ -233,12 +233,12 @@ def test_report_stage_writes_the_headline_files(project: Path):
 
 # --- the DVC wiring, in a temporary git + DVC repo ------------------------------------------------
 
-# Stands for the report stage: writes the headline and the efficiency table with relbudget.headline
+# Stands for the report stage: writes the headline and the efficiency table with relbudget.report.headline
 # from params, and a metrics.json under the git-ignored data/ (nested by entity, as the real one).
 MAKE_METRICS = """\
 import json, os, yaml
-from relbudget import headline as hl
-from relbudget.params import Paths
+from relbudget.report import headline as hl
+from relbudget.core.params import Paths
 
 p = yaml.safe_load(open("params.yaml"))
 gain = 12000 / p["sweep"]["token_budget"]

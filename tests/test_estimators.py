@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relbudget import estimators as est
+from relbudget.measure import estimators as est
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synth import make_rollouts, tiny_table, true_E_T  # noqa: E402
@@ -365,7 +365,7 @@ def test_categorical_prompt_ids_give_the_same_numbers(reward):
 def test_read_rollouts_matches_read_table(tmp_path):
     """The lean read gives read_table's table (categoricals aside) and, for a bad table, its
     exact error message."""
-    from relbudget.schemas import ROLLOUTS, TableError, read_rollouts, read_table
+    from relbudget.core.schemas import ROLLOUTS, TableError, read_rollouts, read_table
 
     df = make_rollouts(50, 6, seed=2, validated=False)
     path = tmp_path / "r.parquet"

@@ -23,8 +23,8 @@ import yaml
 
 from flows import cache
 from flows import pipeline as fp
-from relbudget.params import Params, parse_params
-from relbudget.paths import STAGES
+from relbudget.core.params import Params, parse_params
+from relbudget.core.paths import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -135,9 +135,9 @@ def test_outputs_are_rerooted_and_the_dvc_paths_left_alone():
 
 def test_code_key_covers_the_stage_and_the_library_modules_it_imports():
     files = {f.relative_to(ROOT).as_posix() for f in cache.code_files("stages.sample_t", "stages._cli")}
-    assert {"stages/sample_t.py", "stages/_cli.py", "relbudget/tracking.py",
-            "relbudget/sampling/__init__.py", "relbudget/sampling/hf.py",
-            "relbudget/schemas.py"} <= files
+    assert {"stages/sample_t.py", "stages/_cli.py", "relbudget/core/tracking.py",
+            "relbudget/measure/sampling/__init__.py", "relbudget/measure/sampling/hf.py",
+            "relbudget/core/schemas.py"} <= files
     assert "relbudget/cli.py" not in files and "stages/xi.py" not in files
     import importlib
 

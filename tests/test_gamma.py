@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relbudget import estimators as est
-from relbudget.plots import gamma_fit
-from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
+from relbudget.measure import estimators as est
+from relbudget.report.plots import gamma_fit
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synth import tiny_table  # noqa: E402

@@ -3,12 +3,12 @@
 For every stage DVC loads from dvc.yaml (its own loader: foreach/matrix expanded, ${paths.*}
 resolved), with its `cmd` module `stages.NAME`:
   (a) every module of the import closure within relbudget/ and stages/ is a dep (a folder dep
-      such as relbudget/sampling covers its modules), else `dvc repro` keeps stale results when
+      such as relbudget/measure/sampling covers its modules), else `dvc repro` keeps stale results when
       that module changes;
   (b) the params it depends on are exactly the sections and keys the stage module reads (its
       SECTIONS, the same list behind the MLflow params and the flow's cache key; `paths` aside:
       where files go, not what is computed);
-  (c) its data deps, outs, metrics and plots are those relbudget.paths declares for it.
+  (c) its data deps, outs, metrics and plots are those relbudget.core.paths declares for it.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from flows.cache import code_files
-from relbudget.params import NOT_SCIENCE, load_params
-from relbudget.paths import stage_files
+from relbudget.core.params import NOT_SCIENCE, load_params
+from relbudget.core.paths import stage_files
 
 ROOT = Path(__file__).resolve().parent.parent
 CMD = re.compile(r"^python -m stages\.(\w+)(?: (\S+))?$")
@@ -33,12 +33,14 @@ CMD = re.compile(r"^python -m stages\.(\w+)(?: (\S+))?$")
 EXEMPT = {
     "stages/__init__.py": "a docstring",
     "relbudget/__init__.py": "a docstring and the version string",
+    **{f"relbudget/{layer}/__init__.py": "a docstring (test_layer_packages_hold_no_code)"
+       for layer in ("core", "measure", "train", "report")},
     "stages/_cli.py": "argument parsing, error messages, the MLflow run around the stage",
-    "relbudget/tracking.py": "MLflow logging only; tracked outputs hold no run-dependent values",
+    "relbudget/core/tracking.py": "MLflow logging only; tracked outputs hold no run-dependent values",
 }
-# Every stage runs on params validated and completed with defaults by relbudget/params.py (through
+# Every stage runs on params validated and completed with defaults by relbudget/core/params.py (through
 # stages/_cli.py), so each one depends on it.
-ALWAYS = ("relbudget/params.py",)
+ALWAYS = ("relbudget/core/params.py",)
 
 
 def _module(path: str) -> str:
@@ -101,6 +103,21 @@ def test_code_deps_cover_the_import_closure(stage):
                          f"{', '.join(missing)} (add them to its deps, or to EXEMPT with a reason)")
 
 
+def extra_code_deps(stage) -> list[str]:
+    """Code deps the stage does not run: editing them would rerun it for nothing."""
+    name, _ = _module_and_key(stage)
+    closure = {f.relative_to(ROOT).as_posix() for f in code_files(f"stages.{name}")} | set(ALWAYS)
+    return [d for d in _code_deps(stage)
+            if not any(m == d or m.startswith(d.rstrip("/") + "/") for m in closure - set(EXEMPT))]
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
+def test_code_deps_are_only_code_the_stage_runs(stage):
+    extra = extra_code_deps(stage)
+    assert not extra, (f"dvc.yaml stage {stage.addressing} depends on code it never imports: "
+                       f"{', '.join(extra)} (a change there would rerun it for nothing)")
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_params_are_the_sections_the_stage_reads(stage):
     name, _ = _module_and_key(stage)
@@ -128,3 +145,12 @@ def test_data_files_are_those_paths_declares(stage):
 def test_every_stage_module_is_in_the_dag():
     assert {_module_and_key(s)[0] for s in STAGES} == {
         p.stem for p in (ROOT / "stages").glob("*.py") if not p.stem.startswith("_")}
+
+
+def test_layer_packages_hold_no_code():
+    """The layers' __init__ files are EXEMPT from deps: they must stay docstrings."""
+    import ast
+
+    for layer in ("core", "measure", "train", "report"):
+        body = ast.parse((ROOT / "relbudget" / layer / "__init__.py").read_text()).body
+        assert len(body) == 1 and isinstance(body[0], ast.Expr), f"relbudget/{layer}/__init__.py"

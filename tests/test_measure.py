@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from relbudget.cli import main
-from relbudget.schemas import ROLLOUTS, read_table
-from relbudget.task import builtin_splits
+from relbudget.core.schemas import ROLLOUTS, read_table
+from relbudget.measure.task import builtin_splits
 from tests.test_train import _pretrained
 
 

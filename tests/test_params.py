@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from relbudget.params import ParamsError, load_params, params_hash, parse_params, section_hash
+from relbudget.core.params import ParamsError, load_params, params_hash, parse_params, section_hash
 
 # (params override, text the error must contain). The list of bad inputs lives here, not in prose.
 BAD = [

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import yaml
 
-from relbudget.schemas import HISTORY, ROLLOUTS, read_table
+from relbudget.core.schemas import HISTORY, ROLLOUTS, read_table
 
 pytestmark = pytest.mark.slow
 

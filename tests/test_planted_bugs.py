@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import TrainerControl, TrainerState
 
-from relbudget import estimators as est
-from relbudget.evaluation import censor, metrics_at
-from relbudget.grpo import BudgetReward, HistoryCallback
-from relbudget.models import char_tokenizer, tiny_llama
-from relbudget.params import TrainParams
-from relbudget.sampling import hf
-from relbudget.sampling.common import Request
-from relbudget.schemas import ROLLOUTS, TableError, read_table, validate
+from relbudget.measure import estimators as est
+from relbudget.measure.evaluation import censor, metrics_at
+from relbudget.train.grpo import BudgetReward, HistoryCallback
+from relbudget.measure.models import char_tokenizer, tiny_llama
+from relbudget.core.params import TrainParams
+from relbudget.measure.sampling import hf
+from relbudget.measure.sampling.common import Request
+from relbudget.core.schemas import ROLLOUTS, TableError, read_table, validate
 from tests.synth import CAP, make_rollouts, tiny_table
 
 # ---------------------------------------------------------------- estimators

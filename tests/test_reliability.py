@@ -16,12 +16,12 @@ import pytest
 from pydantic import ValidationError
 import yaml
 
-from relbudget.budgets import (BudgetError, budget_of, check_token_budget, plan_budgets,
+from relbudget.measure.budgets import (BudgetError, budget_of, check_token_budget, plan_budgets,
                                read_budgets, write_budgets)
-from relbudget.io import (WorkLocked, atomic_dir, remove_stale_temps, switch_work_dir, work_lock,
+from relbudget.core.io import (WorkLocked, atomic_dir, remove_stale_temps, switch_work_dir, work_lock,
                           write_json)
-from relbudget.params import ParamsError, TrainParams, XiParams, load_params, parse_params
-from relbudget.schemas import PROMPTS, TableError, read_table
+from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, parse_params
+from relbudget.core.schemas import PROMPTS, TableError, read_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from synth import make_rollouts  # noqa: E402
@@ -311,7 +311,7 @@ def test_sigterm_ends_the_stage_like_an_exception(tmp_path):
 
 
 def test_a_failed_write_inside_a_set_changes_no_file(tmp_path):
-    from relbudget.io import atomic_path, output_set, write_parquet, write_text
+    from relbudget.core.io import atomic_path, output_set, write_parquet, write_text
 
     write_json({"v": "old"}, tmp_path / "a.json")
     write_parquet(pd.DataFrame({"v": ["old"]}), tmp_path / "b.parquet")
@@ -338,7 +338,7 @@ XI_PARAMS = {"xi": {"n_bootstrap": 50}, "regimes": REGIMES}
 
 
 def _xi_outputs(params) -> list[Path]:
-    from relbudget.paths import stage_files
+    from relbudget.core.paths import stage_files
 
     return [Path(f) for f in stage_files(params.paths, "xi").outputs]
 
@@ -395,9 +395,9 @@ def test_xi_stage_failing_midway_keeps_the_old_outputs(tmp_path, monkeypatch):
 
 KILL_XI = """
 import os, signal, sys, types
-import relbudget.io as rio
+import relbudget.core.io as rio
 import stages.xi as xi
-from relbudget.params import parse_params
+from relbudget.core.params import parse_params
 
 where, count = sys.argv[1], int(sys.argv[2])
 xi.log_metrics = lambda *a, **k: None
@@ -548,8 +548,8 @@ FLOW_THREADS = """
 import sys, threading, time
 from pathlib import Path
 from flows.pipeline import _kill_stages_on_sigterm
-from relbudget.io import atomic_path
-from relbudget.params import parse_params
+from relbudget.core.io import atomic_path
+from relbudget.core.params import parse_params
 from stages._cli import KILLED, execute
 
 def slow(params):
@@ -609,7 +609,7 @@ FLOW_MAIN = """
 import sys, time
 from pathlib import Path
 import stages.prepare
-from relbudget.io import atomic_path
+from relbudget.core.io import atomic_path
 
 def slow(params):
     with atomic_path(Path(params.paths.prepared) / "part.txt") as tmp:
@@ -654,7 +654,7 @@ def test_memory_estimate_covers_a_sampled_table_in_memory():
     columns + 1.03 B per token of text; the peak RSS of building it, ~320 B + 3.7 B per token, is
     what the constants are set from, docs/failures.md)."""
     from benchmarks.bench_row_bytes import build_table
-    from relbudget.params import ROW_BYTES, rollout_bytes
+    from relbudget.core.params import ROW_BYTES, rollout_bytes
 
     table = build_table(800, 8, 256)
     deep = table.memory_usage(deep=True, index=False)
@@ -689,7 +689,7 @@ def test_outputs_of_foreign_writers_get_the_umask(tmp_path):
 
 
 def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
-    from relbudget.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, parse_params
     from stages._cli import execute
 
     params = parse_params({})
@@ -705,7 +705,7 @@ def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
 def test_every_numeric_param_has_a_ceiling(section, key):
     """1e9-scale values used to pass validation and then hang or exhaust memory; each is now
     refused by name before any stage starts."""
-    from relbudget.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match=rf"{section}\.{key}: .*less than or equal"):
         parse_params({section: {key: 10**12}})
@@ -718,7 +718,7 @@ def test_a_store_left_with_a_hot_journal_is_not_called_damaged(tmp_path):
     import shutil
     import sqlite3
 
-    from relbudget.tracking import check_sqlite_store
+    from relbudget.core.tracking import check_sqlite_store
 
     live = tmp_path / "live.db"
     con = sqlite3.connect(live)

@@ -1,4 +1,4 @@
-"""relbudget.report on hand-made inputs: per-cell efficiency, mean +- s.e. over seeds, the peak
+"""relbudget.report.tables on hand-made inputs: per-cell efficiency, mean +- s.e. over seeds, the peak
 xi with its bootstrap interval over seeds, the sentence about the paper's band, the flags."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relbudget import report as rep
+from relbudget.measure.metrics import final_xi_t
+from relbudget.report import analysis, render
 
 BASE = {"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0, "first_answer_accuracy": 0.3}}}
 
@@ -28,7 +29,7 @@ def cell(xi: float, seed: int, acc: float, E_T: float, first: float) -> dict:
 
 def test_cell_row_efficiency_and_xi_t_slope():
     h = history([10_000, 20_000, 30_000, 40_000], [1.0, 1.2, 1.4, 1.6], inf=[0.2, 0.4, 0.6, 0.8])
-    row = rep.cell_row(cell(1.0, 0, 0.58, 36.0, 0.35), h, BASE)
+    row = analysis.cell_row(cell(1.0, 0, 0.58, 36.0, 0.35), h, BASE)
     assert row["generated_tokens"] == 40_000
     assert row["gain"] == pytest.approx(0.08)
     assert row["gain_per_100k"] == pytest.approx(0.08 * 100_000 / 40_000)
@@ -36,7 +37,7 @@ def test_cell_row_efficiency_and_xi_t_slope():
     assert row["first_answer_gain"] == pytest.approx(0.05)
     assert row["frac_informative_mean"] == pytest.approx(0.5)
     assert row["xi_t_slope_per_10k"] == pytest.approx(0.2)  # xi_t rises 0.2 per 10k tokens
-    unsolved = rep.cell_row({**cell(1.0, 0, 0.0, None, 0.0)}, h, BASE)
+    unsolved = analysis.cell_row({**cell(1.0, 0, 0.0, None, 0.0)}, h, BASE)
     assert unsolved["E_T_fall_per_100k"] is None  # E[T] infinite after training: no fall
 
 
@@ -51,7 +52,7 @@ def grid() -> pd.DataFrame:
 
 
 def test_mean_and_standard_error_over_seeds():
-    agg = rep.by_xi(grid())
+    agg = analysis.by_xi(grid())
     assert list(agg["xi"]) == [0.5, 1.0, 2.0, 4.0]
     r = agg.set_index("xi").loc[2.0]
     assert r["gain_per_100k"] == pytest.approx(0.15)
@@ -61,13 +62,13 @@ def test_mean_and_standard_error_over_seeds():
 
 def test_peak_with_bootstrap_interval_over_seeds():
     t = grid()
-    peak = rep.peak_xi(t)
+    peak = analysis.peak_xi(t)
     assert peak["xi"] == 2.0
     assert peak["low"] in (0.5, 1.0, 2.0, 4.0) and peak["high"] in (0.5, 1.0, 2.0, 4.0)
     # xi = 1 wins many resamples, xi = 4 and 0.5 never can
     assert peak["low"] == 1.0 and peak["high"] == 2.0
     assert 0.5 < peak["share_at_peak"] < 1.0
-    assert rep.peak_xi(t) == peak  # fixed seed: the same table, the same interval
+    assert analysis.peak_xi(t) == peak  # fixed seed: the same table, the same interval
 
     # the resampling is over seeds within each xi: by hand, with a brute-force count
     rng = np.random.default_rng(0)
@@ -77,11 +78,11 @@ def test_peak_with_bootstrap_interval_over_seeds():
 
     # separated xi values: the interval is the peak itself
     far = t.assign(gain_per_100k=t["gain_per_100k"] + np.where(t["xi"] == 2.0, 1.0, 0.0))
-    p = rep.peak_xi(far)
+    p = analysis.peak_xi(far)
     assert (p["xi"], p["low"], p["high"]) == (2.0, 2.0, 2.0)
     # one seed per xi: nothing to resample
     one = t[t["seed"] == 0]
-    assert (rep.peak_xi(one)["low"], rep.peak_xi(one)["high"]) == (2.0, 2.0)
+    assert (analysis.peak_xi(one)["low"], analysis.peak_xi(one)["high"]) == (2.0, 2.0)
 
 
 @pytest.mark.parametrize("peak,where,overlap", [
@@ -91,7 +92,7 @@ def test_peak_with_bootstrap_interval_over_seeds():
     ({"xi": 3.0, "low": 3.0, "high": 6.0}, "above", "does not overlap"),
 ])
 def test_band_sentence_whatever_the_result(peak, where, overlap):
-    s = rep.band_sentence({**peak, "level": 0.95}, (1.5, 2.0))
+    s = render.band_sentence({**peak, "level": 0.95}, (1.5, 2.0))
     assert f"{where} the paper's band [1.5, 2]" in s and f"interval {overlap} the band" in s
     assert f"most efficient xi in this run is {peak['xi']:g}" in s
 
@@ -100,7 +101,7 @@ def test_flag_when_within_accuracy_rises_but_first_answer_does_not():
     t = grid()
     t["first_answer_gain"] = np.where(t["xi"] == 4.0, -0.02, 0.03)
     t["attempts_per_completion"] = 3.0
-    flags = rep.candidate_flags(rep.by_xi(t))
+    flags = render.candidate_flags(analysis.by_xi(t))
     assert len(flags) == 1 and flags[0].startswith("xi = 4:")
     assert "first-answer accuracy did not" in flags[0]
 
@@ -108,30 +109,30 @@ def test_flag_when_within_accuracy_rises_but_first_answer_does_not():
 def test_render_shows_the_peak_the_sweep_table_and_gamma():
     h = history([10_000, 20_000, 30_000], [1.0, 1.1, 1.3])
     cells = [(cell(x, s, 0.5 + 0.01 * x + 0.01 * s, 38.0, 0.3), h) for x in (1.0, 2.0) for s in (0, 1)]
-    table = rep.sweep_table(cells, BASE)
-    agg, peak = rep.by_xi(table), rep.peak_xi(table)
+    table = analysis.sweep_table(cells, BASE)
+    agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
     budget = {"target_xi": 1.0, "xi": 1.0, "H": 40}
     ev = {"at": {"H_own": {"accuracy": 0.55}, **cell(1.0, 0, 0.55, 39.0, 0.3)["at"]}}
-    rows = [rep.regime_row("balanced", budget, ev, h, BASE)]
+    rows = [analysis.regime_row("balanced", budget, ev, h, BASE)]
     summary = {"E_T": 40.0, "E_T_ci": [38.0, 42.0], "unsolved_share": 0.1, "n_prompts": 10,
                "n_attempts": 80, "max_tokens": 200, "gamma": {"K": 2.5, "sup_distance": 0.04}}
-    md = rep.render(summary, rows, 64, agg, peak, (1.5, 2.0), BASE["at"]["H_eval"])
-    assert md.count(rep.band_sentence(peak, (1.5, 2.0))) == 1
+    md = render.render(summary, rows, 64, agg, peak, (1.5, 2.0), BASE["at"]["H_eval"])
+    assert md.count(render.band_sentence(peak, (1.5, 2.0))) == 1
     assert "| balanced | 1.00 | 40 |" in md
     assert "| 2 | 80 | " in md and "K = 2.50" in md and "No claim beyond what is measured" in md
 
 
 def test_final_xi_t_is_one_definition_for_report_and_train_summary():
-    from relbudget.training import summary
+    from relbudget.train.training import summary
 
     xi_t = [float(i) for i in range(1, 13)] + [np.nan]  # the last step had no hit
     h = history(list(range(1000, 14_000, 1000)), xi_t).assign(
         reward_mean=0.5, mean_length=5.0, E_T=4.0, H=8, generated_tokens=1000)
     expected = float(np.mean(range(4, 13)))  # the finite values among the last 10 steps
-    assert rep.final_xi_t(h) == pytest.approx(expected)
-    assert rep._training(h)["xi_t_final"] == pytest.approx(expected)
+    assert final_xi_t(h) == pytest.approx(expected)
+    assert analysis._training(h)["xi_t_final"] == pytest.approx(expected)
     assert summary(h, 1.0, 8, None)["final_xi_t"] == pytest.approx(expected)
-    assert rep.final_xi_t(history([1, 2], [np.nan, np.nan])) is None
+    assert final_xi_t(history([1, 2], [np.nan, np.nan])) is None
 
 
 def test_html_page_renders_tables_and_embeds_the_plots(tmp_path):
@@ -142,7 +143,7 @@ def test_html_page_renders_tables_and_embeds_the_plots(tmp_path):
     (tmp_path / "xi").mkdir()
     (tmp_path / "xi" / "b.png").write_bytes(png)
     md = "# R\n\n| x | y |\n|---|---|\n| 1 | 2 |\n\n![one](a.png)\n\n![two](xi/b.png)\n\n![gone](c.png)\n"
-    page = rep.html_page(md, tmp_path)
+    page = render.html_page(md, tmp_path)
     assert "<table>" in page and "<td>2</td>" in page
     assert page.count(f'src="data:image/png;base64,{base64.b64encode(png).decode()}"') == 2
     assert 'src="c.png"' in page  # a missing file stays a link

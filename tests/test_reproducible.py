@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from relbudget.grpo import history_frame
+from relbudget.train.grpo import history_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PLOT = """
 import sys
 import numpy as np, pandas as pd
-from relbudget import plots
+from relbudget.report import plots
 rng = np.random.default_rng(0)
 h = pd.DataFrame({"cum_generated_tokens": np.arange(1, 30) * 100,
                   "xi_t": np.linspace(1, 2, 29) + rng.random(29) * 0.1,
@@ -31,7 +31,7 @@ plots.learning_curves({"balanced": h, "ample": h * 1.1}, sys.argv[1])
 PARQUET = """
 import sys
 import numpy as np, pandas as pd
-from relbudget.io import write_parquet
+from relbudget.core.io import write_parquet
 write_parquet(pd.DataFrame({"prompt_id": ["a", "b", None], "n": np.arange(3),
                             "fct": pd.array([1, None, 3], dtype="Int64"),
                             "x": np.linspace(0, 1, 3)}), sys.argv[1])

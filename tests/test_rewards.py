@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from relbudget import estimators as est
+from relbudget.measure import estimators as est
 from relbudget.cli import main
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -182,7 +182,7 @@ def test_cli_bad_reward_exits_2(tiny, tmp_path, capsys):
 
 
 def test_grpo_reward_of_budget():
-    from relbudget.grpo import BudgetReward, reward_of
+    from relbudget.train.grpo import BudgetReward, reward_of
 
     H = 16
     row = {"n_tokens": H, "max_tokens": H, "final_correct": True, "stop_reason": "eos"}

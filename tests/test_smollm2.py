@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from relbudget.models import char_tokenizer, render_prompt, render_prompts
-from relbudget.params import load_params
-from relbudget.schemas import PROMPTS, ROLLOUTS, read_table
-from relbudget.verify import verify
+from relbudget.measure.models import char_tokenizer, render_prompt, render_prompts
+from relbudget.core.params import load_params
+from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table
+from relbudget.measure.verify import verify
 from stages import base_policy, prepare, sample_t
 from stages._cli import execute
 from tests.conftest import ROOT, deep_update
@@ -40,7 +40,7 @@ def test_render_prompt_uses_the_chat_template_only_where_there_is_one():
 
 
 def test_bad_chat_template_value_names_the_field():
-    from relbudget.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, parse_params
 
     with pytest.raises(ParamsError, match="base_policy.chat_template"):
         parse_params({"base_policy": {"chat_template": "yes"}})

@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from relbudget import estimators as est
-from relbudget.models import char_tokenizer, tiny_llama
-from relbudget.params import load_params, parse_params
-from relbudget.sampling import hf_generate_fn, requests_from, sample_table
-from relbudget.schemas import ROLLOUTS, validate
-from relbudget.task import builtin_splits
+from relbudget.measure import estimators as est
+from relbudget.measure.models import char_tokenizer, tiny_llama
+from relbudget.core.params import load_params, parse_params
+from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
+from relbudget.core.schemas import ROLLOUTS, validate
+from relbudget.measure.task import builtin_splits
 from relbudget.testing import rambling_corpus, tiny_policy
 from stages import base_policy, prepare, sample_t, xi
 from stages._cli import execute
@@ -105,7 +105,7 @@ def rambling_policy(tmp_path_factory) -> Path:
 
 
 def test_early_exit_spends_min_T_Hmax_and_keeps_hits(rambling_policy: Path):
-    from relbudget.models import load_saved
+    from relbudget.measure.models import load_saved
 
     model, tok = load_saved(rambling_policy)
     train, _ = builtin_splits(16, 2, [1], 2, 0)
@@ -163,7 +163,7 @@ def test_train_killed_resumes_from_its_checkpoint(measured: Path):
 
 
 def test_horizon_beyond_the_model_context_is_refused_before_training():
-    from relbudget.training import check_length
+    from relbudget.train.training import check_length
 
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=40)
@@ -183,7 +183,7 @@ def test_horizon_beyond_the_model_context_is_refused_before_training():
 def test_a_tokenizer_that_adds_bos_is_flagged_before_training(caplog):
     from tokenizers.processors import TemplateProcessing
 
-    from relbudget.training import check_length
+    from relbudget.train.training import check_length
 
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=64)

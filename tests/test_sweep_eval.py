@@ -9,11 +9,11 @@ import itertools
 import pandas as pd
 import pytest
 
-from relbudget.evaluation import censor, mean_length_at, metrics_at, pass_at_k, tokens_after_correct
-from relbudget.grpo import step_stats
-from relbudget.models import char_tokenizer
-from relbudget.sampling.common import Generation, Request, score
-from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
+from relbudget.measure.evaluation import censor, mean_length_at, metrics_at, pass_at_k, tokens_after_correct
+from relbudget.train.grpo import step_stats
+from relbudget.measure.models import char_tokenizer
+from relbudget.measure.sampling.common import Generation, Request, score
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
 
 
 def table(rows):

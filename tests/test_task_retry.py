@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from relbudget.models import char_tokenizer
-from relbudget.params import BasePolicyParams
-from relbudget.pretrain import encode_pairs
-from relbudget.sampling.common import Generation, Request, score
-from relbudget.task import (ATTEMPT_SEP, builtin_splits, column_trace, retry_completion,
+from relbudget.measure.models import char_tokenizer
+from relbudget.core.params import BasePolicyParams
+from relbudget.train.pretrain import encode_pairs
+from relbudget.measure.sampling.common import Generation, Request, score
+from relbudget.measure.task import (ATTEMPT_SEP, builtin_splits, column_trace, retry_completion,
                             slipped_trace, trace_corpus)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from relbudget.tracking import TrackingError, stage_run
+from relbudget.core.tracking import TrackingError, stage_run
 
 
 def test_unreachable_server_fails_fast(monkeypatch):
@@ -45,7 +45,7 @@ def test_exception_ends_run_failed_with_error(mlflow_uri):
 
 WRITER = """
 import sys
-from relbudget.tracking import stage_run
+from relbudget.core.tracking import stage_run
 import mlflow
 with stage_run(sys.argv[1], {}, "h"):
     for step in range(30):
@@ -113,7 +113,7 @@ def test_a_stage_outside_any_pipeline_has_no_parent(mlflow_uri):
 
 STAGE = """
 import sys
-from relbudget.tracking import stage_run
+from relbudget.core.tracking import stage_run
 with stage_run(sys.argv[1], {}, "h"):
     pass
 """
@@ -152,7 +152,7 @@ def test_one_dvc_invocation_is_one_pipeline_run(mlflow_uri, tmp_path):
 
 
 def test_eval_headline_has_the_same_keys_for_base_and_regimes():
-    from relbudget.tracking import eval_headline
+    from relbudget.core.tracking import eval_headline
 
     m = {"accuracy": 0.5, "E_T": 12.0, "first_answer_accuracy": 0.4}
     base = eval_headline({"H_low": m, "H_eval": m})
@@ -162,7 +162,7 @@ def test_eval_headline_has_the_same_keys_for_base_and_regimes():
 
 
 def test_prepare_records_its_prompt_tables_as_mlflow_datasets(project):
-    from relbudget.params import load_params
+    from relbudget.core.params import load_params
     from stages import prepare
     from stages._cli import execute
 

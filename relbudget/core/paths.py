@@ -4,14 +4,14 @@
 (outs, metrics, plots), as dvc.yaml lists them; the Prefect flow derives its inputs and outputs
 from it, and tests/test_interfaces.py checks dvc.yaml against it (and the stages' code deps and
 params sections against their imports and SECTIONS). File names inside the folders live on
-`Paths` (relbudget.params).
+`Paths` (relbudget.core.params).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.params import REPORT_PLOTS, XI_PLOTS, Paths
+from relbudget.core.params import REPORT_PLOTS, XI_PLOTS, Paths
 
 STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "arm",
           "fixed_best", "report")

@@ -18,9 +18,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from relbudget.io import switch_work_dir, write_parquet
-from relbudget.sampling.common import Generation, Request, score
-from relbudget.schemas import ROLLOUTS, normalise_rollouts, validate
+from relbudget.core.io import switch_work_dir, write_parquet
+from relbudget.measure.sampling.common import Generation, Request, score
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def resolve_backend(name: str) -> str:
 
 def hf_generate_fn(model, tokenizer, max_tokens: int, temperature: float, top_p: float,
                    early_exit: bool, batch_size: int) -> GenerateFn:
-    from relbudget.sampling import hf
+    from relbudget.measure.sampling import hf
 
     def run(items: list[tuple[Request, int]], seed: int) -> list[Generation]:
         gens: list[Generation] = []
@@ -92,7 +92,7 @@ def sample_table(generate_fn: GenerateFn, tokenizer, requests: list[Request], at
 
 def _prepare_chunk_dir(chunk_dir: Path, fingerprint: str) -> None:
     """Reuse chunks only if they came from the same configuration; chunks of another one are kept
-    aside in {chunk_dir}.kept/<fingerprint> (the newest few, see relbudget.io.switch_work_dir)."""
+    aside in {chunk_dir}.kept/<fingerprint> (the newest few, see relbudget.core.io.switch_work_dir)."""
     switch_work_dir(chunk_dir, "fingerprint.txt", fingerprint)
     if any(chunk_dir.glob("chunk-*.parquet")):
         log.info("resuming from %d finished chunk(s) in %s",
@@ -113,11 +113,11 @@ def load_generator(backend: str, policy_folder: str | Path, max_tokens: int, tem
     """(generate_fn, tokenizer, backend name) for a saved policy folder. The seed comes with each
     call of generate_fn (one per chunk of prompts), so the result never depends on the backend's
     history."""
-    from relbudget.models import load_saved, policy_ref
+    from relbudget.measure.models import load_saved, policy_ref
 
     backend = resolve_backend(backend)
     if backend == "vllm":
-        from relbudget.sampling.vllm_backend import vllm_generate_fn
+        from relbudget.measure.sampling.vllm_backend import vllm_generate_fn
 
         fn, tok = vllm_generate_fn(policy_ref(policy_folder), max_tokens, temperature, top_p,
                                    early_exit, trust_remote_code)

@@ -1,7 +1,7 @@
 """Prompts from HF `datasets`: a hub dataset, or a local .jsonl/.json/.parquet/.csv file.
 
 `load_hf_prompts` returns (train, eval) frames in the PROMPTS schema: prompt_id (str), prompt
-(str, the source's prompt_template applied), answer (the gold, `relbudget.verify.extract_gold`),
+(str, the source's prompt_template applied), answer (the gold, `relbudget.measure.verify.extract_gold`),
 answer_format, level (0 for external data), and optionally raw_prompt / raw_answer.
 
 - A local file holds one split: all its rows are the train split (train_split names a hub split
@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from relbudget.params import HFSource
-from relbudget.schemas import PROMPTS, validate
-from relbudget.verify import extract_gold
+from relbudget.core.params import HFSource
+from relbudget.core.schemas import PROMPTS, validate
+from relbudget.measure.verify import extract_gold
 
 logger = logging.getLogger(__name__)
 

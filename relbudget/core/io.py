@@ -25,11 +25,11 @@ import pandas as pd
 import yaml
 
 
-log = logging.getLogger("relbudget.io")
+log = logging.getLogger("relbudget.core.io")
 KEEP_STALE = 3  # work folders of other configurations kept per stage (the newest)
 
 
-def _umask() -> int:
+def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -41,10 +41,10 @@ def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(0o777 & ~umask())
         return tmp
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     return Path(name)
 

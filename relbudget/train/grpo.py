@@ -11,16 +11,16 @@ Text after the first correct answer (`train.after_answer`):
   and trained on. With the `within` reward it is never penalised, so a policy may learn to keep
   writing after the answer; `tokens_after_correct` in the history measures that.
 - `stop`: generation of a completion ends at the token that confirms its first correct answer
-  (the same early exit the rollout table uses, `relbudget.sampling.hf`), through TRL's
+  (the same early exit the rollout table uses, `relbudget.measure.sampling.hf`), through TRL's
   `rollout_func`. No token is spent or trained on after the answer. HF generation only: vLLM has
   no per-row verifier hook, so `use_vllm` is ignored in this mode (with a warning).
 
 The horizon (`train.budget`):
 - `fixed`: H of the regime for the whole run.
-- `controller`: `relbudget.trl.XiController`, fed by BudgetReward (`observer`), sets
+- `controller`: `relbudget.train.controller.XiController`, fed by BudgetReward (`observer`), sets
   H_t = target_xi * E_t[T] every `controller.every` steps where TRL reads the cap (and the
   early-exit rollout reads `trainer.max_completion_length`); history columns `E_T_est`, `H_next`.
-- `per_prompt`: the prompts carry `H_x` (relbudget.prompt_budgets); every request is generated
+- `per_prompt`: the prompts carry `H_x` (relbudget.train.prompt_budgets); every request is generated
   through the rollout_func with its own cap (HF only), and scored at it.
 """
 
@@ -41,9 +41,9 @@ import pandas as pd
 import torch
 from transformers import PrinterCallback, TrainerCallback
 
-from relbudget.io import switch_work_dir
-from relbudget.params import TrainParams
-from relbudget.sampling.common import Generation, Request, score
+from relbudget.core.io import switch_work_dir
+from relbudget.core.params import TrainParams
+from relbudget.measure.sampling.common import Generation, Request, score
 
 log = logging.getLogger(__name__)
 
@@ -271,11 +271,11 @@ def early_exit_rollout(tokenizer, prompts_df: pd.DataFrame, H: int, temperature:
 
     TRL hands it only prompt texts, so the gold answer is looked up by prompt text. The cap is
     read from `trainer.max_completion_length` at each call, so a controller that changes it
-    (relbudget.trl.set_max_completion_length) changes this generation too. `caps` (per_prompt):
+    (relbudget.train.controller.set_max_completion_length) changes this generation too. `caps` (per_prompt):
     prompt text -> its own cap; rows are generated in groups of equal cap. `early_exit=False`
     generates to EOS or the cap (after_answer keep with per-prompt caps).
     """
-    from relbudget.sampling import hf
+    from relbudget.measure.sampling import hf
 
     gold = _gold_by_prompt(prompts_df)
 
@@ -316,7 +316,7 @@ def _gold_by_prompt(prompts_df: pd.DataFrame) -> dict[str, tuple[str, str]]:
 def _mlflow_log(metrics: dict[str, Any], step: int) -> None:
     import mlflow
 
-    from relbudget.tracking import log_metrics
+    from relbudget.core.tracking import log_metrics
 
     if mlflow.active_run() is not None:  # a bare train_policy call (tests, sweeps) logs nothing
         log_metrics(metrics, step=step)
@@ -328,7 +328,7 @@ class HistoryCallback(TrainerCallback):
     def __init__(self, reward: BudgetReward, train: TrainParams, H: int,
                  rows: list[dict] | None = None, controller=None):
         self.reward, self.train, self.H = reward, train, int(H)
-        self.controller = controller  # relbudget.trl.XiController (train.budget = controller)
+        self.controller = controller  # relbudget.train.controller.XiController (train.budget = controller)
         self.rows: list[dict] = list(rows or [])
         self.unlogged: dict = {}
         self.t0 = time.perf_counter()
@@ -340,6 +340,16 @@ class HistoryCallback(TrainerCallback):
     @property
     def cum_tokens(self) -> int:
         return int(self.rows[-1]["cum_generated_tokens"]) if self.rows else 0
+
+    def annotate(self, step: int, key: str, value: float) -> bool:
+        """Add `key` to the history row of `step` (if it is the newest) and to the MLflow metrics
+        sent for that step; False when that step has no row yet (another callback's figure, such
+        as the accuracy curve's acc_H_eval)."""
+        if not self.rows or self.rows[-1]["step"] != step:
+            return False
+        self.rows[-1][key] = value
+        self.unlogged[key] = value
+        return True
 
     def on_step_end(self, args, state, control, **kwargs):
         stats = self.reward.take()
@@ -414,10 +424,6 @@ def fingerprint(model, prompts_df: pd.DataFrame, train: TrainParams, H: int) -> 
     # Fields that do not change the trajectory stay out, so a run killed before its budget can
     # resume with a larger budget or a new checkpoint interval.
     knobs = train.model_dump(mode="json", exclude=NOT_TRAJECTORY)
-    defaults = TrainParams().model_dump(mode="json")
-    for k in BUDGET_KNOBS:  # at their defaults they leave the fingerprints of older runs unchanged
-        if k in knobs and knobs[k] == defaults[k]:
-            del knobs[k]
     h.update(json.dumps([knobs, int(H)], sort_keys=True).encode())
     cols = ["prompt", "answer", "answer_format"] + (["H_x"] if "H_x" in prompts_df else [])
     h.update(pd.util.hash_pandas_object(prompts_df[cols], index=False).to_numpy().tobytes())
@@ -429,7 +435,7 @@ def fingerprint(model, prompts_df: pd.DataFrame, train: TrainParams, H: int) -> 
 
 def resumable_checkpoint(output_dir: Path, fp: str) -> Path | None:
     """The newest complete checkpoint of the same run in output_dir; checkpoints of another
-    configuration are kept aside in {output_dir}.kept/<fingerprint> (relbudget.io.switch_work_dir)."""
+    configuration are kept aside in {output_dir}.kept/<fingerprint> (relbudget.core.io.switch_work_dir)."""
     switch_work_dir(output_dir, FINGERPRINT_FILE, fp)
     ckpts = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]),
                    reverse=True)
@@ -475,7 +481,7 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
 
     output_dir holds the Trainer's checkpoints; a rerun of the same configuration resumes from
     the newest one, history included. `extra_callback(history_callback)` makes one more
-    TrainerCallback that runs after the history's (e.g. relbudget.training.EvalCurve).
+    TrainerCallback that runs after the history's (e.g. relbudget.train.training.EvalCurve).
     """
     from trl import GRPOTrainer
 
@@ -531,16 +537,13 @@ def train_policy(model, tokenizer, prompts_df: pd.DataFrame, train: TrainParams,
     return model, history_frame(history.rows)
 
 
-BUDGET_KNOBS = ("budget", "controller", "per_prompt", "prompt_filter")
-
-
 def _per_prompt_caps(prompts_df: pd.DataFrame, train: TrainParams) -> dict[str, int] | None:
     """train.budget = per_prompt: prompt text -> H_x (column H_x, from prompt_budgets)."""
     if train.budget != "per_prompt":
         return None
     if "H_x" not in prompts_df:
         raise ValueError("train.budget is per_prompt but the prompts have no H_x column "
-                         "(relbudget.prompt_budgets.per_prompt_caps adds it)")
+                         "(relbudget.train.prompt_budgets.per_prompt_caps adds it)")
     if train.use_vllm:
         log.warning("per_prompt budgets generate with HF (one cap per row); use_vllm is ignored")
     return {str(p): int(h) for p, h in zip(prompts_df["prompt"], prompts_df["H_x"])}
@@ -550,15 +553,14 @@ def _controller(train: TrainParams, reward: BudgetReward, rows: list[dict], H: i
     """train.budget = controller: an XiController fed by the reward; resumed at the saved H."""
     if train.budget != "controller":
         return None
-    from relbudget.trl import XiController
+    from relbudget.train.controller import XiController
 
     c = train.controller
     ctrl = XiController(target_xi=c.target_xi, every=c.every, h_min=c.h_min, h_max=c.h_max,
                         smoothing=c.smoothing, method=c.estimator)
     ctrl.H = int(min(max(H, c.h_min), c.h_max))
     if rows and "H_next" in rows[-1]:
-        ctrl.H = int(rows[-1]["H_next"])
-        ctrl._log_H = math.log(ctrl.H)
+        ctrl.resume(int(rows[-1]["H_next"]))
     reward.observer = ctrl.record
     return ctrl
 

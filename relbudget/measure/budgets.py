@@ -16,19 +16,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from relbudget.io import write_yaml
-from relbudget.params import Paths, XiParams, read_yaml
+from relbudget.core.io import write_yaml
+from relbudget.core.errors import BudgetError
+from relbudget.core.params import Paths, XiParams, read_yaml
 
-log = logging.getLogger("relbudget.budgets")
+log = logging.getLogger("relbudget.measure.budgets")
 
 
 def budgets_file(xi_dir: str | Path) -> Path:
     """budgets.yaml in the xi stage's folder (the name is declared once, on Paths)."""
     return Path(Paths(xi=str(xi_dir)).budgets)
-
-
-class BudgetError(ValueError):
-    """A budgets.yaml that is missing, unreadable, incomplete, or lacks a regime."""
 
 
 class Budget(BaseModel):
@@ -63,7 +60,7 @@ class Budget(BaseModel):
 
 def plan_budgets(df, regimes: dict[str, float], x: XiParams) -> dict[str, Budget]:
     """A Budget per named regime from a rollout table (see estimators.plan)."""
-    from relbudget import estimators as est
+    from relbudget.measure import estimators as est
 
     out = {}
     for name, target in regimes.items():

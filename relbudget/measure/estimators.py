@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from relbudget.io import to_json_safe
+from relbudget.core.io import to_json_safe
 
 REGIMES = ("deficient", "balanced", "ample")
 

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from relbudget import estimators as est  # noqa: E402
-from relbudget.io import atomic_path  # noqa: E402
+from relbudget.measure import estimators as est  # noqa: E402
+from relbudget.core.io import atomic_path  # noqa: E402
 
 REGIME_COLORS = {"deficient": "tab:red", "balanced": "tab:green", "ample": "tab:blue"}
 

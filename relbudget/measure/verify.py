@@ -64,7 +64,7 @@ Safety (bounded time and memory on any input)
 - math_verify's own timeouts use ``signal.alarm``, which only works in the main thread. In the
   main thread they are on (``MATH_TIMEOUT_S`` per parse and per comparison; note this cancels any
   outer ``SIGALRM`` timer, e.g. pytest-timeout's signal method). In any other thread (Prefect runs
-  tasks in worker threads) the check runs in a helper subprocess (``python -m relbudget.verify
+  tasks in worker threads) the check runs in a helper subprocess (``python -m relbudget.measure.verify
   --math-worker``) that uses the signal timeouts itself and is killed after
   ``MATH_WORKER_TIMEOUT_S`` (a hard bound even for C-level work; address space capped at 4 GiB).
   If that subprocess cannot start, the check runs in the thread with timeouts off and only the
@@ -127,7 +127,7 @@ _ANCHORS = {
 }
 # Lower-cased strings, one of which every candidate's anchor contains (the anchors above and
 # _BOX_OPENERS below). Until a text holds one, no candidate can exist: early exit uses this to skip
-# the verifier (relbudget/sampling/common.py).
+# the verifier (relbudget/measure/sampling/common.py).
 ANCHOR_HINTS = {"int": ("a:", "####", "answer"), "gsm8k": ("####", "answer"),
                 "prose": ("####", "answer", "=", "equal", "is", "make", "give"),
                 "math": ("\\boxed", "\\fbox")}
@@ -651,7 +651,7 @@ def _math_equal_local(value: str, gold: str, timeout: int | None) -> bool:
 # ---------------------------------------------------------- math checks outside the main thread
 
 class _MathWorker:
-    """A `python -m relbudget.verify --math-worker` subprocess: one JSON line in, one out."""
+    """A `python -m relbudget.measure.verify --math-worker` subprocess: one JSON line in, one out."""
 
     def __init__(self) -> None:
         env = dict(os.environ)
@@ -660,7 +660,7 @@ class _MathWorker:
         env.setdefault("OMP_NUM_THREADS", "1")
         self.pid = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relbudget.verify", "--math-worker"], stdin=subprocess.PIPE,
+            [sys.executable, "-m", "relbudget.measure.verify", "--math-worker"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True)
         try:
             ready = self._readline(120.0)
@@ -781,5 +781,5 @@ def _worker_main() -> int:
 if __name__ == "__main__":
     if sys.argv[1:] == ["--math-worker"]:
         sys.exit(_worker_main())
-    print("usage: python -m relbudget.verify --math-worker", file=sys.stderr)
+    print("usage: python -m relbudget.measure.verify --math-worker", file=sys.stderr)
     sys.exit(2)

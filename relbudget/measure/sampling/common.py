@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.verify import (ANCHOR_HINTS, INTEGER_FORMATS, Verdict, answer_is_correct,
+from relbudget.measure.verify import (ANCHOR_HINTS, INTEGER_FORMATS, Verdict, answer_is_correct,
                               find_candidates, verify)
 
 ANCHOR_WINDOW = 8  # tokens: every anchor hint is shorter, so one ending at the new token is inside

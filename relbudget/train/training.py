@@ -6,7 +6,7 @@ instead of evaluating it in the same process):
 
 1. H: max(1, round(xi * E[T])) from the xi stage's E_T.json (`horizon`);
 2. the prompts: `train.prompt_filter` and `train.budget = per_prompt` (`adaptive_budgets`);
-3. GRPO until the token budget (`relbudget.grpo.train_policy`), evaluating the policy at H_eval
+3. GRPO until the token budget (`relbudget.train.grpo.train_policy`), evaluating the policy at H_eval
    when the generated tokens pass each of `eval_at` (`EvalCurve`): the tokens-to-target curve;
 4. evaluation of the trained policy at H_eval (and at its own H when H <= H_eval).
 """
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from transformers import TrainerCallback
 
-from relbudget.report import FINAL_STEPS, final_xi_t
+from relbudget.measure.metrics import FINAL_STEPS, final_xi_t
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ def adaptive_budgets(train, rollouts_path: str | Path, prompts: pd.DataFrame, H:
     """train.prompt_filter and train.budget = per_prompt, from the base rollouts:
     (prompts to train on, the H to configure TRL with, their counts and the H_x quantiles).
     per_prompt: H becomes the largest H_x (TRL's own cap; each request has its own)."""
-    from relbudget.prompt_budgets import filter_prompts, per_prompt_caps
-    from relbudget.schemas import ROLLOUTS, read_table
+    from relbudget.train.prompt_budgets import filter_prompts, per_prompt_caps
+    from relbudget.core.schemas import ROLLOUTS, read_table
 
     out: dict = {}
     if train.prompt_filter is None and train.budget != "per_prompt":
@@ -161,8 +161,7 @@ class EvalCurve(TrainerCallback):
             torch.set_rng_state(state_before[0])
             np.random.set_state(state_before[1])
             random.setstate(state_before[2])
-        rows[-1]["acc_H_eval"] = acc
-        self.history.unlogged["acc_H_eval"] = acc
+        self.history.annotate(state.global_step, "acc_H_eval", acc)
         log.info("step %d: accuracy at H_eval %.3f after %d tokens", rows[-1]["step"], acc,
                  rows[-1]["cum_generated_tokens"])
         return control
@@ -171,8 +170,8 @@ class EvalCurve(TrainerCallback):
 def curve_evaluator(tok, prompts: pd.DataFrame, e, h_eval: int, attempts: int, policy: str):
     """model -> accuracy within H_eval on the eval prompts, sampled as `evaluate_policy` samples
     (HF generation of the in-memory model, early exit, evaluate.seed)."""
-    from relbudget import estimators as est
-    from relbudget.sampling import hf_generate_fn, requests_from, sample_table
+    from relbudget.measure import estimators as est
+    from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
 
     requests = requests_from(prompts)
 
@@ -192,11 +191,11 @@ def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: 
                        eval_at: list[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
     """GRPO from the base policy with train params `t` at H, then evaluation at H_eval.
     Returns (history, eval rollouts, eval result, run summary); the result holds no timings."""
-    from relbudget.evaluation import evaluate_policy
-    from relbudget.grpo import train_policy
-    from relbudget.io import work_lock
-    from relbudget.models import load_saved, render_prompts, save_policy
-    from relbudget.schemas import PROMPTS, read_table
+    from relbudget.measure.evaluation import evaluate_policy
+    from relbudget.train.grpo import train_policy
+    from relbudget.core.io import work_lock
+    from relbudget.measure.models import load_saved, render_prompts, save_policy
+    from relbudget.core.schemas import PROMPTS, read_table
 
     paths, e, bp = params.paths, params.evaluate, params.base_policy
     model, tok = load_saved(paths.base_model, bp.trust_remote_code)

@@ -36,6 +36,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from relbudget.core.params import capacity
+
 # Measured on SmolLM2-135M-Instruct (chat template on, 16 problems x 4 attempts, T=0.7, 96 tokens):
 # correct answers 20/64 with this wording, 15/64 with "What is ...?", 12/64 when also asked to
 # write "Answer: N" (it rarely does; the request only derails it), 0/48 with a column-by-column
@@ -135,11 +137,6 @@ def make_problems(n: int, levels: list[int], operands: int, rng: np.random.Gener
         seen.add(key)
         out.append((level, xs))
     return out
-
-
-def capacity(levels: list[int], operands: int) -> int:
-    """How many distinct problems the levels hold."""
-    return sum((10**lvl - (0 if lvl == 1 else 10 ** (lvl - 1))) ** operands for lvl in set(levels))
 
 
 def prompt_text(xs: list[int], style: str) -> str:

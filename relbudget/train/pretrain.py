@@ -2,7 +2,7 @@
 
 The goal is an *imperfect* policy with a spread of T, which is what RL under a budget needs to
 have something to learn. With self-correcting traces (`data.style: retry`) the imperfection is
-in the data (slip rates, see relbudget/task.py) and pre-training runs until the policy imitates
+in the data (slip rates, see relbudget/measure/task.py) and pre-training runs until the policy imitates
 it; with single-attempt traces (`trace`) it comes from stopping pre-training early. Loss is on
 completion tokens only; a trace cut before its end gets no EOS.
 """
@@ -15,7 +15,7 @@ import random
 import torch
 from tqdm.auto import tqdm
 
-from relbudget.params import BasePolicyParams
+from relbudget.core.params import BasePolicyParams
 
 
 def encode_pairs(tokenizer, pairs: list[tuple]) -> list[tuple[list[int], int]]:

@@ -15,7 +15,7 @@ import pyarrow as pa_lib
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
-from relbudget.io import write_parquet
+from relbudget.core.io import write_parquet
 
 STOP_REASONS = ["eos", "length", "first_correct"]
 MAX_LISTED = 10

@@ -17,8 +17,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from relbudget import estimators as est
-from relbudget.params import PerPromptParams, PromptFilterParams
+from relbudget.measure import estimators as est
+from relbudget.core.params import PerPromptParams, PromptFilterParams
 
 log = logging.getLogger(__name__)
 QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)

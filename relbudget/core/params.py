@@ -58,6 +58,12 @@ def check_xi(xi: float, what: str) -> float:
     return xi
 
 
+def capacity(levels: list[int], operands: int) -> int:
+    """How many distinct problems of the built-in task the levels hold (what data.n_train +
+    data.n_eval must fit in)."""
+    return sum((10**lvl - (0 if lvl == 1 else 10 ** (lvl - 1))) ** operands for lvl in set(levels))
+
+
 def rollout_bytes(attempts: int, prompts: int, cap: int) -> int:
     """The estimated peak memory of sampling a rollout table: attempts x prompts rows of
     ROW_BYTES + TOKEN_BYTES x cap."""
@@ -84,7 +90,7 @@ class Paths(Section):
     arms: str = "data/arms"
     metrics: str = "metrics"  # the headline DVC compares across commits: tracked in git
 
-    # The files inside those folders, named here only: stages, the flow and relbudget.paths use
+    # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
     # One template a file: {FOLDER} is a field above and {key} the accessor's one argument (a
     # split, regime, cell, arm or plot name); an accessor without {key} is a property.
@@ -520,8 +526,6 @@ class Params(Section):
     def _check_costs(self) -> None:
         d, s, e = self.data, self.sampling, self.evaluate
         if d.source == "builtin":
-            from relbudget.task import capacity
-
             room = int(0.9 * capacity(d.levels, d.operands))
             if d.n_train + d.n_eval > room:
                 raise ValueError(f"data.n_train + data.n_eval = {d.n_train + d.n_eval} distinct "

@@ -29,7 +29,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from relbudget.io import atomic_path
+from relbudget.core.io import atomic_path
 
 SIGNIFICANT = 4
 BASE_KEYS = ("E_T", "acc_H_eval")
@@ -99,7 +99,7 @@ def _sweep(metrics: dict) -> dict:
 
 
 def _arms(metrics: dict) -> dict:
-    """The budget arms (relbudget.compare): tokens to the target accuracy (mean over the seeds
+    """The budget arms (relbudget.report.compare): tokens to the target accuracy (mean over the seeds
     that reached it), its ratio to the best fixed xi, final accuracy; the target itself."""
     rows = {f"arm_{r['arm']}": numbers(r, ARM_KEYS) for r in metrics.get("arms_summary") or []}
     target = numbers({"acc_H_eval": metrics.get("target_accuracy")})

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import comb
 
-from relbudget import estimators as est
+from relbudget.measure import estimators as est
 
 
 def pass_at_k(df: pd.DataFrame, H: int, k: int) -> float:
@@ -84,8 +84,8 @@ def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[st
     measure it at every named horizon. `e` is the evaluate params section, `base_policy` gives
     trust_remote_code and chat_template; `attempts` overrides e.attempts (pass@k above it is
     skipped). Returns (rollout table, result); the result holds no timings."""
-    from relbudget.models import render_prompts
-    from relbudget.sampling import load_generator, requests_from, sample_table, set_threads
+    from relbudget.measure.models import render_prompts
+    from relbudget.measure.sampling import load_generator, requests_from, sample_table, set_threads
 
     attempts = attempts or e.attempts
     set_threads(e.threads)

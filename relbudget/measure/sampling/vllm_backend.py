@@ -1,11 +1,11 @@
 """vLLM sampling backend (offline `vllm.LLM.generate`), writing the same rollout table as HF.
 
 `vllm_generate_fn(ref, ...)` returns `(fn, tokenizer)` with `fn(items, seed) -> [Generation]`, the
-contract of `relbudget.sampling.load_generator`. Each attempt is one vLLM request (n=1): the
+contract of `relbudget.measure.sampling.load_generator`. Each attempt is one vLLM request (n=1): the
 prompt is tokenized exactly as the HF backend does it (raw text, no special tokens) and passed as
 token ids, and sampling is pure (temperature, top_p, top_k=0, no min_p, no penalties).
 
-Token accounting, identical to the HF backend (`relbudget.sampling.hf`):
+Token accounting, identical to the HF backend (`relbudget.measure.sampling.hf`):
 - `token_ids` are the generated ids, EOS included when the model emitted it (vLLM returns EOS
   in `CompletionOutput.token_ids` for a stop on EOS; kept), so `n_tokens` counts it;
 - `ended` is "eos", "length" (the cap) or "first_correct" (early exit, with the ids cut right
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from relbudget.sampling.common import FirstCorrect, Generation, Request, RowCheck
+from relbudget.measure.sampling.common import FirstCorrect, Generation, Request, RowCheck
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def cache_dir() -> Path:
 
 def smollm2_hf_folder() -> Path:
     """SmolLM2's GGUF dequantised into an HF folder, once (keyed by the GGUF file's size)."""
-    from relbudget.models import SMOLLM2_GGUF, load_policy, save_policy, smollm2_gguf_file
+    from relbudget.measure.models import SMOLLM2_GGUF, load_policy, save_policy, smollm2_gguf_file
 
     gguf = smollm2_gguf_file()
     key = hashlib.sha256(f"{gguf.name}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
@@ -185,7 +185,7 @@ _PADDED: dict[tuple, str] = {}  # source folder + content stamp -> padded copy, 
 
 def resolve_model(ref: str) -> tuple[str, str]:
     """(folder or hub name vLLM loads, tokenizer source) for a policy reference."""
-    from relbudget.models import SMOLLM2_GGUF
+    from relbudget.measure.models import SMOLLM2_GGUF
 
     if ref == SMOLLM2_GGUF:
         ref = str(smollm2_hf_folder())
@@ -232,7 +232,7 @@ def _logits_processor_class():
         """
 
         def __init__(self, vllm_config, device, is_pin_memory: bool):
-            from relbudget.models import load_tokenizer
+            from relbudget.measure.models import load_tokenizer
 
             mc = vllm_config.model_config
             self.tok = load_tokenizer(mc.tokenizer, mc.trust_remote_code)
@@ -272,7 +272,7 @@ def _logits_processor_class():
     return FirstCorrectEOS
 
 
-def __getattr__(name: str):  # `relbudget.sampling.vllm_backend.FirstCorrectEOS` for vLLM's loader
+def __getattr__(name: str):  # `relbudget.measure.sampling.vllm_backend.FirstCorrectEOS` for vLLM's loader
     if name == "FirstCorrectEOS":
         cls = _logits_processor_class()
         globals()["FirstCorrectEOS"] = cls
@@ -447,7 +447,7 @@ def vllm_generate_fn(ref, max_tokens: int, temperature: float, top_p: float, ear
     """
     import time
 
-    from relbudget.models import load_tokenizer
+    from relbudget.measure.models import load_tokenizer
 
     opts = options or EngineOptions()
     llm, tok_src = get_engine(str(ref), opts, trust_remote_code)

@@ -1,27 +1,27 @@
 """The report's analysis in one call: from the report stage's inputs to every number, the
-Markdown page and what the plots draw. relbudget.report computes each part (regimes, the sweep by
-xi, its peak, the page); relbudget.compare the budget arms against the best fixed xi.
+Markdown page and what the plots draw. relbudget.report.tables computes each part (regimes, the sweep by
+xi, its peak, the page); relbudget.report.compare the budget arms against the best fixed xi.
 """
 
 from __future__ import annotations
 
 import os
 
-from relbudget import compare
-from relbudget import report as rep
-from relbudget.io import to_json_safe
+from relbudget.report import compare
+from relbudget.report import analysis, render
+from relbudget.core.io import to_json_safe
 
 
 def analyse(inp: dict, params) -> dict:
     """`inp`: what stages.report.load_inputs reads. Returns `metrics` (metrics.json), `markdown`
     (report.md), and for the plots `rows` (regimes), `agg` (sweep by xi), `peak`, `band`,
-    `cell_histories` (xi -> the cells' histories) and `arms` (relbudget.compare.compare)."""
+    `cell_histories` (xi -> the cells' histories) and `arms` (relbudget.report.compare.compare)."""
     band = tuple(params.report.paper_band)
     base_at = inp["base_eval"]["at"]["H_eval"]
-    rows = [rep.regime_row(r, inp["budgets"][r], inp["evals"][r], inp["histories"][r],
+    rows = [analysis.regime_row(r, inp["budgets"][r], inp["evals"][r], inp["histories"][r],
                            inp["base_eval"]) for r in params.regimes]
-    table = rep.sweep_table(inp["cells"], inp["base_eval"])
-    agg, peak = rep.by_xi(table), rep.peak_xi(table)
+    table = analysis.sweep_table(inp["cells"], inp["base_eval"])
+    agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
     cell_histories: dict[float, list] = {}
     for ev, h in inp["cells"]:
         cell_histories.setdefault(float(ev["xi"]), []).append(h)
@@ -33,10 +33,10 @@ def analyse(inp: dict, params) -> dict:
         "sweep": table.to_dict(orient="records"),
         "sweep_by_xi": agg.to_dict(orient="records"),
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
-        "peak_sentence": rep.band_sentence(peak, band),
+        "peak_sentence": render.band_sentence(peak, band),
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
     gamma_png = os.path.relpath(params.paths.xi_plot("gamma_fit.png"), params.paths.report)
-    markdown = rep.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
+    markdown = render.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
                           gamma_png, arms["markdown"])
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
             "band": band, "cell_histories": cell_histories, "arms": arms}

@@ -5,7 +5,7 @@
         --attempts 8 --max-tokens 1024 --target-xi 1.75 --out gsm8k_rollouts.parquet
 
 Samples K attempts per prompt at cap HMAX with the same code as the pipeline's sample_t stage
-(`relbudget.sampling.sample_table`: early exit at the first correct answer, resumable chunks in
+(`relbudget.measure.sampling.sample_table`: early exit at the first correct answer, resumable chunks in
 `.<out>.chunks/` beside --out, a progress bar), writes the rollout table to --out, then prints what
 `relbudget plan` prints for --target-xi and the line to paste into a TRL script.
 """
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from relbudget.params import HFSource
+from relbudget.core.params import HFSource
 
 
 def _column_map(text: str | None) -> dict[str, str]:
@@ -44,17 +44,17 @@ def sample(args: argparse.Namespace):
     """The rollout table of --model on --dataset (written to --out), resumable."""
     import torch
 
-    from relbudget.datasets_io import load_hf_prompts
-    from relbudget.models import load_policy, render_prompts
-    from relbudget.sampling import (fingerprint, hf_generate_fn, requests_from, sample_table,
+    from relbudget.measure.datasets import load_hf_prompts
+    from relbudget.measure.models import load_policy, render_prompts
+    from relbudget.measure.sampling import (fingerprint, hf_generate_fn, requests_from, sample_table,
                                     set_threads)
-    from relbudget.schemas import ROLLOUTS, write_table
+    from relbudget.core.schemas import ROLLOUTS, write_table
 
     set_threads(args.threads)
     # one row is carved out as "eval" by the loader; the rest (up to --n-prompts) is measured
     prompts, _ = load_hf_prompts(source_of(args), args.n_prompts, 1, args.seed)
     if args.backend == "vllm":
-        from relbudget.sampling.vllm_backend import vllm_generate_fn
+        from relbudget.measure.sampling.vllm_backend import vllm_generate_fn
 
         gen, tok = vllm_generate_fn(args.model, args.max_tokens, args.temperature, 1.0, True,
                                     args.trust_remote_code)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from relbudget.params import arm_name
-from relbudget.schemas import HISTORY, read_table
+from relbudget.core.params import arm_name
+from relbudget.core.schemas import HISTORY, read_table
 
 GOAL_RATIO = 0.8  # an adaptive arm "wins" when it needs <= 0.8x the tokens of the best fixed xi
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from relbudget.sampling.common import FirstCorrect, Generation, Request, RowCheck
+from relbudget.measure.sampling.common import FirstCorrect, Generation, Request, RowCheck
 
 
 class StopAtFirstCorrect(StoppingCriteria):
