@@ -16,7 +16,7 @@ from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 
 from relbudget.measure.models import char_tokenizer, tiny_llama
-from relbudget.core.params import BasePolicyParams
+from relbudget.core.params import defaults
 from relbudget.train.pretrain import pretrain
 from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.trl import XiController
@@ -27,8 +27,9 @@ def tiny_policy():
     torch.manual_seed(0)
     tok = char_tokenizer()
     model = tiny_llama(tok, hidden=32, layers=2, heads=4, intermediate=64, max_position=128)
-    p = BasePolicyParams(hidden_size=32, n_layers=2, n_heads=4, intermediate_size=64,
-                         max_position=128, steps=200, batch_size=64, lr=3e-3, threads=1)
+    p = defaults().base_policy.model_copy(update=dict(
+        hidden_size=32, n_layers=2, n_heads=4, intermediate_size=64, max_position=128, steps=200,
+        batch_size=64, lr=3e-3, threads=1))
     pretrain(model, tok, trace_corpus(60, [1], 2, seed=0), p, log_every=10**9)
     return model, tok
 

@@ -7,7 +7,7 @@
 of informative groups are reported per horizon (`reward_mean`, `reward_var`, `p_informative`);
 `p` = P(T <= H) is always there.
 
-Defaults come from relbudget.core.params.XiParams, the one source of the xi knobs. `--json` prints
+Defaults come from the xi section of the project's params.yaml, the one source of values. `--json` prints
 exactly one JSON object on stdout. Any error (missing file, schema failure, a bad number, a horizon
 above the cap) is a short message on stderr and exit code 2, never a traceback.
 """
@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from relbudget.measure import estimators as est
-from relbudget.core.params import XiParams, check_xi, error_lines
+from relbudget.core.params import XiParams, check_xi, defaults, error_lines
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
 
 EXIT_ERROR = 2  # the same code argparse uses for a usage error
@@ -39,10 +39,11 @@ class CLIError(ValueError):
 
 
 def _xi_params(args: argparse.Namespace) -> XiParams:
-    # Only flags the user gave override XiParams, so its defaults and checks stay the only ones.
+    # Only flags the user gave override the xi section of params.yaml (the one source of its
+    # values); XiParams' checks stay the only ones.
     given = {k: getattr(args, k) for k in _FLAGS if getattr(args, k, None) is not None}
     try:
-        return XiParams(**given)
+        return XiParams.model_validate({**defaults().xi.model_dump(), **given})
     except ValidationError as err:
         raise CLIError("; ".join(error_lines(err, XiParams, _FLAGS))) from None
 
@@ -169,7 +170,7 @@ def cmd_plan(args: argparse.Namespace, extra=None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = XiParams()
+    d = defaults().xi
     parser = argparse.ArgumentParser(
         prog="relbudget", description="Relative budget xi = H / E[T] of a rollout table.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from relbudget.measure.models import char_tokenizer, save_policy, tiny_llama
-from relbudget.core.params import BasePolicyParams
+from relbudget.core.params import defaults
 from relbudget.train.pretrain import pretrain
 from relbudget.measure.task import column_trace, make_problems, prompt_text
 
@@ -43,9 +43,10 @@ def tiny_policy(folder: str | Path, corpus: list[tuple], *, hidden: int = 32, la
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        p = BasePolicyParams(hidden_size=hidden, n_layers=layers, n_heads=heads,
-                             intermediate_size=intermediate, max_position=max_position,
-                             steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=1)
+        p = defaults().base_policy.model_copy(update=dict(
+            hidden_size=hidden, n_layers=layers, n_heads=heads, intermediate_size=intermediate,
+            max_position=max_position, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+            threads=1))
         torch.manual_seed(seed)
         tok = char_tokenizer()
         model = tiny_llama(tok, hidden, layers, heads, intermediate, max_position)
@@ -59,7 +60,7 @@ def tiny_policy(folder: str | Path, corpus: list[tuple], *, hidden: int = 32, la
 def build_chatty_policy(folder: str | Path, steps: int = 200, seed: int = 0) -> Path:
     """The built-in architecture at its default size (head_dim 24, which vLLM's CPU attention
     pads), pre-trained on the chatty corpus: the vLLM tests' and benchmark's policy."""
-    d = BasePolicyParams()
+    d = defaults().base_policy
     return tiny_policy(folder, chatty_corpus(90, seed), hidden=d.hidden_size, layers=d.n_layers,
                        heads=d.n_heads, intermediate=d.intermediate_size,
                        max_position=d.max_position, steps=steps, batch_size=32, seed=seed)

@@ -48,7 +48,7 @@ def _watch(monkeypatch):
 def test_controller_moves_H_and_generation_respects_it(after_answer, rambler, prompts, tmp_path,
                                                        monkeypatch):
     seen = _watch(monkeypatch)
-    t = TrainParams(stop="steps", max_steps=5, after_answer=after_answer, budget="controller",
+    t = TrainParams.of_project(stop="steps", max_steps=5, after_answer=after_answer, budget="controller",
                     controller=dict(target_xi=0.1, every=1, h_min=6, h_max=30, smoothing=0.0),
                     **TINY)
     model, tok = load_saved(rambler)
@@ -68,7 +68,7 @@ def test_controller_moves_H_and_generation_respects_it(after_answer, rambler, pr
 @pytest.mark.parametrize("after_answer", ["keep", "stop"])
 def test_per_prompt_caps_are_applied_per_request(after_answer, rambler, prompts, rollouts, tmp_path,
                                                  monkeypatch):
-    pp = PerPromptParams(target_xi=0.2, shrink=2.0, h_min=6, h_max=30)
+    pp = PerPromptParams.of_project(target_xi=0.2, shrink=2.0, h_min=6, h_max=30)
     kept, summary = per_prompt_caps(rollouts, prompts, pp)
     assert summary["n_kept"] == len(kept) == len(prompts)
     assert summary["H_x_q00"] <= summary["H_x_q50"] <= summary["H_x_q100"]
@@ -76,7 +76,7 @@ def test_per_prompt_caps_are_applied_per_request(after_answer, rambler, prompts,
     caps = dict(zip(kept["prompt"], kept["H_x"]))
 
     seen = _watch(monkeypatch)
-    t = TrainParams(stop="steps", max_steps=3, after_answer=after_answer, budget="per_prompt",
+    t = TrainParams.of_project(stop="steps", max_steps=3, after_answer=after_answer, budget="per_prompt",
                     **TINY)
     model, tok = load_saved(rambler)
     _, hist = train_policy(model, tok, kept, t, int(kept["H_x"].max()), tmp_path / "work")
@@ -98,31 +98,31 @@ def test_prompt_filter_counts_and_refusal(prompts, rollouts):
     pp = est.per_prompt(rollouts).set_index("prompt_id")
     xi_x = (20 / pp["E_T"]).reindex(prompts["prompt_id"].astype(str))
     lo, hi = float(xi_x.quantile(0.25)), float(xi_x.quantile(0.75))
-    kept, counts = filter_prompts(rollouts, prompts, PromptFilterParams(xi_band=(lo, hi)), 20)
+    kept, counts = filter_prompts(rollouts, prompts, PromptFilterParams(xi_band=(lo, hi), H=None), 20)
     assert counts["n_kept"] == len(kept) == int(((xi_x >= lo) & (xi_x <= hi)).sum()) > 0
     assert counts["n_prompts"] == len(prompts) and counts["filter_H"] == 20
     with pytest.raises(ValueError, match=r"kept no prompt.*\[50, 60\] at H = 20"):
-        filter_prompts(rollouts, prompts, PromptFilterParams(xi_band=(50, 60)), 20)
+        filter_prompts(rollouts, prompts, PromptFilterParams(xi_band=(50, 60), H=None), 20)
     # an explicit H wins over the regime's
     assert filter_prompts(rollouts, prompts, PromptFilterParams(xi_band=(0, 1e9), H=7), 20)[1][
         "filter_H"] == 7
 
 
 def test_train_stage_applies_filter_then_per_prompt(prompts, rollouts, tmp_path):
-    from relbudget.core.params import parse_params
+    from relbudget.core.params import params_with
     from relbudget.core.schemas import ROLLOUTS, write_table
     from relbudget.train.training import adaptive_budgets
 
     path = tmp_path / "base.parquet"
     write_table(rollouts, ROLLOUTS, path)
-    params = parse_params({"allow_outside_paths": True, "paths": {"rollouts": str(path)}, "train": {
+    params = params_with({"allow_outside_paths": True, "paths": {"rollouts": str(path)}, "train": {
         "budget": "per_prompt", "per_prompt": {"target_xi": 0.2, "h_min": 6, "h_max": 30},
         "prompt_filter": {"xi_band": [0.0, 1e9], "H": 20}}})
     kept, H, out = adaptive_budgets(params.train, path, prompts, 20)
     covered = prompts["prompt_id"].isin(rollouts["prompt_id"]).sum()
     assert out["filter_n_kept"] == covered == len(kept) and out["filter_n_prompts"] == len(prompts)
     assert H == kept["H_x"].max() and out["per_prompt_H_x_q100"] == H
-    fixed = parse_params({"allow_outside_paths": True, "paths": {"rollouts": str(path)}})
+    fixed = params_with({"allow_outside_paths": True, "paths": {"rollouts": str(path)}})
     assert adaptive_budgets(fixed.train, path, prompts, 20)[1:] == (20, {})
 
 
@@ -131,7 +131,7 @@ def test_controller_resumes_at_the_saved_H(rambler, prompts, tmp_path, monkeypat
 
     from tests.test_train import killed_at_step_3
 
-    t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, after_answer="stop",
+    t = TrainParams.of_project(stop="steps", max_steps=4, checkpoint_every=2, after_answer="stop",
                     budget="controller",
                     controller=dict(target_xi=0.1, every=1, h_min=6, h_max=30, smoothing=0.0), **TINY)
     model, tok = load_saved(rambler)

@@ -38,7 +38,7 @@ import mlflow
 import pytest
 import yaml
 
-from relbudget.core.params import parse_params
+from relbudget.core.params import merged, params_with
 from tests.test_flow import TINY, _free_port
 from tests.test_flow import _stop as _stop_group
 
@@ -144,8 +144,8 @@ def stack(tmp_path_factory, browser) -> Stack:
     logs.mkdir()
     raw = json.loads(json.dumps(TINY))
     raw["regimes"] = dict(REGIMES)
-    parse_params(raw)
-    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params_with(raw)
+    (project / "params.yaml").write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     store = f"sqlite:///{project / 'mlflow.db'}"
     mport, pport = _free_port(), _free_port()
     mlflow_url, prefect_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{pport}"

@@ -54,7 +54,7 @@ def test_xi_json(table):
     assert s["E_T"] == pytest.approx(est.pooled_E_T(df))
     assert s["E_T_ci"][0] < s["E_T"] < s["E_T_ci"][1]
     assert s["n_prompts"] == 60 and s["n_attempts"] == 480
-    assert s["group_size"] == XiParams().group_size  # defaults come from params
+    assert s["group_size"] == XiParams.of_project().group_size  # defaults come from params
     assert [h["H"] for h in s["horizons"]] == est.summary_horizons(int(df["max_tokens"].max()))
     for h in s["horizons"]:
         assert HORIZON_KEYS <= set(h) and h["regime"] in est.REGIMES
@@ -97,7 +97,7 @@ def test_xi_reward_budget_json_and_human(table):
             "--n-bootstrap", 100)
     assert r.returncode == 0, r.stderr
     h = json.loads(r.stdout)["horizons"][0]
-    want = est.reward_curves(df, [64], XiParams().group_size, "budget").iloc[0]
+    want = est.reward_curves(df, [64], XiParams.of_project().group_size, "budget").iloc[0]
     assert h["reward_mean"] == pytest.approx(want["reward_mean"])
     assert h["reward_var"] == pytest.approx(want["reward_var"])
     assert h["p_informative"] == pytest.approx(want["p_informative"])

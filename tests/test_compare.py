@@ -18,7 +18,7 @@ import torch
 from relbudget.report import compare
 from relbudget.train.grpo import train_policy
 from relbudget.measure.models import load_saved
-from relbudget.core.params import EvaluateParams, TrainParams, parse_params
+from relbudget.core.params import EvaluateParams, TrainParams, params_with
 from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.testing import tiny_policy
 from relbudget.train.training import EvalCurve, curve_evaluator
@@ -78,7 +78,7 @@ def test_compare_reads_the_arm_files_and_names_missing_ones(tmp_path):
     from relbudget.core.schemas import HISTORY, write_table
     from relbudget.train.grpo import history_frame
 
-    params = parse_params({"allow_outside_paths": True, "paths": {"arms": str(tmp_path / "arms")},
+    params = params_with({"allow_outside_paths": True, "paths": {"arms": str(tmp_path / "arms")},
                            "sweep": {"seeds": [0]}, "arms": {"arms": ["controller"]}})
     p = params.paths
     row = {"step": 1, "generated_tokens": 3000, "cum_generated_tokens": 3000, "reward_mean": 0.5,
@@ -113,13 +113,13 @@ def test_the_curve_leaves_the_training_trajectory_unchanged(base_dir, tmp_path):
     train, ev = builtin_splits(24, 8, [1], 2, seed=0)
     # after_answer keep: TRL's own generation draws from torch's global RNG, which the
     # evaluations (seeded) would move if EvalCurve did not restore it
-    t = TrainParams(stop="tokens", token_budget=400, max_steps=40, num_generations=4,
+    t = TrainParams.of_project(stop="tokens", token_budget=400, max_steps=40, num_generations=4,
                     prompts_per_step=2, lr=1e-3, threads=1, after_answer="keep")
     model, tok = load_saved(base_dir)
     plain_model, plain = train_policy(model, tok, train, t, 24, tmp_path / "plain")
 
     model, tok = load_saved(base_dir)
-    evaluate = curve_evaluator(tok, ev, EvaluateParams(), 24, 2, "test")
+    evaluate = curve_evaluator(tok, ev, EvaluateParams.of_project(), 24, 2, "test")
     at = [100, 200, 300]
     curved_model, curved = train_policy(
         model, tok, train, t, 24, tmp_path / "curved",

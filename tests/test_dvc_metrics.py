@@ -31,7 +31,7 @@ from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
 from relbudget.core.params import Paths, cell_name
 
-HEADLINE_JSON, EFFICIENCY_CSV = Paths().headline_json, Paths().efficiency_csv  # the defaults
+HEADLINE_JSON, EFFICIENCY_CSV = Paths.of_project().headline_json, Paths.of_project().efficiency_csv  # the defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"at": {"H_eval": {"accuracy": 0.77, "E_T": 40.0, "first_answer_accuracy": 0.6},
@@ -120,8 +120,8 @@ def test_headline_is_numbers_only_rounded_and_byte_stable(tmp_path):
 
     # the same metrics give the same bytes, written twice
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    pa = Paths(metrics=str(tmp_path / "a"))
-    pb = Paths(metrics=str(tmp_path / "b"))
+    pa = Paths.of_project(metrics=str(tmp_path / "a"))
+    pb = Paths.of_project(metrics=str(tmp_path / "b"))
     hl.write(metrics, summary, pa)
     hl.write(json.loads(json.dumps(metrics)), summary, pb)
     a, b = Path(pa.headline_json), Path(pb.headline_json)
@@ -251,7 +251,7 @@ metrics = {"base": {"E_T": 45.03, "acc_H_eval": 0.77, "first_answer_acc": 0.6},
 os.makedirs("data/report", exist_ok=True)
 with open("data/report/metrics.json", "w") as f:
     json.dump(metrics, f)
-hl.write(metrics, {"E_T": 45.03, "E_T_ci": [42.1, 48.1]}, Paths())
+hl.write(metrics, {"E_T": 45.03, "E_T_ci": [42.1, 48.1]}, Paths.of_project())
 """
 # the report block of the real dvc.yaml, its headline entries as they are there
 REAL_REPORT = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]

@@ -23,7 +23,7 @@ import yaml
 
 from flows import cache
 from flows import pipeline as fp
-from relbudget.core.params import Params, parse_params
+from relbudget.core.params import Params, merged, params_with
 from relbudget.core.paths import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +51,9 @@ def write_params(folder: Path, name: str = "params.yaml", **override) -> Path:
     raw = json.loads(json.dumps(TINY))
     for section, values in override.items():
         raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
-    parse_params(raw)  # a typo in a test fails here, not inside the flow
-    (folder / name).write_text(yaml.safe_dump(raw, sort_keys=False))
+    params_with(raw)  # a typo in a test fails here, not inside the flow
+    # a params file names every key: TINY laid over the project's params.yaml
+    (folder / name).write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     return folder / name
 
 
@@ -125,12 +126,12 @@ def test_flow_parameters_are_validated_with_clear_errors():
 
 
 def test_outputs_are_rerooted_and_the_dvc_paths_left_alone():
-    p = fp.rooted(parse_params({}), "runs/x")
+    p = fp.rooted(params_with({}), "runs/x")
     assert p.paths.rollouts == "runs/x/data/rollouts/base.parquet"
     assert p.paths.base_model == "runs/x/data/models/base"
-    assert fp.rooted(parse_params({}), ".").paths == parse_params({}).paths
+    assert fp.rooted(params_with({}), ".").paths == params_with({}).paths
     with pytest.raises(fp.FlowConfigError, match="paths.xi is absolute"):
-        fp.rooted(parse_params({"paths": {"xi": "/abs/xi"}, "allow_outside_paths": True}), "runs/x")
+        fp.rooted(params_with({"paths": {"xi": "/abs/xi"}, "allow_outside_paths": True}), "runs/x")
 
 
 def test_code_key_covers_the_stage_and_the_library_modules_it_imports():
@@ -151,7 +152,7 @@ def test_code_key_covers_the_stage_and_the_library_modules_it_imports():
 def test_flow_completes_and_writes_only_under_out_root(project, first_run):
     state, summary = first_run["state"], first_run["summary"]
     assert state.is_completed(), state.message
-    params = fp.rooted(Params.model_validate(TINY), fp.DEFAULT_OUT_ROOT)
+    params = fp.rooted(params_with(TINY), fp.DEFAULT_OUT_ROOT)
     assert list(summary["states"]) == expected_labels(params)
     assert set(summary["states"].values()) == {"Completed"}
     assert (project / "runs/prefect/data/rollouts/base.parquet").is_file()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from relbudget.core.params import ParamsError, load_params, params_hash, parse_params, section_hash
+from relbudget.core.params import ParamsError, load_params, params_hash, params_with, section_hash
 
 # (params override, text the error must contain). The list of bad inputs lives here, not in prose.
 BAD = [
@@ -47,12 +47,12 @@ BAD = [
 @pytest.mark.parametrize("override,expected", BAD, ids=[str(o) for o, _ in BAD])
 def test_bad_params_name_the_field(override, expected):
     with pytest.raises(ParamsError) as err:
-        parse_params(override)
+        params_with(override)
     assert expected in str(err.value)
 
 
 def test_defaults_and_repo_params_validate():
-    parse_params({})
+    params_with({})
     p = load_params("params.yaml")
     assert p.regimes and p.sampling.max_tokens > 0
 
@@ -70,7 +70,7 @@ def test_file_errors(tmp_path):
 
 
 def test_section_hash_tracks_only_its_section():
-    a, b = parse_params({}), parse_params({"train": {"lr": 0.5}})
+    a, b = params_with({}), params_with({"train": {"lr": 0.5}})
     assert section_hash(a.sampling) == section_hash(b.sampling)
     assert section_hash(a.train) != section_hash(b.train)
 
@@ -80,10 +80,10 @@ def test_params_hash_is_over_the_science_only():
     re-rooted ones hashes the same; any science knob changes it."""
     from flows.pipeline import rooted
 
-    a = parse_params({})
+    a = params_with({})
     sections = ["train", "regimes", "paths"]
     assert params_hash(a, sections) == params_hash(rooted(a, "runs/prefect"), sections)
     assert params_hash(a, sections) == params_hash(a, ["train", "regimes"])
     assert params_hash(a, sections) == params_hash(a, ["regimes", "paths", "train"])
-    assert params_hash(parse_params({"train": {"lr": 0.5}}), sections) != params_hash(a, sections)
-    assert params_hash(parse_params({"regimes": {"x": 1.0}}), sections) != params_hash(a, sections)
+    assert params_hash(params_with({"train": {"lr": 0.5}}), sections) != params_hash(a, sections)
+    assert params_hash(params_with({"regimes": {"x": 1.0}}), sections) != params_hash(a, sections)

@@ -29,6 +29,25 @@ def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
+def stale(repo: Path) -> set[str]:
+    """The stages `dvc status` lists as changed."""
+    status = sh("dvc", "status", cwd=repo)
+    return {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
+
+
+def edit_reruns(repo: Path, path: str, old: str, new: str) -> set[str]:
+    """The stages `dvc status` lists after replacing the first `old` by `new` in a code file of
+    the project; the file is restored afterwards."""
+    f = repo / path
+    text = f.read_text()
+    assert old in text, (path, old)
+    f.write_text(text.replace(old, new, 1))
+    try:
+        return stale(repo)
+    finally:
+        f.write_text(text)
+
+
 @pytest.fixture
 def repo(project: Path) -> Path:
     sh("git", "init", "-q", cwd=project)
@@ -98,6 +117,14 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     # Nothing changed: nothing runs.
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == set()
 
+    # Reruns follow meaning: rewording the report reruns the report alone (no training run
+    # depends on its words); an estimator edit reruns what measures and trains, never the data
+    # or the pre-training of the base policy.
+    assert edit_reruns(repo, "relbudget/report/render.py", "# relbudget report",
+                       "# The relbudget report") == {"report"}
+    rerun = edit_reruns(repo, "relbudget/measure/estimators.py", "\n", "\n# an edit\n")
+    assert {"xi", "sweep@1.0-0", "report"} <= rerun and not rerun & {"prepare", "base_policy"}, rerun
+
     # Forced rerun with unchanged inputs: every output has the same bytes (no timings, fixed plot
     # metadata), so dvc.lock does not change (a fresh clone's `git status` stays clean).
     lock = (repo / "dvc.lock").read_text()
@@ -109,9 +136,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["xi"] = [1.0, 1.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = sh("dvc", "status", cwd=repo)
-    changed = {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
-    assert changed == {"sweep@1.5-0", "fixed_best@0", "report"}, status
+    assert stale(repo) == {"sweep@1.5-0", "fixed_best@0", "report"}
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"sweep@1.5-0", "fixed_best@0", "report"}
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
     assert [c["xi"] for c in metrics["sweep"]] == [1.0, 1.5]  # the stale xi = 2 cell is left out

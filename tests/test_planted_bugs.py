@@ -112,7 +112,7 @@ def test_token_budget_stops_on_reaching_it_exactly():
     reward = BudgetReward(tok, 16, num_generations=2)
     ids = [tok("A:5", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]] * 2
     budget = 2 * sum(len(i) for i in ids)  # exactly two steps' tokens
-    callback = HistoryCallback(reward, TrainParams(stop="tokens", token_budget=budget), 16)
+    callback = HistoryCallback(reward, TrainParams.of_project(stop="tokens", token_budget=budget), 16)
     state = TrainerState()
     for step, stop in ((1, False), (2, True)):
         reward(prompts=[""] * 2, completions=[""] * 2, completion_ids=ids, answer=["5", "5"],

@@ -20,7 +20,7 @@ from relbudget.measure.budgets import (BudgetError, budget_of, check_token_budge
                                read_budgets, write_budgets)
 from relbudget.core.io import (WorkLocked, atomic_dir, remove_stale_temps, switch_work_dir, work_lock,
                           write_json)
-from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, parse_params
+from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, merged, params_with
 from relbudget.core.schemas import PROMPTS, TableError, read_table
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -46,7 +46,7 @@ def rollouts() -> pd.DataFrame:
 
 @pytest.fixture
 def xi_dir(tmp_path, rollouts) -> Path:
-    write_budgets(plan_budgets(rollouts, REGIMES, XiParams()), tmp_path / "data" / "xi")
+    write_budgets(plan_budgets(rollouts, REGIMES, XiParams.of_project()), tmp_path / "data" / "xi")
     return tmp_path / "data" / "xi"
 
 
@@ -88,7 +88,7 @@ def test_damaged_budgets_name_file_and_field(xi_dir, damage, needle):
 def test_evaluate_refuses_a_cut_budgets_file(tmp_path, xi_dir):
     """The measured case: budgets.yaml cut after `H: 5`; evaluate used to run at H = 5, exit 0."""
     _cut_after_H(xi_dir / "budgets.yaml")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"regimes": REGIMES}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged({"regimes": REGIMES})))
     r = subprocess.run([sys.executable, "-m", "stages.evaluate", "ample"], cwd=tmp_path,
                        env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert _clean_failure(r), r.stderr
@@ -97,7 +97,7 @@ def test_evaluate_refuses_a_cut_budgets_file(tmp_path, xi_dir):
 
 
 def test_tiny_xi_warns_with_numbers(rollouts):
-    (b,) = plan_budgets(rollouts, {"tiny": 0.001}, XiParams()).values()
+    (b,) = plan_budgets(rollouts, {"tiny": 0.001}, XiParams.of_project()).values()
     assert b.H == 1 and "rounds below 1" in b.warning and "0.001" in b.warning
 
 
@@ -115,11 +115,12 @@ def test_duplicate_key_in_params_is_an_error(tmp_path):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ({"data": {"n_train": 800_000}}, "hold 736380"),
+    ({"data": {"n_train": 800_000, "levels": [1, 2, 3]}}, "hold 736380"),
     ({"data": {"n_train": 10**9}}, "data.n_train"),
     ({"sampling": {"attempts": 10**8}}, "sampling.attempts"),
-    ({"sampling": {"attempts": 4000}, "data": {"n_train": 20000}}, "GiB of rollouts"),
-    ({"evaluate": {"attempts": 4000, "pass_k": [1]}, "data": {"n_eval": 20000}}, "evaluate: 4000"),
+    ({"sampling": {"attempts": 4000}, "data": {"n_train": 20000, "levels": [1, 2, 3]}}, "GiB of rollouts"),
+    ({"evaluate": {"attempts": 4000, "pass_k": [1]}, "data": {"n_eval": 20000, "levels": [1, 2, 3]}},
+     "evaluate: 4000"),
     ({"xi": {"group_size": 10**9}}, "xi.group_size"),
     ({"xi": {"n_bootstrap": 10**9}}, "xi.n_bootstrap"),
     ({"regimes": {"balanced": float("inf")}}, "finite number"),
@@ -138,11 +139,11 @@ def test_duplicate_key_in_params_is_an_error(tmp_path):
 ])
 def test_params_out_of_range_are_refused(override, needle):
     with pytest.raises(ParamsError, match=needle.replace(".", r"\.")):
-        parse_params(override)
+        params_with(override)
 
 
 def test_outside_paths_need_the_flag():
-    p = parse_params({"paths": {"xi": "/tmp/elsewhere"}, "allow_outside_paths": True})
+    p = params_with({"paths": {"xi": "/tmp/elsewhere"}, "allow_outside_paths": True})
     assert p.paths.xi == "/tmp/elsewhere"
 
 
@@ -150,12 +151,12 @@ def test_unreachable_token_budget_is_refused():
     # 1e15 is refused by its range already; within range, 400 steps of 64 x 57 tokens cannot
     # reach 10^10 tokens: refused before compute, with the numbers
     with pytest.raises(ValidationError, match="less than or equal to"):
-        TrainParams(token_budget=10**15)
-    t = TrainParams(token_budget=10**10, max_steps=400, prompts_per_step=8, num_generations=8)
+        TrainParams.of_project(token_budget=10**15)
+    t = TrainParams.of_project(token_budget=10**10, max_steps=400, prompts_per_step=8, num_generations=8)
     with pytest.raises(BudgetError, match=r"at most 1459200 tokens.*max_steps to at least"):
         check_token_budget(t, 57, "train@balanced")
-    check_token_budget(TrainParams(token_budget=150_000), 57, "train@balanced")  # reachable
-    check_token_budget(TrainParams(token_budget=10**10, stop="steps"), 57, "x")  # no token stop
+    check_token_budget(TrainParams.of_project(token_budget=150_000), 57, "train@balanced")  # reachable
+    check_token_budget(TrainParams.of_project(token_budget=10**10, stop="steps"), 57, "x")  # no token stop
 
 
 # ---------------------------------------------------------------- CLI inputs
@@ -285,7 +286,7 @@ main("prepare", run, ["data"])
 def sigterm_once_started(script: str, tmp_path, start_s: float, end_s: float):
     """Run `python -c script` in tmp_path (empty params), SIGTERM it once it has written
     `started` (or after start_s), and return (process, its stderr) when it has ended."""
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged({})))
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=_env(tmp_path),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + start_s
@@ -359,13 +360,13 @@ def _run_xi_here(monkeypatch, folder: Path) -> dict[str, bytes]:
     monkeypatch.chdir(folder)
     monkeypatch.setattr(xi, "log_metrics", lambda *a, **k: None)
     monkeypatch.setattr(xi, "mlflow", types.SimpleNamespace(log_artifact=lambda *a, **k: None))
-    params = parse_params(XI_PARAMS)
+    params = params_with(XI_PARAMS)
     xi.run(params)
     return {str(f): f.read_bytes() for f in _xi_outputs(params)}
 
 
 def _state(folder: Path) -> dict[str, bytes | None]:
-    params = parse_params(XI_PARAMS)
+    params = params_with(XI_PARAMS)
     return {str(f): (folder / f).read_bytes() if (folder / f).exists() else None
             for f in _xi_outputs(params)}
 
@@ -397,7 +398,7 @@ KILL_XI = """
 import os, signal, sys, types
 import relbudget.core.io as rio
 import stages.xi as xi
-from relbudget.core.params import parse_params
+from relbudget.core.params import params_with
 
 where, count = sys.argv[1], int(sys.argv[2])
 xi.log_metrics = lambda *a, **k: None
@@ -416,7 +417,7 @@ else:  # SIGKILL inside the gamma_fit plot (the fifth write), after its temp fil
         real_plot(df, path, gamma)
         os.kill(os.getpid(), signal.SIGKILL)
     xi.gamma_fit = plot
-xi.run(parse_params(%r))
+xi.run(params_with(%r))
 """ % (XI_PARAMS,)
 
 
@@ -453,7 +454,7 @@ def test_sigkill_of_xi_mid_set_leaves_all_old_or_all_new(tmp_path, xi_sets, wher
         assert count == 0 or {killed[f] == new[f] for f in killed} == {True, False}
     else:
         assert killed == old and _leftovers(proj) != []  # the staged temp files
-    remove_stale_temps([proj / f for f in _xi_outputs(parse_params(XI_PARAMS))])
+    remove_stale_temps([proj / f for f in _xi_outputs(params_with(XI_PARAMS))])
     assert _state(proj) == (old if expect == "old" else new)
     assert _leftovers(proj) == []
 
@@ -464,7 +465,7 @@ def test_sigkill_of_xi_mid_set_leaves_all_old_or_all_new(tmp_path, xi_sets, wher
 def test_damaged_mlflow_db_is_one_line_naming_the_file(tmp_path):
     """The measured case: mlflow.db overwritten with garbage gave SQLAlchemy's `file is not a
     database` traceback from every stage."""
-    (tmp_path / "params.yaml").write_text("{}\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged({})))
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"not sqlite at all " * 300)
     env = _env(tmp_path)
@@ -501,7 +502,7 @@ def test_read_only_data_fails_before_any_compute(tmp_path, monkeypatch):
     the old outputs as they were."""
     _xi_project(tmp_path, seed=1)
     old = _run_xi_here(monkeypatch, tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(XI_PARAMS))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged(XI_PARAMS)))
     t0 = time.time()
     try:
         r = subprocess.run(_read_only(tmp_path / "data", [sys.executable, "-m", "stages.xi"]),
@@ -549,7 +550,7 @@ import sys, threading, time
 from pathlib import Path
 from flows.pipeline import _kill_stages_on_sigterm
 from relbudget.core.io import atomic_path
-from relbudget.core.params import parse_params
+from relbudget.core.params import params_with
 from stages._cli import KILLED, execute
 
 def slow(params):
@@ -559,7 +560,7 @@ def slow(params):
         while True:
             time.sleep(0.05)
 
-params, result = parse_params({}), {}
+params, result = params_with({}), {}
 
 def worker(stage):
     try:
@@ -689,10 +690,10 @@ def test_outputs_of_foreign_writers_get_the_umask(tmp_path):
 
 
 def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
-    from relbudget.core.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, params_with
     from stages._cli import execute
 
-    params = parse_params({})
+    params = params_with({})
     with pytest.raises(ParamsError, match="unknown regime 'base'"):
         execute("train", lambda p, r: None, params, ["train"], "base")
 
@@ -705,10 +706,10 @@ def test_train_base_is_an_unknown_regime_not_a_hint_to_add_it(tmp_path):
 def test_every_numeric_param_has_a_ceiling(section, key):
     """1e9-scale values used to pass validation and then hang or exhaust memory; each is now
     refused by name before any stage starts."""
-    from relbudget.core.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, params_with
 
     with pytest.raises(ParamsError, match=rf"{section}\.{key}: .*less than or equal"):
-        parse_params({section: {key: 10**12}})
+        params_with({section: {key: 10**12}})
 
 
 def test_a_store_left_with_a_hot_journal_is_not_called_damaged(tmp_path):

@@ -40,10 +40,10 @@ def test_render_prompt_uses_the_chat_template_only_where_there_is_one():
 
 
 def test_bad_chat_template_value_names_the_field():
-    from relbudget.core.params import ParamsError, parse_params
+    from relbudget.core.params import ParamsError, params_with
 
     with pytest.raises(ParamsError, match="base_policy.chat_template"):
-        parse_params({"base_policy": {"chat_template": "yes"}})
+        params_with({"base_policy": {"chat_template": "yes"}})
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import yaml
 
 from relbudget.measure import estimators as est
 from relbudget.measure.models import char_tokenizer, tiny_llama
-from relbudget.core.params import load_params, parse_params
+from relbudget.core.params import load_params, params_with
 from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
 from relbudget.core.schemas import ROLLOUTS, validate
 from relbudget.measure.task import builtin_splits
@@ -168,15 +168,15 @@ def test_horizon_beyond_the_model_context_is_refused_before_training():
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=40)
     prompts = pd.DataFrame({"prompt": ["12+34=", "1+2="]})
-    train = parse_params({"train": {"use_vllm": True}}).train
+    train = params_with({"train": {"use_vllm": True}}).train
     assert check_length(model, tok, prompts, 34, train) == 40  # 6 + 34 = 40 fits, sizes vLLM
     with pytest.raises(ValueError, match="max_position_embeddings"):
         check_length(model, tok, prompts, 35, train)
     # TRL's colocated vLLM engine too small for prompt + H: refused, naming the field
-    small = parse_params({"train": {"use_vllm": True, "vllm_max_model_len": 39}}).train
+    small = params_with({"train": {"use_vllm": True, "vllm_max_model_len": 39}}).train
     with pytest.raises(ValueError, match=r"train.vllm_max_model_len = 39 .* at least 40"):
         check_length(model, tok, prompts, 34, small)
-    roomy = parse_params({"train": {"use_vllm": True, "vllm_max_model_len": 64}}).train
+    roomy = params_with({"train": {"use_vllm": True, "vllm_max_model_len": 64}}).train
     assert check_length(model, tok, prompts, 34, roomy) == 64
 
 
@@ -188,7 +188,7 @@ def test_a_tokenizer_that_adds_bos_is_flagged_before_training(caplog):
     tok = char_tokenizer()
     model = tiny_llama(tok, 32, 1, 2, 64, max_position=64)
     prompts = pd.DataFrame({"prompt": ["12+34="]})
-    train = parse_params({}).train
+    train = params_with({}).train
     with caplog.at_level("WARNING", logger="relbudget.train"):
         check_length(model, tok, prompts, 8, train)
     assert "special tokens" not in caplog.text

@@ -64,7 +64,7 @@ def test_completion_goes_on_after_right_and_wrong_attempts_alike():
 
 
 def test_corpus_cut_traces_get_no_eos():
-    p = BasePolicyParams(slip_carry=0.5, continue_rate=0.9, trace_tokens=120)
+    p = BasePolicyParams.of_project(slip_carry=0.5, continue_rate=0.9, trace_tokens=120)
     corpus = trace_corpus(300, [1, 2], 2, seed=0, retry=p)
     assert all(len(c) <= 120 for _, c, _ in corpus)
     assert {e for _, _, e in corpus} == {True, False}

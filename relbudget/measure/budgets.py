@@ -25,7 +25,7 @@ log = logging.getLogger("relbudget.measure.budgets")
 
 def budgets_file(xi_dir: str | Path) -> Path:
     """budgets.yaml in the xi stage's folder (the name is declared once, on Paths)."""
-    return Path(Paths(xi=str(xi_dir)).budgets)
+    return Path(Paths.model_construct(xi=str(xi_dir)).budgets)
 
 
 class Budget(BaseModel):
