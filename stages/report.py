@@ -62,8 +62,9 @@ def run(params) -> dict:
     with output_set():  # the report's files replaced together, or none (relbudget.core.io)
         write_plots(params, inp, st)
         write_json(metrics, p.report_metrics)
-        # the numbers DVC compares across commits: git-tracked, outside data/ (relbudget.report.headline)
-        headline.write(metrics, inp["summary"], p)
+        # the few numbers DVC compares across commits: git-tracked, outside data/, the DAG's only
+        # metrics file (relbudget.report.headline)
+        headline.write(metrics, p)
         write_text(st["markdown"], p.report_md)
     log_metrics({f"{r['regime']}/{k}": v for r in st["rows"] for k, v in r.items()})
     log_metrics({"peak_xi": peak["xi"], "peak_xi_low": peak["low"], "peak_xi_high": peak["high"],

@@ -1,14 +1,18 @@
 """The headline metrics DVC compares across revisions (relbudget.report.headline, docs/tracking.md).
 
-- `headline(metrics)`: finite numbers only (no strings, None, NaN or inf) under METRIC.ENTITY
-  keys that no other metrics file or params.yaml uses, the same bytes when written twice; parts
-  whose input is absent are left out.
+- `headline(metrics)`: a few finite numbers (no strings, None, NaN or inf) under METRIC.ENTITY
+  keys that params.yaml does not use, the same bytes when written twice; parts whose input is
+  absent are left out.
 - The real report stage, run on hand-made inputs in a project copy, writes metrics/headline.json
   and metrics/efficiency.csv beside data/report/metrics.json.
 - The DVC wiring of a git-tracked metrics file (`cache: false`, committed): in a temporary
   git + DVC repo, two commits with different params, `dvc metrics diff HEAD~1 HEAD` shows the
   change, `dvc plots diff` renders both revisions, and the `dvc exp show` recipe of
   docs/tracking.md keeps the table within 120 columns.
+- The project's real dvc.yaml and params.yaml in a temporary repo with two commits of the
+  headline and no data/: plain `dvc metrics show`, `dvc metrics diff HEAD` and
+  `dvc metrics diff HEAD~1` succeed, load every metrics file (none is a per-run file under the
+  git-ignored data/) and `show` fits a terminal (SHOW_ROWS x SHOW_COLUMNS).
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import yaml
 from relbudget.report import headline as hl
 from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
-from relbudget.core.params import Paths, cell_name
-
-HEADLINE_JSON, EFFICIENCY_CSV = Paths.of_project().headline_json, Paths.of_project().efficiency_csv  # the defaults
+from relbudget.core.params import cell_name, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
+PATHS = load_params(ROOT / "params.yaml").paths
+HEADLINE_JSON, EFFICIENCY_CSV = PATHS.headline_json, PATHS.efficiency_csv
+SHOW_ROWS, SHOW_COLUMNS = 40, 160  # a terminal: what plain `dvc metrics show` must fit
 BASE = {"at": {"H_eval": {"accuracy": 0.77, "E_T": 40.0, "first_answer_accuracy": 0.6},
                "H_balanced": {"accuracy": 0.7}}}
 SWEEP_XI = [0.25, 0.5, 1.0, 1.75, 3.0, 6.0]
@@ -79,7 +84,15 @@ def realistic_metrics(seeds: int = 3) -> dict:
         "sweep": table.to_dict(orient="records"),
         "sweep_by_xi": agg.to_dict(orient="records"),
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
-        "peak_sentence": render.band_sentence(peak, (1.5, 2.0))})
+        "peak_sentence": render.band_sentence(peak, (1.5, 2.0)),
+        "target_accuracy": 0.8359,
+        "arms_summary": [  # as relbudget.report.compare.summary writes them (some keys)
+            {"arm": "fixed_best", "xi": 1.0, "tokens_to_target": 7515.0,
+             "ratio_to_fixed_best": 1.0, "acc_H_eval": 0.8893},
+            {"arm": "controller", "xi": 1.75, "tokens_to_target": 6929.0,
+             "ratio_to_fixed_best": 6929.0 / 7515.0, "acc_H_eval": 0.9023},
+            {"arm": "per_prompt", "xi": 1.75, "tokens_to_target": None,  # a seed never got there
+             "ratio_to_fixed_best": None, "acc_H_eval": 0.8659}]})
 
 
 def leaves(d: dict, prefix: str = "") -> dict:
@@ -99,31 +112,26 @@ def assert_numeric_headline(h: dict) -> None:
         assert key.count(".") == 1, key  # METRIC.ENTITY; no dot inside a name
 
 
-def test_headline_is_numbers_only_rounded_and_byte_stable(tmp_path):
+def test_headline_is_a_few_numbers_rounded_and_byte_stable(tmp_path):
     metrics = realistic_metrics()
-    metrics["regimes"]["ample"]["gain_per_100k"] = None  # NaN/inf become None in metrics.json
-    summary = {"E_T": 45.0312, "E_T_ci": [42.123456, 48.1]}
-    h = hl.headline(metrics, summary)
+    h = hl.headline(metrics)
     assert_numeric_headline(h)
-    assert list(h) == ["gain_per_100k", "gain_per_100k_err", "acc_H_eval", "xi", "H", "E_T"]
-    assert h["E_T"] == {"base": 45.03, "base_low": 42.12, "base_high": 48.1}  # 4 significant
-    assert list(h["xi"])[:3] == ["peak", "peak_low", "peak_high"]
-    assert h["xi"]["peak"] in SWEEP_XI and h["xi"]["balanced"] == 1.773
-    assert h["acc_H_eval"]["base"] == 0.77 and "first_answer_acc" not in h
-    sweep = ["xi0_25", "xi0_5", "xi1", "xi1_75", "xi3", "xi6"]
-    assert list(h["gain_per_100k"]) == ["deficient", "balanced", *sweep]  # ample's None left out
-    assert list(h["gain_per_100k_err"]) == sweep
-    assert h["H"]["balanced"] == 79 and type(h["H"]["balanced"]) is int
-    for row in metrics["sweep_by_xi"]:
-        assert h["gain_per_100k"][hl.xi_key(row["xi"])] == pytest.approx(row["gain_per_100k"],
-                                                                         rel=1e-3)
+    assert list(h) == ["xi", "gain_per_100k", "ratio", "E_T"]
+    peak = metrics["peak"]
+    assert h["xi"] == {"peak": peak["xi"], "peak_low": peak["low"], "peak_high": peak["high"]}
+    assert h["xi"]["peak"] in SWEEP_XI
+    best = max(r["gain_per_100k"] for r in metrics["sweep_by_xi"])  # the peak's mean gain
+    assert h["gain_per_100k"] == {"peak": pytest.approx(best, rel=1e-3)}
+    # the reference arm (1 by definition) and an arm that never reached the target left out
+    assert h["ratio"] == {"controller": 0.922}  # 4 significant digits
+    assert h["E_T"] == {"base": 45.03}
+    assert len(leaves(h)) <= 10  # one column each in `dvc metrics show`
 
     # the same metrics give the same bytes, written twice
-    a, b = tmp_path / "a.json", tmp_path / "b.json"
-    pa = Paths.of_project(metrics=str(tmp_path / "a"))
-    pb = Paths.of_project(metrics=str(tmp_path / "b"))
-    hl.write(metrics, summary, pa)
-    hl.write(json.loads(json.dumps(metrics)), summary, pb)
+    pa = PATHS.model_copy(update={"metrics": str(tmp_path / "a")})
+    pb = PATHS.model_copy(update={"metrics": str(tmp_path / "b")})
+    hl.write(metrics, pa)
+    hl.write(json.loads(json.dumps(metrics)), pb)
     a, b = Path(pa.headline_json), Path(pb.headline_json)
     assert a.read_bytes() == b.read_bytes()
     assert Path(pa.efficiency_csv).read_bytes() == Path(pb.efficiency_csv).read_bytes()
@@ -133,35 +141,25 @@ def test_headline_is_numbers_only_rounded_and_byte_stable(tmp_path):
     assert list(csv["xi"]) == SWEEP_XI
 
 
-def test_headline_skips_absent_parts_and_single_seed_errors():
+def test_headline_skips_absent_parts_and_non_finite_numbers():
     assert hl.headline({}) == {}
-    assert hl.headline({"base": {"E_T": None, "acc_H_eval": 0.5}}) == {"acc_H_eval": {"base": 0.5}}
+    assert hl.headline({"base": {"E_T": None, "acc_H_eval": 0.5}}) == {}
     one_seed = realistic_metrics(seeds=1)
     h = hl.headline({k: one_seed[k] for k in ("sweep_by_xi", "peak")})
-    assert list(h) == ["gain_per_100k", "acc_H_eval", "xi", "H"]  # no _err: NaN with one seed
+    assert list(h) == ["xi", "gain_per_100k"]
     assert_numeric_headline(h)
-    assert hl.xi_key(1.0) == "xi1" and hl.xi_key(0.25) == "xi0_25" and hl.xi_key(1.75) == "xi1_75"
+    nan_gain = [{**r, "gain_per_100k": None} for r in one_seed["sweep_by_xi"]]
+    assert list(hl.headline({**one_seed, "sweep_by_xi": nan_gain})) == ["xi", "ratio", "E_T"]
     assert hl.number(float("nan")) is None and hl.number(True) is None
     assert hl.number("0.5") is None and hl.number(np.float32(0.1234567)) == 0.1235
     assert hl.number(-0.00001) == -1e-05 and hl.number(-1e-300) == -1e-300
-    with pytest.raises(ValueError, match="'peak_low' is named twice"):
-        hl.headline({**one_seed, "regimes": {"peak_low": {"xi": 1.0}}})
 
 
-def test_headline_keys_repeat_no_key_of_the_other_metrics_and_params():
-    """`dvc exp show` names a column whose key two files share PATH:KEY (wider, and missed by a
-    --keep KEY pattern): the headline's keys are its own."""
-    from relbudget.measure import estimators as est
-    from tests.synth import make_rollouts
-
-    summary = est.summarize(make_rollouts(40, 4), None, 4, 20)
-    summary["budgets"] = {"balanced": {"H": 79, "target_xi": 1.75, "regime": "balanced"}}
-    run = {"regime": "balanced", "cell": "xi1.75-s0", "arm": "controller", "target_xi": 1.0,
-           "H0": 45, "E_T_base": 45.0, "token_budget": 40000, "budget": {"filter_n_kept": 3}}
-    others = [realistic_metrics(), summary, {**regime_eval(0.8), **run}, cell_eval(1.75, 0, 0.8),
-              yaml.safe_load((ROOT / "params.yaml").read_text())]
-    taken = {k for d in others for k in leaves(d)}
-    h = hl.headline(realistic_metrics(), {"E_T_ci": [42.1, 48.1]})
+def test_headline_keys_repeat_no_key_of_params():
+    """`dvc exp show` names a column whose key a params file and a metrics file share PATH:KEY
+    (wider, and missed by a --keep KEY pattern): the headline's keys are its own."""
+    taken = set(leaves(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    h = hl.headline(realistic_metrics())
     assert not set(leaves(h)) & taken
 
 
@@ -215,16 +213,11 @@ def test_report_stage_writes_the_headline_files(project: Path):
              for f in (HEADLINE_JSON, EFFICIENCY_CSV, params.paths.report_metrics)}
     h = json.loads(first[HEADLINE_JSON])
     assert_numeric_headline(h)
-    # 1 seed: no _err; METRIC_ORDER, the arms' metrics among them
-    assert [m for m in h if m != "ratio_to_fixed_best"] == [
-        "gain_per_100k", "tokens_to_target", "acc_H_eval", "xi", "H", "E_T"]
-    assert {"arm_fixed_best", "arm_controller", "target"} <= set(h["acc_H_eval"])
-    entities = [*params.regimes, *map(hl.xi_key, params.sweep.xi)]
-    assert list(h["gain_per_100k"])[:len(entities)] == entities
-    assert h["E_T"] == {"base": 45.03, "base_low": 42.1, "base_high": 48.1}
-    assert h["acc_H_eval"]["base"] == 0.77 and h["xi"]["peak"] in params.sweep.xi
-    assert hl.headline(json.loads(first[params.paths.report_metrics]),
-                       {"E_T_ci": [42.1, 48.1]}) == h
+    assert list(h) == ["xi", "gain_per_100k", "ratio", "E_T"]
+    assert set(h["ratio"]) == set(params.arms.arms)  # every adaptive arm, not the reference
+    assert h["E_T"] == {"base": 45.03}
+    assert h["xi"]["peak"] in params.sweep.xi
+    assert hl.headline(json.loads(first[params.paths.report_metrics])) == h
     assert len(first[EFFICIENCY_CSV].decode().splitlines()) == 1 + len(params.sweep.xi)
     # a rerun on the same inputs writes the same bytes
     execute("report", report.run, params, report.SECTIONS)
@@ -238,7 +231,7 @@ def test_report_stage_writes_the_headline_files(project: Path):
 MAKE_METRICS = """\
 import json, os, yaml
 from relbudget.report import headline as hl
-from relbudget.core.params import Paths
+from relbudget.core.params import load_params
 
 p = yaml.safe_load(open("params.yaml"))
 gain = 12000 / p["sweep"]["token_budget"]
@@ -247,22 +240,25 @@ rows = [{"xi": x, "H": round(45 * x), "gain_per_100k": gain / (1 + abs(x - 1)),
 metrics = {"base": {"E_T": 45.03, "acc_H_eval": 0.77, "first_answer_acc": 0.6},
            "regimes": {r: {"regime": r, "xi": x, "H": round(45 * x), "acc_H_eval": 0.8,
                            "gain_per_100k": gain} for r, x in p["regimes"].items()},
-           "sweep_by_xi": rows, "peak": {"xi": 1.0, "low": 0.5, "high": 1.75}, "peak_sentence": "."}
+           "sweep_by_xi": rows, "peak": {"xi": 1.0, "low": 0.5, "high": 1.75}, "peak_sentence": ".",
+           "arms_summary": [{"arm": "fixed_best", "ratio_to_fixed_best": 1.0},
+                            {"arm": "controller", "ratio_to_fixed_best": 0.9}]}
 os.makedirs("data/report", exist_ok=True)
 with open("data/report/metrics.json", "w") as f:
     json.dump(metrics, f)
-hl.write(metrics, {"E_T": 45.03, "E_T_ci": [42.1, 48.1]}, Paths.of_project())
+hl.write(metrics, load_params("params.yaml").paths)
 """
-# the report block of the real dvc.yaml, its headline entries as they are there
+# the report block of the real dvc.yaml: its metrics (the headline) as they are there, and
+# metrics.json as an ordinary (cached) out
 REAL_REPORT = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["report"]
 DVC_YAML = {"stages": {"report": {
     "cmd": "python make_metrics.py", "deps": ["make_metrics.py"], "params": ["sweep", "regimes"],
-    "metrics": [{"data/report/metrics.json": {"cache": False}},
-                *[m for m in REAL_REPORT["metrics"] if "/headline.json" in next(iter(m))]],
+    "outs": ["data/report/metrics.json"],
+    "metrics": REAL_REPORT["metrics"],
     "plots": [p for p in REAL_REPORT["plots"] if "/efficiency.csv" in next(iter(p))]}}}
 
 
-def sh(*cmd: str, cwd: Path) -> str:
+def run(*cmd: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(ROOT), "DVC_NO_ANALYTICS": "1", "COLUMNS": "1000",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -270,7 +266,11 @@ def sh(*cmd: str, cwd: Path) -> str:
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n"
                                  f"{out.stderr[-3000:]}")
-    return out.stdout
+    return out
+
+
+def sh(*cmd: str, cwd: Path) -> str:
+    return run(*cmd, cwd=cwd).stdout
 
 
 def set_token_budget(repo: Path, value: int) -> None:
@@ -302,7 +302,7 @@ def test_dvc_compares_the_headline_across_commits_and_experiments(tmp_path):
     sh("git", "commit", "-qm", "first", cwd=repo)
     tracked = sh("git", "ls-files", cwd=repo).split()
     assert HEADLINE_JSON in tracked and EFFICIENCY_CSV in tracked  # in git, not the cache
-    assert "data/report/metrics.json" not in tracked
+    assert "data/report/metrics.json" not in tracked  # in the DVC cache
 
     set_token_budget(repo, 20000)
     sh("dvc", "repro", "-q", cwd=repo)
@@ -312,12 +312,13 @@ def test_dvc_compares_the_headline_across_commits_and_experiments(tmp_path):
     diff = json.loads(sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--targets",
                          HEADLINE_JSON, "--json", cwd=repo))
     changed = diff[HEADLINE_JSON]
-    assert changed["gain_per_100k.balanced"] == {"old": 0.3, "new": 0.6, "diff": pytest.approx(0.3)}
-    assert changed["gain_per_100k.xi1_75"] == {"old": 0.1714, "new": 0.3429,
-                                               "diff": pytest.approx(0.1715)}
-    assert "xi.peak" not in changed and "E_T.base" not in changed  # unchanged: not listed
-    table = sh("dvc", "metrics", "diff", "HEAD~1", "--targets", HEADLINE_JSON, cwd=repo)
-    assert re.search(r"gain_per_100k\.xi1_75 +0\.1714 +0\.3429 +0\.1715", table), table
+    assert changed == {"gain_per_100k.peak": {"old": 0.3, "new": 0.6, "diff": pytest.approx(0.3)}}
+    table = sh("dvc", "metrics", "diff", "HEAD~1", cwd=repo)  # the headline: no --targets needed
+    assert re.search(r"gain_per_100k\.peak +0\.3 +0\.6 +0\.3", table), table
+    # metrics.json, an out in the DVC cache: also compared across commits when named
+    full = json.loads(sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--targets",
+                         "data/report/metrics.json", "--json", cwd=repo))
+    assert full["data/report/metrics.json"]["regimes.balanced.gain_per_100k"]["new"] == 0.6
 
     plots = json.loads(sh("dvc", "plots", "diff", "HEAD~1", "HEAD", "--targets",
                           EFFICIENCY_CSV, "--json", cwd=repo))
@@ -327,14 +328,58 @@ def test_dvc_compares_the_headline_across_commits_and_experiments(tmp_path):
     assert plot["content"]["encoding"]["x"]["field"] == "xi"
 
     # an experiment, then the documented `dvc exp show` recipe: the headline's columns by their
-    # own names (no PATH: prefix though data/report/metrics.json has peak.xi too), within 120
+    # own names (no PATH: prefix: no key is also a param's), within 120
     sh("dvc", "exp", "run", "-q", "-S", "sweep.token_budget=80000", "-n", "budget-80k", cwd=repo)
     out = sh(*recipe((ROOT / "docs/tracking.md").read_text()), cwd=repo)
     lines = out.splitlines()
     header = next(ln for ln in lines if "Experiment" in ln).split()
-    assert "xi.peak" in header and "gain_per_100k.balanced" in header, out
+    assert "xi.peak" in header and "gain_per_100k.peak" in header, out
     assert not any(":" in h for h in header), out
     exp = next(ln for ln in lines if "budget-80k" in ln).split()
     assert "0.15" in exp and "80000" in exp, out  # gain 12000 / 80000 per 100k tokens
     width = max(len(ln) for ln in lines)
     assert width <= 120, f"{width} columns:\n{out}"
+
+
+def commit_headline(repo: Path, metrics: dict, message: str) -> None:
+    """The report stage's git-tracked files (relbudget.report.headline) of `metrics`, committed."""
+    paths = load_params(repo / "params.yaml").paths
+    hl.write_headline(hl.headline(metrics), repo / paths.headline_json)
+    hl.write_efficiency(hl.efficiency_rows(metrics), repo / paths.efficiency_csv)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", message, cwd=repo)
+
+
+def test_plain_dvc_metrics_show_and_diff_on_the_real_dag(tmp_path):
+    """The project's dvc.yaml and params.yaml, two commits of the headline, no data/ (as in a
+    fresh clone): every metrics file the DAG declares loads in every revision, and the table of
+    plain `dvc metrics show` fits a terminal. A per-run JSON under data/ declared as metrics
+    again fails it ("failed to load"), and a headline grown wide or tall fails the size check."""
+    repo = tmp_path / "repo"
+    (repo / "metrics").mkdir(parents=True)
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    for name in (".gitignore", "dvc.yaml", "params.yaml"):
+        (repo / name).write_text((ROOT / name).read_text())
+    metrics = realistic_metrics()
+    commit_headline(repo, metrics, "first")
+    better = {**metrics, "base": {**metrics["base"], "E_T": 46.5},
+              "arms_summary": [{**r, "ratio_to_fixed_best": 0.8} if r["arm"] == "controller"
+                               else r for r in metrics["arms_summary"]]}
+    commit_headline(repo, better, "second")
+
+    outs = {cmd: run("dvc", "metrics", *cmd, cwd=repo)
+            for cmd in (("show",), ("diff", "HEAD"), ("diff", "HEAD~1"))}
+    for cmd, out in outs.items():
+        assert "failed to load" not in (out.stdout + out.stderr).lower(), (cmd, out.stdout,
+                                                                           out.stderr)
+    shown = outs["show",].stdout.splitlines()
+    assert shown[0].split()[0] == "Path" and shown[1].split()[0] == HEADLINE_JSON, shown
+    assert len(shown) <= SHOW_ROWS, f"{len(shown)} rows:\n" + "\n".join(shown)
+    width = max(map(len, shown))
+    assert width <= SHOW_COLUMNS, f"{width} columns:\n" + "\n".join(shown)
+    assert "xi.peak" in shown[0] and "gain_per_100k.peak" in shown[0], shown
+    assert outs["diff", "HEAD"].stdout.strip() in ("", "No changes."), outs["diff", "HEAD"].stdout
+    changed = [ln.split()[1] for ln in outs["diff", "HEAD~1"].stdout.splitlines()[1:]]
+    assert changed == ["E_T.base", "ratio.controller"], outs["diff", "HEAD~1"].stdout

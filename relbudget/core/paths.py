@@ -5,6 +5,11 @@
 from it, and tests/test_interfaces.py checks dvc.yaml against it (and the stages' code deps and
 params sections against their imports and SECTIONS). File names inside the folders live on
 `Paths` (relbudget.core.params).
+
+Only the git-tracked headline is a metrics file (a handful of numbers, so plain `dvc metrics show`
+fits a terminal and `dvc metrics diff REV` finds it in every revision); the per-run JSONs (an
+evaluation, a sweep cell, an arm, the xi summary, the report's metrics.json) are ordinary outs,
+cached by DVC.
 """
 
 from __future__ import annotations
@@ -41,27 +46,27 @@ def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
     if stage == "sample_t":
         return StageFiles((p.base_model, p.prompts("train")), (p.rollouts,))
     if stage == "xi":
-        return StageFiles((p.rollouts,), (p.per_prompt, p.curves, p.budgets, p.E_T,
-                                          *(p.xi_plot(n) for n in XI_PLOTS)), (p.xi_summary,))
+        return StageFiles((p.rollouts,), (p.per_prompt, p.curves, p.budgets, p.E_T, p.xi_summary,
+                                          *(p.xi_plot(n) for n in XI_PLOTS)))
     if stage == "train":
         return StageFiles((p.base_model, p.prompts("train"), p.budgets),
                           (p.policy(key), p.history(key)))
     if stage == "evaluate":  # a regime's evaluation also logs its gain over the base's (MLflow)
         gain = (p.history(key), p.eval_json("base")) if key != "base" else ()
         return StageFiles((p.policy(key), p.prompts("eval"), p.budgets, *gain),
-                          (p.eval_rollouts(key),), (p.eval_json(key),))
+                          (p.eval_rollouts(key), p.eval_json(key)))
     if stage == "sweep":
         return StageFiles((p.base_model, p.prepared, p.E_T, p.eval_json("base")),
-                          (p.cell_history(key), p.cell_rollouts(key)), (p.cell_eval(key),))
+                          (p.cell_history(key), p.cell_rollouts(key), p.cell_eval(key)))
     if stage == "arm":
         return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.eval_json("base")),
-                          (p.arm_history(key),), (p.arm_json(key),))
+                          (p.arm_history(key), p.arm_json(key)))
     if stage == "fixed_best":  # `key` is the seed; it also reads the sweep (for its best xi)
         name = f"fixed_best-s{key}"
         return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.sweep,
-                           p.eval_json("base")), (p.arm_history(name),), (p.arm_json(name),))
+                           p.eval_json("base")), (p.arm_history(name), p.arm_json(name)))
     if stage == "report":
-        return StageFiles((p.xi, p.train, p.eval, p.sweep, p.arms), (p.report_md,),
-                          (p.report_metrics, p.headline_json),
+        return StageFiles((p.xi, p.train, p.eval, p.sweep, p.arms),
+                          (p.report_md, p.report_metrics), (p.headline_json,),
                           (*(p.report_plot(n) for n in REPORT_PLOTS), p.efficiency_csv))
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
