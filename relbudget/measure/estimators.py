@@ -151,6 +151,19 @@ def _ratio(c: np.ndarray, h: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.where(h > 0, c / h, np.inf)
 
 
+def renewal_E_T(consumed, hits) -> float:
+    """The renewal estimator of E[T]: tokens spent per correct solution, sum(consumed) / #hits
+    (a miss adds all its tokens, a hit its tokens up to the answer); inf without a hit. The one
+    definition behind the dataset's E_T, each training step's E_t[T] and the controller's ratio."""
+    return float(_ratio(np.asarray(consumed, dtype=float), np.asarray(hits, dtype=bool)))
+
+
+def horizon_for(xi: float, E_T: float) -> int:
+    """H = max(1, round(xi * E[T])), rounded half up: the one rounding of a target xi to tokens
+    (the regimes' budgets, the sweep cells, the arms)."""
+    return max(1, int(math.floor(xi * E_T + 0.5)))
+
+
 def pooled_E_T(df: pd.DataFrame) -> float:
     """Dataset E[T]: sum(consumed) / #hits over all attempts (inf if no attempt hit).
 
@@ -375,10 +388,16 @@ def budget_reward(df: pd.DataFrame, H: int) -> pd.Series:
     is taken from a summary of the paper (Wachi et al. 2026, arXiv 2602.01523) and was not checked
     against the PDF.
     """
-    fct = _fct(df)
+    return pd.Series(budget_value(_fct(df), H), index=df.index, name="budget_reward")
+
+
+def budget_value(T, H: int):
+    """The `budget` reward of a first correct token T (NaN: none) at horizon H, elementwise:
+    (H - T + 1) / H if T <= H, else 0. The one formula behind the table's reward curves and the
+    reward GRPO trains on."""
     with np.errstate(invalid="ignore"):
-        r = np.where(fct <= H, (H - fct + 1.0) / H, 0.0)
-    return pd.Series(r, index=df.index, name="budget_reward")
+        return np.where(np.asarray(T, dtype=float) <= H, (H - np.asarray(T, dtype=float) + 1.0) / H,
+                        0.0)
 
 
 def reward_at(df: pd.DataFrame, H: int, reward: str) -> pd.Series:
@@ -601,7 +620,7 @@ def plan(df: pd.DataFrame, target_xi: float, group_size: int,
     if not math.isfinite(E_T):
         raise ValueError("no attempt in the rollout table is correct, so E[T] is infinite and "
                          "no finite horizon reaches the target xi")
-    H = max(1, int(math.floor(target_xi * E_T + 0.5)))  # round half up
+    H = horizon_for(target_xi, E_T)
     cap = table_cap(df)
     out: dict[str, Any] = {"target_xi": float(target_xi), "H": H, "xi": H / E_T, "E_T": E_T,
                            "group_size": G, "reward": reward, "max_tokens": cap,

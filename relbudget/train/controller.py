@@ -51,6 +51,8 @@ from typing import Any, Callable
 import numpy as np
 from transformers import TrainerCallback
 
+from relbudget.measure.estimators import renewal_E_T
+
 log = logging.getLogger(__name__)
 
 MIN_HITS = 5  # below this many correct completions in the window, the Gamma fit is not tried
@@ -66,7 +68,7 @@ def censored_mean_T(lengths, hits, method: str = "gamma") -> float:
     h = np.asarray(hits, dtype=bool)
     if not h.any():
         return math.nan
-    ratio = float(n.sum() / h.sum())
+    ratio = renewal_E_T(n, h)
     if method == "ratio" or h.sum() < MIN_HITS or (h.all() and np.ptp(n[h]) == 0):
         return ratio
     if method != "gamma":
@@ -204,7 +206,7 @@ class XiController(TrainerCallback):
         self._window.append((n, h))
         self._step = []
         H_run = self.H
-        e_t = float(n.sum() / h.sum()) if h.any() else math.nan
+        e_t = renewal_E_T(n, h) if h.any() else math.nan
         if step % self.every == 0:
             self._update()
         row = {"step": int(step), "H": H_run, "E_T": e_t,

@@ -43,6 +43,7 @@ from transformers import PrinterCallback, TrainerCallback
 
 from relbudget.core.io import switch_work_dir
 from relbudget.core.params import TrainParams
+from relbudget.measure.estimators import budget_value, renewal_E_T
 from relbudget.measure.sampling.common import Generation, Request, score
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,7 @@ def reward_of(row: dict, mode: str, H: int | None = None) -> float:
     if mode == "budget":
         if fct is None:
             return 0.0
-        H = int(H if H is not None else row["max_tokens"])
-        return (H - fct + 1) / H if fct <= H else 0.0
+        return float(budget_value(fct, int(H if H is not None else row["max_tokens"])))
     return 1.0 if row["final_correct"] else 0.0
 
 
@@ -181,7 +181,7 @@ def step_stats(rows: list[dict], rewards: list[float], H: int, G: int) -> dict:
     clipped = np.array([r["stop_reason"] == "length" for r in rows])
     # Restart semantics, censored at H: a hit costs its tokens up to the answer, a miss all of its.
     consumed = np.where(hit, fct, n)
-    E_T = float(consumed.sum() / hit.sum()) if hit.any() else math.nan
+    E_T = renewal_E_T(consumed, hit) if hit.any() else math.nan
     return {
         "generated_tokens": int(n.sum()),
         "reward_mean": float(rw.mean()),

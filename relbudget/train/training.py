@@ -39,7 +39,9 @@ def horizon(E_T_path: str | Path, xi: float) -> tuple[int, float]:
     E_T = json.loads(path.read_text()).get("E_T")
     if not isinstance(E_T, (int, float)) or not math.isfinite(E_T) or E_T <= 0:
         raise ValueError(f"{path}: E_T is {E_T!r}; the base policy solved nothing, so no H = xi E[T]")
-    return max(1, int(math.floor(xi * E_T + 0.5))), float(E_T)
+    from relbudget.measure.estimators import horizon_for
+
+    return horizon_for(xi, E_T), float(E_T)
 
 
 def check_length(model, tokenizer, prompts, H: int, train) -> int:
