@@ -1,12 +1,24 @@
-"""The pipeline of dvc.yaml as a Prefect 3 flow: same stage functions, cached, scheduled.
+"""The pipeline of dvc.yaml as a Prefect 3 flow: same stages, same DAG, cached, scheduled.
 
-    prepare -> base_policy -> sample_t -> xi -> train@REGIME (one task per regime, fanned out)
-            -> evaluate@REGIME, evaluate@base, sweep@CELL (one per xi x seed),
-               arm@ARM-sSEED (adaptive budgets) -> fixed_best@SEED (after the sweep) -> report
+The DAG is dvc.yaml's, read through DVC's own loader (flows/dag.py) at each flow run, against the
+flow's params: one task per stage DVC expands from it, named as DVC names it (`train@balanced`,
+`evaluate_base`, `sweep@0.25-0`, `arm@controller-0`, `fixed_best@0`), each waiting for the stages
+whose outs its deps read. With the stages of dvc.yaml today:
+
+    prepare -> base_policy -> sample_t -> xi
+    xi -> train@REGIME -> evaluate@REGIME              one per regime
+    xi -> evaluate_base -> evaluate@REGIME             the base policy's reference
+    xi, evaluate_base -> sweep@XI-SEED                 one per cell of the xi x seed grid
+    xi, sample_t, evaluate_base -> arm@ARM-SEED        adaptive budgets, per arm and seed
+    every sweep cell -> fixed_best@SEED                the sweep's best xi again, per seed
+    xi, train@*, evaluate*, sweep@*, arm@*, fixed_best@* -> report
+
+A stage added to dvc.yaml (its cmd `python -m stages.NAME [KEY]`) is a task of the flow with no
+edit here; a new stage module also needs its files in relbudget.core.paths and a timeout below.
 
 Every task calls the stage's own `run` through `stages._cli.execute`, the function behind
 `python -m stages.NAME` (and so behind `dvc repro`): one MLflow run per stage execution, ended
-FAILED on an exception. No stage logic lives here, only the wiring and the orchestration.
+FAILED on an exception. No stage logic and no edge of the DAG live here, only the orchestration.
 
 Where it writes: every path of `params.paths` is re-rooted under the flow parameter `out_root`
 (default `runs/prefect`, relative to the working directory), so `runs/prefect/data/rollouts/...`
@@ -30,7 +42,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from prefect import allow_failure, flow, get_run_logger, task
 from prefect.context import FlowRunContext
@@ -40,8 +52,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from flows.cache import (MISSING, base_key, label_of, manifest, stage_cache_key, stage_io,
                          tree_digest)
+from flows.dag import DVC_YAML, DagError, Step, plan
 from relbudget.core.io import to_json_safe, write_json
-from relbudget.core.params import Params, ParamsError, Paths, arm_name, format_errors, load_params
+from relbudget.core.params import Params, ParamsError, Paths, format_errors, load_params
+from relbudget.core.paths import STAGES
 
 SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
@@ -64,7 +78,8 @@ class FlowConfigError(ValueError):
 
 
 class Timeouts(BaseModel):
-    """Seconds each task may run (one attempt) before Prefect fails it as TimedOut."""
+    """Seconds each task may run (one attempt) before Prefect fails it as TimedOut, per stage
+    module (every stage of dvc.yaml runs one)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -123,6 +138,18 @@ def rooted(params: Params, out_root: str) -> Params:
     return params.model_copy(update={"paths": params.paths.model_copy(update=moved)})
 
 
+def flow_plan(params: Params, dvc_yaml: Path = DVC_YAML) -> list[Step]:
+    """dvc.yaml's stage executions for these params (flows/dag.py), refused before any task
+    starts if one runs a stage module the flow cannot run (no files declared, no timeout)."""
+    steps = plan(params, dvc_yaml)
+    for s in steps:
+        if s.module not in STAGES or s.module not in Timeouts.model_fields:
+            raise DagError(f"dvc.yaml stage {s.label} runs stages.{s.module}, which the flow does "
+                           "not know: declare its files in relbudget.core.paths and its timeout "
+                           "in flows/pipeline.py (Timeouts)")
+    return steps
+
+
 # --------------------------------------------------------------------------- the task
 
 
@@ -177,13 +204,15 @@ def flow_pipeline_run():
 
 
 @task(persist_result=True, cache_key_fn=stage_cache_key)
-def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) -> dict:
-    """One stage execution through stages._cli.execute (its MLflow run ends FAILED on error)."""
+def run_stage(stage: str, regime: str | None, params: Params, state_dir: str,
+              label: str | None = None) -> dict:
+    """One stage execution through stages._cli.execute (its MLflow run ends FAILED on error):
+    module `stages.<stage>` on its key `regime`; `label` is its dvc.yaml name (errors, logs)."""
     from prefect.transactions import get_transaction
 
     from stages._cli import execute
 
-    label = label_of(stage, regime)
+    label = label or label_of(stage, regime)
     logger = get_run_logger()
     try:
         module = importlib.import_module(f"stages.{stage}")
@@ -204,7 +233,8 @@ def run_stage(stage: str, regime: str | None, params: Params, state_dir: str) ->
                           transient=is_transient(err)) from err
     txn = get_transaction()
     key = txn.key if txn is not None and txn.key else base_key(stage, regime, params)
-    write_json({"key": key, "outputs": digests}, manifest(state_dir, label))
+    # the manifest is named as flows/cache.py reads it back: by module and key
+    write_json({"key": key, "outputs": digests}, manifest(state_dir, label_of(stage, regime)))
     logger.info("%s wrote %s", label, ", ".join(outs))
     return {"stage": label, "outputs": digests, "result": to_json_safe(result)}
 
@@ -364,15 +394,18 @@ def _failure_text(state) -> str:
 
 
 @flow(name="relbudget-pipeline", task_runner=make_task_runner(), validate_parameters=True,
-      description="prepare -> base_policy -> sample_t -> xi -> train@regime -> evaluate -> report")
+      description="The stages of dvc.yaml (prepare, base_policy, sample_t, xi, train@REGIME, "
+                  "evaluate@REGIME, evaluate_base, sweep@XI-SEED, arm@ARM-SEED, fixed_best@SEED, "
+                  "report) with dvc.yaml's DAG, cached per task")
 def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
              timeouts: dict[str, float] | None = None, retries: int = 2,
              retry_delay_s: float = 30.0, reproducible: bool = True) -> dict:
-    """The dvc.yaml pipeline. Parameters: see FlowConfig; timeouts maps stage -> seconds."""
+    """The dvc.yaml pipeline. Parameters: see FlowConfig; timeouts maps stage module -> seconds."""
     logger = get_run_logger()
     cfg = flow_config(params_file=params_file, out_root=out_root, timeouts=timeouts,
                       retries=retries, retry_delay_s=retry_delay_s, reproducible=reproducible)
     params = rooted(load_params(cfg.params_file), cfg.out_root)  # validated before any compute
+    steps = flow_plan(params)  # dvc.yaml's stages and edges, for these params
     root = Path(cfg.out_root)
     results_dir, state_dir = root / RESULTS_DIR, root / STATE_DIR
     for d in (results_dir, state_dir):
@@ -383,51 +416,36 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
 
     ctx = FlowRunContext.get()
     serial = cfg.reproducible and isinstance(getattr(ctx, "task_runner", None), ThreadPoolTaskRunner)
-    logger.info("writing under %s (params %s); torch stages %s", root.resolve(), cfg.params_file,
+    logger.info("%d stages of dvc.yaml, writing under %s (params %s); torch stages %s", len(steps),
+                root.resolve(), cfg.params_file,
                 "one at a time (reproducible)" if serial else "concurrent")
 
     futures: dict[str, Any] = {}
     last_torch: list[Any] = []
 
-    def submit(stage: str, regime: str | None, after: Iterable[str]) -> None:
-        label = label_of(stage, regime)
-        sampling = stage in SAMPLING
+    def submit(step: Step) -> None:
+        # options by stage module (its retries and timeout), edges by dvc.yaml
+        sampling = step.module in SAMPLING
         t = run_stage.with_options(
-            name=stage, task_run_name=label, result_storage=storage,
-            timeout_seconds=getattr(cfg.timeouts, stage),
+            name=step.module, task_run_name=step.label, result_storage=storage,
+            timeout_seconds=getattr(cfg.timeouts, step.module),
             retries=cfg.retries if sampling else 0,
             retry_delay_seconds=exponential_backoff(cfg.retry_delay_s) if sampling else 0,
             retry_jitter_factor=0.2 if sampling and cfg.retry_delay_s else None,
             retry_condition_fn=retry_if_transient if sampling else None)
-        wait = [futures[a] for a in after]
-        if serial and stage in TORCH_STAGES:
+        wait = [futures[u] for u in step.upstream]  # plan order: submitted already
+        torch_serial = serial and step.module in TORCH_STAGES
+        if torch_serial:
             wait += [allow_failure(f) for f in last_torch]
-        futures[label] = t.submit(stage, regime, params, str(state_dir), wait_for=wait)
-        if serial and stage in TORCH_STAGES:
-            last_torch[:] = [futures[label]]
+        futures[step.label] = t.submit(step.module, step.key, params, str(state_dir), step.label,
+                                       wait_for=wait)
+        if torch_serial:
+            last_torch[:] = [futures[step.label]]
 
     undo_logs, undo_sigterm = _ship_stage_logs(), _kill_stages_on_sigterm()
     try:
-        submit("prepare", None, [])
-        submit("base_policy", None, ["prepare"])
-        submit("sample_t", None, ["base_policy"])
-        submit("xi", None, ["sample_t"])
-        for r in params.regimes:
-            submit("train", r, ["xi"])
-        submit("evaluate", "base", ["xi"])
-        for r in params.regimes:
-            submit("evaluate", r, [f"train@{r}"])
-        cells = [cell for cell, _, _ in params.sweep.cells()]
-        for cell in cells:
-            submit("sweep", cell, ["xi"])
-        arms = [arm_name(a, s) for a in params.arms.arms for s in params.sweep.seeds]
-        for name in arms:
-            submit("arm", name, ["xi"])
-        for s in params.sweep.seeds:  # the best fixed xi is known once every cell has finished
-            submit("fixed_best", str(s), ["evaluate@base", *(f"sweep@{c}" for c in cells)])
-        submit("report", None, ["evaluate@base", *(f"evaluate@{r}" for r in params.regimes),
-                                *(f"sweep@{c}" for c in cells), *(f"arm@{n}" for n in arms),
-                                *(f"fixed_best@{s}" for s in params.sweep.seeds)])
+        for step in steps:
+            submit(step)
         for f in futures.values():
             f.wait()
     finally:
@@ -488,9 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = dict(params_file=args.params, out_root=args.out_root,
                       timeouts=_timeouts_arg(args.timeout), retries=args.retries,
                       retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible)
-        rooted(load_params(args.params), flow_config(**kwargs).out_root)  # fail fast, before Prefect
+        # fail fast, before Prefect starts: bad params, flow parameters or dvc.yaml
+        flow_plan(rooted(load_params(args.params), flow_config(**kwargs).out_root))
         check_reachable(tracking_uri())  # a damaged mlflow.db: one line here, not in every task
-    except (FlowConfigError, ParamsError, TrackingError) as err:
+    except (FlowConfigError, ParamsError, DagError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     flow_ = pipeline

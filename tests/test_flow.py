@@ -23,7 +23,8 @@ import yaml
 
 from flows import cache
 from flows import pipeline as fp
-from relbudget.core.params import Params, merged, params_with
+from flows.dag import DagError, Step
+from relbudget.core.params import Params, arm_name, load_params, merged, params_with
 from relbudget.core.paths import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,14 +61,6 @@ def write_params(folder: Path, name: str = "params.yaml", **override) -> Path:
 def run_flow(**kwargs):
     state = fp.pipeline(**{**RUN, **kwargs}, return_state=True)
     return state, (state.result() if state.is_completed() else None)
-
-
-def expected_labels(params: Params) -> list[str]:
-    return [*MEASUREMENT, *(f"train@{r}" for r in params.regimes), "evaluate@base",
-            *(f"evaluate@{r}" for r in params.regimes),
-            *(f"sweep@{cell}" for cell, _, _ in params.sweep.cells()),
-            *(f"arm@{a}-s{s}" for a in params.arms.arms for s in params.sweep.seeds),
-            *(f"fixed_best@{s}" for s in params.sweep.seeds), "report"]
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +139,86 @@ def test_code_key_covers_the_stage_and_the_library_modules_it_imports():
         assert cache.stage_sections(stage) == list(importlib.import_module(f"stages.{stage}").SECTIONS)
 
 
+# ---------------------------------------------------------------------------- the DAG
+
+
+def dvc_graph(root: Path) -> dict[str, tuple[str, set[str]]]:
+    """{stage: (cmd, the stages it reads from)} as `dvc repro` sees the project in `root`."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        graph = repo.index.graph
+        return {s.name: (s.cmd, {d.name for d in graph.successors(s)}) for s in repo.index.stages}
+
+
+@pytest.mark.filterwarnings("ignore:_NoneStep.value:DeprecationWarning")  # DVC's trie code
+def test_flow_plan_is_the_dag_of_dvc_yaml():
+    # the flow resolves dvc.yaml against its own params (here the project's params.yaml); DVC
+    # against the project's files, as `dvc repro` does: same stages, commands and edges
+    steps = fp.flow_plan(load_params(ROOT / "params.yaml"))
+    dvc = dvc_graph(ROOT)
+    assert sorted(s.label for s in steps) == sorted(dvc)
+    placed: set[str] = set()
+    for s in steps:
+        cmd, upstream = dvc[s.label]
+        assert cmd == " ".join(["python -m", f"stages.{s.module}", *([s.key] if s.key else [])])
+        assert set(s.upstream) == upstream, s.label
+        assert placed >= upstream, f"{s.label} planned before {upstream - placed}"
+        placed.add(s.label)
+    assert {s.module for s in steps} >= {"sweep", "arm", "fixed_best", "report"}
+
+
+def test_flow_plan_fans_out_over_the_flows_params():
+    # not ./params.yaml's regimes, cells and arms: those of the params file the flow was given
+    params = fp.rooted(params_with(TINY), "runs/x")
+    keys: dict[str, list] = {}
+    for s in fp.flow_plan(params):
+        keys.setdefault(s.module, []).append(s.key)
+    assert keys["train"] == list(params.regimes)
+    assert keys["evaluate"] == ["base", *params.regimes]  # the base's reference first
+    assert keys["sweep"] == [cell for cell, _, _ in params.sweep.cells()]
+    assert keys["arm"] == [arm_name(a, s) for a in params.arms.arms for s in params.sweep.seeds]
+    assert keys["fixed_best"] == [str(s) for s in params.sweep.seeds]
+
+
+def _dvc_yaml_copy(folder: Path, edit) -> Path:
+    """A copy of the project's dvc.yaml, edited, with the project's params.yaml beside it."""
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    edit(raw["stages"])
+    (folder / "dvc.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (folder / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return folder / "dvc.yaml"
+
+
+def test_a_stage_added_to_dvc_yaml_is_planned_without_flow_code(tmp_path):
+    def add_audit(stages: dict) -> None:  # reads the xi summary and every sweep cell
+        stages["audit"] = {"cmd": "python -m stages.report audit",
+                           "deps": ["${paths.xi}/summary.json", "${paths.sweep}"],
+                           "outs": ["data/audit"]}
+
+    params = load_params(ROOT / "params.yaml")
+    before = fp.flow_plan(params)
+    after = fp.flow_plan(params, _dvc_yaml_copy(tmp_path, add_audit))
+    cells = tuple(s.label for s in before if s.module == "sweep")
+    assert after == [*before, Step("audit", "report", "audit", ("xi", *cells))]
+
+
+def test_a_dvc_yaml_the_flow_cannot_run_is_refused_before_any_stage(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+
+    def shell_cmd(stages: dict) -> None:
+        stages["xi"]["cmd"] = "bash xi.sh"
+
+    with pytest.raises(DagError, match=r"stage xi: cmd 'bash xi.sh' is not `python -m stages"):
+        fp.flow_plan(params, _dvc_yaml_copy(tmp_path, shell_cmd))
+
+    def unknown_module(stages: dict) -> None:
+        stages["xi"]["cmd"] = "python -m stages.xi2"
+
+    with pytest.raises(DagError, match=r"stage xi runs stages.xi2, which the flow does not know"):
+        fp.flow_plan(params, _dvc_yaml_copy(tmp_path, unknown_module))
+
+
 # ---------------------------------------------------------------------------- the flow
 
 
@@ -153,7 +226,7 @@ def test_flow_completes_and_writes_only_under_out_root(project, first_run):
     state, summary = first_run["state"], first_run["summary"]
     assert state.is_completed(), state.message
     params = fp.rooted(params_with(TINY), fp.DEFAULT_OUT_ROOT)
-    assert list(summary["states"]) == expected_labels(params)
+    assert list(summary["states"]) == [s.label for s in fp.flow_plan(params)]  # dvc.yaml's names
     assert set(summary["states"].values()) == {"Completed"}
     assert (project / "runs/prefect/data/rollouts/base.parquet").is_file()
     assert (project / "runs/prefect/data/xi/budgets.yaml").is_file()
@@ -217,10 +290,9 @@ def test_deleted_or_edited_output_reexecutes_its_stage_only(project, first_run):
 
 def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
     # a train param: train, evaluate@regime, the sweep cells, the arms and report; not
-    # evaluate@base
+    # evaluate_base
     write_params(project, "changed.yaml", train={"max_steps": 3})
-    rerun = {"train@a", "evaluate@a", "sweep@xi1.0-s0", "arm@controller-s0", "fixed_best@0",
-             "report"}
+    rerun = {"train@a", "evaluate@a", "sweep@1.0-0", "arm@controller-0", "fixed_best@0", "report"}
     state, summary = run_flow(params_file="changed.yaml")
     assert state.is_completed(), state.message
     assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, summary["states"]

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from pathlib import Path
 
 import pytest
 
 from flows.cache import code_files
+from flows.dag import parse_cmd
 from relbudget.core.params import NOT_SCIENCE, load_params
 from relbudget.core.paths import stage_files
 
 ROOT = Path(__file__).resolve().parent.parent
-CMD = re.compile(r"^python -m stages\.(\w+)(?: (\S+))?$")
 
 # Modules in a stage's import closure that cannot change its outputs, so dvc.yaml leaves them out
 # (editing them must not rerun the pipeline). What they import is still followed: that code runs
@@ -58,9 +57,7 @@ STAGES = _dvc_stages()
 
 
 def _module_and_key(stage) -> tuple[str, str | None]:
-    m = CMD.match(stage.cmd)
-    assert m, f"{stage.addressing}: cmd {stage.cmd!r} is not `python -m stages.NAME [KEY]`"
-    return m.group(1), m.group(2)
+    return parse_cmd(stage.addressing, stage.cmd)  # the flow's own reading of a cmd
 
 
 def _rel(path: str) -> str:
