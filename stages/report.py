@@ -17,6 +17,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from relbudget.core import params as P
 from relbudget.report import headline, plots, study
 from relbudget.report import analysis, render
 from relbudget.measure.budgets import read_budgets
@@ -44,14 +45,14 @@ def load_inputs(params) -> dict:
 
 def write_plots(params, inp: dict, st: dict) -> None:
     p = params.paths
-    plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot("xi_curves.png"), st["band"])
-    plots.learning_curves(inp["histories"], p.report_plot("learning_curves.png"))
-    plots.efficiency(st["agg"], p.report_plot("efficiency.png"), st["band"],
+    plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot(P.XI_CURVES_PNG), st["band"])
+    plots.learning_curves(inp["histories"], p.report_plot(P.LEARNING_CURVES_PNG))
+    plots.efficiency(st["agg"], p.report_plot(P.EFFICIENCY_PNG), st["band"],
                      pd.DataFrame(st["rows"]), st["peak"])
     slopes = dict(zip(st["agg"]["xi"], st["agg"]["xi_t_slope_per_10k"]))
-    plots.xi_t_sweep(st["cell_histories"], slopes, p.report_plot("xi_t_sweep.png"))
+    plots.xi_t_sweep(st["cell_histories"], slopes, p.report_plot(P.XI_T_SWEEP_PNG))
     plots.tokens_to_target(st["arms"]["curves"], st["arms"]["target_accuracy"],
-                           p.report_plot("tokens_to_target.png"))
+                           p.report_plot(P.TOKENS_TO_TARGET_PNG))
 
 
 def run(params) -> dict:

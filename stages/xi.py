@@ -7,6 +7,7 @@ import logging
 import mlflow
 import pandas as pd
 
+from relbudget.core import params as P
 from relbudget.measure import estimators as est
 from relbudget.measure.budgets import plan_budgets, write_budgets
 from relbudget.core.io import output_set, write_json, write_parquet
@@ -43,8 +44,8 @@ def run(params) -> dict:
         write_parquet(per_prompt_table(df, budgets), p.per_prompt)
         write_parquet(curves, p.curves)
         write_budgets(typed, p.xi)
-        xi_curves(curves, budgets, p.xi_plot("xi_curves.png"), tuple(params.report.paper_band))
-        gamma_fit(df, p.xi_plot("gamma_fit.png"), summary["gamma"])
+        xi_curves(curves, budgets, p.xi_plot(P.XI_CURVES_PNG), tuple(params.report.paper_band))
+        gamma_fit(df, p.xi_plot(P.GAMMA_FIT_PNG), summary["gamma"])
         write_json(summary, p.xi_summary)
         # What the sweep cells read: it changes only with the rollouts, so editing regimes or the
         # bootstrap leaves every cell cached.

@@ -79,9 +79,17 @@ def rollout_bytes(attempts: int, prompts: int, cap: int) -> int:
     return attempts * prompts * (ROW_BYTES + TOKEN_BYTES * cap)
 
 
-XI_PLOTS = ("xi_curves.png", "gamma_fit.png")
-REPORT_PLOTS = ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png",
-                "tokens_to_target.png")
+# Plot file names, named here once: the stages write them, the report links them, and dvc.yaml
+# spells them after ${paths.xi} and ${paths.report} (tests/test_interfaces.py checks it).
+XI_CURVES_PNG = "xi_curves.png"
+GAMMA_FIT_PNG = "gamma_fit.png"
+LEARNING_CURVES_PNG = "learning_curves.png"
+EFFICIENCY_PNG = "efficiency.png"
+XI_T_SWEEP_PNG = "xi_t_sweep.png"
+TOKENS_TO_TARGET_PNG = "tokens_to_target.png"
+XI_PLOTS = (XI_CURVES_PNG, GAMMA_FIT_PNG)
+REPORT_PLOTS = (XI_CURVES_PNG, LEARNING_CURVES_PNG, EFFICIENCY_PNG, XI_T_SWEEP_PNG,
+                TOKENS_TO_TARGET_PNG)
 
 
 class Paths(Section):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.core.params import REPORT_PLOTS, XI_PLOTS, Paths
+from relbudget.core.params import REPORT_PLOTS, XI_PLOTS, Paths, arm_name
 
 STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "arm",
           "fixed_best", "report")
@@ -62,7 +62,7 @@ def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
         return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.eval_json("base")),
                           (p.arm_history(key), p.arm_json(key)))
     if stage == "fixed_best":  # `key` is the seed; it also reads the sweep (for its best xi)
-        name = f"fixed_best-s{key}"
+        name = arm_name("fixed_best", key)
         return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.sweep,
                            p.eval_json("base")), (p.arm_history(name), p.arm_json(name)))
     if stage == "report":

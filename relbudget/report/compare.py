@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from relbudget.core import params as P
 from relbudget.core.params import arm_name
 from relbudget.core.schemas import HISTORY, read_table
 
@@ -182,7 +183,7 @@ def render(summary: list[dict], target: float, budget: dict[str, dict]) -> list[
         if what:
             lines.append(f"- {arm} (seed {b['seed']}): " + ", ".join(
                 f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in what.items()))
-    lines += ["", "![tokens to target](tokens_to_target.png)", ""]
+    lines += ["", f"![tokens to target]({P.TOKENS_TO_TARGET_PNG})", ""]
     return lines
 
 

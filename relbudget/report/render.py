@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 import pandas as pd
 
+from relbudget.core import params as P
 from relbudget.measure.metrics import FINAL_STEPS
 
 FLAG_MIN_GAIN = 0.01  # a rise in accuracy within H below this is noise, not a flag
@@ -151,13 +152,13 @@ def _sweep_section(agg: pd.DataFrame, peak: dict, band: tuple[float, float], bas
         lines += ["", f"Gamma model of the base policy's T: K = {gamma['K']:.2f}{fit}; beside it, "
                   "the measured xi_t slopes per 10k tokens in the table above. No claim beyond "
                   "what is measured.", "", f"![Gamma fit]({gamma_png})"]
-    lines += ["", "![xi_t over training](xi_t_sweep.png)", ""]
+    lines += ["", f"![xi_t over training]({P.XI_T_SWEEP_PNG})", ""]
     return lines
 
 
 def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | None = None,
            peak: dict | None = None, band: tuple[float, float] = (1.5, 2.0),
-           base_at: dict | None = None, gamma_png: str = "../xi/gamma_fit.png",
+           base_at: dict | None = None, gamma_png: str = f"../xi/{P.GAMMA_FIT_PNG}",
            more: list[str] | None = None) -> str:
     """report.md; `more`: further sections (Markdown lines) before the plots."""
     s = summary
@@ -177,6 +178,7 @@ def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | Non
     if agg is not None and peak is not None:
         lines += _sweep_section(agg, peak, band, base_at or {}, s.get("gamma"), gamma_png)
     lines += more or []
-    lines += ["## Plots", "", "![efficiency](efficiency.png)", "", "![base curves](xi_curves.png)",
-              "", "![learning curves](learning_curves.png)", ""]
+    lines += ["## Plots", "", f"![efficiency]({P.EFFICIENCY_PNG})", "",
+              f"![base curves]({P.XI_CURVES_PNG})", "",
+              f"![learning curves]({P.LEARNING_CURVES_PNG})", ""]
     return "\n".join(lines)

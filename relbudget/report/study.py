@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from relbudget.core import params as P
 from relbudget.report import compare
 from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
@@ -35,7 +36,7 @@ def analyse(inp: dict, params) -> dict:
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
         "peak_sentence": render.band_sentence(peak, band),
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
-    gamma_png = os.path.relpath(params.paths.xi_plot("gamma_fit.png"), params.paths.report)
+    gamma_png = os.path.relpath(params.paths.xi_plot(P.GAMMA_FIT_PNG), params.paths.report)
     markdown = render.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
                           gamma_png, arms["markdown"])
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
