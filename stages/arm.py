@@ -26,6 +26,7 @@ import mlflow
 
 from relbudget.measure.budgets import check_token_budget
 from relbudget.core.io import output_set, write_json
+from relbudget.measure.metrics import gain_metrics
 from relbudget.report import analysis
 from relbudget.core.params import parse_arm
 from relbudget.core.schemas import HISTORY, write_table
