@@ -14,9 +14,7 @@ import pytest
 from relbudget.measure import estimators as est
 from relbudget.cli import main
 from relbudget.core.params import XiParams
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts  # noqa: E402
+from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 DESIGN_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",

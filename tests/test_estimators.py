@@ -5,19 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from relbudget.measure import estimators as est
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts, tiny_table, true_E_T  # noqa: E402
+from tests.synth import make_rollouts, tiny_table, true_E_T
 
 CAP = 10
 # (prompt_id, n_tokens, first_correct_token); cap 10.

@@ -22,9 +22,7 @@ from relbudget.core.io import (WorkLocked, atomic_dir, remove_stale_temps, switc
                           write_json)
 from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, parse_params
 from relbudget.core.schemas import PROMPTS, TableError, read_table
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts  # noqa: E402
+from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"deficient": 0.4, "balanced": 1.75, "ample": 5.0}
