@@ -1,4 +1,5 @@
-"""The `relbudget` command line (DESIGN section 6), usable on any rollout table.
+"""The `relbudget` command line (docs/pipeline.md, "The command line"), usable on any rollout
+table.
 
     relbudget xi   --rollouts FILE [--horizon H ...] [--group-size G] [--reward R] [--json]
     relbudget plan --rollouts FILE --target-xi X [--group-size G] [--reward R] [--json]

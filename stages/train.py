@@ -1,8 +1,10 @@
 """train@REGIME: budgeted GRPO from the base policy at that regime's horizon H (from budgets.yaml).
 
-Writes the trained policy to {paths.models}/REGIME/ and the per-step history to
-{paths.train}/REGIME/history.parquet. Trainer checkpoints live in {paths.train}/.REGIME.work,
-so an interrupted run resumes where it stopped; the folder is removed on success.
+Trains on the same path as a sweep cell or an arm run (relbudget.train.training.train_from_base)
+and writes the trained policy to {paths.models}/REGIME/ and the per-step history to
+{paths.train}/REGIME/history.parquet, replaced together as one output set. Trainer checkpoints
+live in {paths.train}/.REGIME.work, so an interrupted run resumes where it stopped; the folder is
+removed on success.
 """
 
 from __future__ import annotations
@@ -10,18 +12,17 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import time
 from pathlib import Path
 
 import mlflow
 
+from relbudget.core.io import atomic_dir, output_set
+from relbudget.core.schemas import HISTORY, write_table
+from relbudget.core.tracking import log_policy
 from relbudget.measure.budgets import budget_of, check_token_budget
-from relbudget.train.grpo import preflight, train_policy
-from relbudget.core.io import atomic_dir, work_lock
-from relbudget.measure.models import load_saved, render_prompts, save_policy
-from relbudget.core.schemas import HISTORY, PROMPTS, read_table, write_table
-from relbudget.core.tracking import log_dataset, log_policy
-from relbudget.train.training import adaptive_budgets, check_length, context_H, summary
+from relbudget.measure.models import save_policy
+from relbudget.train.grpo import preflight
+from relbudget.train.training import train_from_base
 
 log = logging.getLogger("relbudget.train")
 # the regime's H comes from budgets.yaml (a data dep), not from params `regimes`
@@ -43,35 +44,23 @@ def run(params, regime: str) -> dict:
     check_token_budget(t, H, f"train@{regime}")  # an unreachable budget: refused before compute
     warning = preflight(entry, t, regime)  # before any compute; raises if asked to refuse
 
-    model, tok = load_saved(paths.base_model, params.base_policy.trust_remote_code)
-    prompts = read_table(paths.prompts("train"), PROMPTS)
-    log_dataset(prompts, paths.prompts("train"), "training")
-    prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
-    prompts, H, budget_stats = adaptive_budgets(t, paths.rollouts, prompts, H)
-    if budget_stats:
-        mlflow.log_metrics({f"budget/{k}": float(v) for k, v in budget_stats.items()})
     work = Path(paths.train_work(regime))
-    log.info("train@%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", regime, H,
-             len(prompts), t.stop, t.token_budget, t.max_steps)
-
-    max_model_len = check_length(model, tok, prompts, context_H(t, H), t)
-    t0 = time.time()
-    with work_lock(work):  # a second train@REGIME is refused: it never shares a live checkpoint
-        model, history = train_policy(model, tok, prompts, t, H, work, max_model_len)
-    seconds = time.time() - t0
-
-    with atomic_dir(paths.policy(regime)) as tmp:
-        save_policy(model, tok, tmp)
+    # the checkpoints in the work folder itself (where an interrupted train@REGIME left them)
+    trained = train_from_base(params, t, H, f"train@{regime}", work, checkpoints=work,
+                              warning=warning, log_inputs=True)
     hist_path = paths.history(regime)
-    write_table(history, HISTORY, hist_path)
+    with output_set():  # the policy and its history replaced together, or neither
+        with atomic_dir(paths.policy(regime)) as tmp:
+            save_policy(trained.model, trained.tokenizer, tmp)
+        write_table(trained.history, HISTORY, hist_path)
     shutil.rmtree(work, ignore_errors=True)
 
-    stats = {**summary(history, seconds, H, warning), **budget_stats}
+    stats = trained.stats
     # under summary/ so they never mix with the per-step metrics of the same name
     mlflow.log_metrics({f"summary/{k}": float(v) for k, v in stats.items()
                         if isinstance(v, (int, float)) and math.isfinite(float(v))})
     mlflow.log_artifact(hist_path)
-    log_policy(model, tok, Path(paths.policy(regime)))
+    log_policy(trained.model, trained.tokenizer, Path(paths.policy(regime)))
     log.info("train@%s done: %s", regime, stats)
     return stats
 

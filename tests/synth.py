@@ -53,7 +53,8 @@ def true_E_T(types: dict = TYPES, cap: int = CAP) -> float:
 def make_rollouts(n_prompts: int, attempts: int, cap: int = CAP, seed: int = 0,
                   types: dict = TYPES, early_exit: bool = True, policy: str = "synth",
                   stratified: bool = False, validated: bool = True) -> pd.DataFrame:
-    """A rollout table (DESIGN section 5) with a `type` column naming each prompt's difficulty.
+    """A rollout table (its columns: docs/definitions.md) with a `type` column naming each prompt's
+    difficulty.
 
     stratified=False draws each prompt's type at random (i.i.d. prompts: the model the bootstrap
     over prompts assumes); stratified=True gives the types in their exact shares, which removes the

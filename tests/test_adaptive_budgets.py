@@ -11,13 +11,13 @@ from relbudget.train.prompt_budgets import filter_prompts, per_prompt_caps
 from relbudget.measure.sampling import hf_generate_fn, requests_from, sample_table
 from relbudget.core.schemas import HISTORY, validate
 from relbudget.measure.task import builtin_splits
-from tests.test_train import TINY, _pretrained
+from tests.helpers import TINY_TRAIN, killed_at_step_3, pretrained
 
 
 @pytest.fixture(scope="module")
 def rambler(tmp_path_factory):
     """Writes guesses after its answer, so a cap of ~10-30 tokens really cuts completions."""
-    return _pretrained(tmp_path_factory.mktemp("rambler"), after_answer="|A:0|A:0|A:0")
+    return pretrained(tmp_path_factory.mktemp("rambler"), after_answer="|A:0|A:0|A:0")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_controller_moves_H_and_generation_respects_it(after_answer, rambler, pr
     seen = _watch(monkeypatch)
     t = TrainParams.of_project(stop="steps", max_steps=5, after_answer=after_answer, budget="controller",
                     controller=dict(target_xi=0.1, every=1, h_min=6, h_max=30, smoothing=0.0),
-                    **TINY)
+                    **TINY_TRAIN)
     model, tok = load_saved(rambler)
     _, hist = train_policy(model, tok, prompts, t, 30, tmp_path / "work")
     validate(hist, HISTORY)
@@ -77,7 +77,7 @@ def test_per_prompt_caps_are_applied_per_request(after_answer, rambler, prompts,
 
     seen = _watch(monkeypatch)
     t = TrainParams.of_project(stop="steps", max_steps=3, after_answer=after_answer, budget="per_prompt",
-                    **TINY)
+                    **TINY_TRAIN)
     model, tok = load_saved(rambler)
     _, hist = train_policy(model, tok, kept, t, int(kept["H_x"].max()), tmp_path / "work")
     validate(hist, HISTORY)
@@ -129,11 +129,10 @@ def test_train_stage_applies_filter_then_per_prompt(prompts, rollouts, tmp_path)
 def test_controller_resumes_at_the_saved_H(rambler, prompts, tmp_path, monkeypatch):
     import pandas as pd
 
-    from tests.test_train import killed_at_step_3
 
     t = TrainParams.of_project(stop="steps", max_steps=4, checkpoint_every=2, after_answer="stop",
                     budget="controller",
-                    controller=dict(target_xi=0.1, every=1, h_min=6, h_max=30, smoothing=0.0), **TINY)
+                    controller=dict(target_xi=0.1, every=1, h_min=6, h_max=30, smoothing=0.0), **TINY_TRAIN)
     model, tok = load_saved(rambler)
     _, straight = train_policy(model, tok, prompts, t, 30, tmp_path / "straight")
 

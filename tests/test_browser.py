@@ -1,7 +1,7 @@
 """Browser check: the MLflow UI and the Prefect UI show a small pipeline run (issue 13).
 
-One Prefect flow run of flows/pipeline.py (test_flow.py's tiny params, two regimes `low` and
-`high`) runs in a subprocess against a real `prefect server start` on 127.0.0.1, whose API
+One Prefect flow run of flows/pipeline.py (tests/helpers.py's TINY_FLOW_PARAMS, two regimes
+`low` and `high`) runs in a subprocess against a real `prefect server start` on 127.0.0.1, whose API
 database lives in a temporary PREFECT_HOME, with MLflow in the project's SQLite `mlflow.db`;
 `mlflow server` serves that store. No shared fixture leaves such stores behind (conftest.py has
 none that runs the flow; test_flow.py's flow runs against prefect_test_harness, a temporary API
@@ -39,8 +39,7 @@ import pytest
 import yaml
 
 from relbudget.core.params import merged, params_with
-from tests.test_flow import TINY, _free_port
-from tests.test_flow import _stop as _stop_group
+from tests.helpers import flow_params, free_port, stop_group
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -142,12 +141,12 @@ def stack(tmp_path_factory, browser) -> Stack:
     project = tmp_path_factory.mktemp("browser-project")
     logs = project / "logs"
     logs.mkdir()
-    raw = json.loads(json.dumps(TINY))
+    raw = flow_params()
     raw["regimes"] = dict(REGIMES)
     params_with(raw)
     (project / "params.yaml").write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     store = f"sqlite:///{project / 'mlflow.db'}"
-    mport, pport = _free_port(), _free_port()
+    mport, pport = free_port(), free_port()
     mlflow_url, prefect_url = f"http://127.0.0.1:{mport}", f"http://127.0.0.1:{pport}"
     drop = ("RELBUDGET_PIPELINE_RUN", "DVC_STAGE", "DVC_EXP_NAME", "MLFLOW_TRACKING_URI")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k not in drop}
@@ -203,7 +202,7 @@ def stack(tmp_path_factory, browser) -> Stack:
         stopped = []
         for proc in reversed(procs):
             t1 = time.perf_counter()
-            _stop_group(proc, grace=3.0)  # throwaway servers: no graceful shutdown
+            stop_group(proc, grace=3.0)  # throwaway servers: no graceful shutdown
             stopped.append(f"{Path(proc.args[0]).name} {time.perf_counter() - t1:.1f} s")
         for out in outs:
             out.close()

@@ -14,12 +14,10 @@ import pytest
 from relbudget.measure import estimators as est
 from relbudget.cli import main
 from relbudget.core.params import XiParams
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts  # noqa: E402
+from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
-DESIGN_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",
+SUMMARY_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",
                "horizons"}
 HORIZON_KEYS = {"H", "xi", "p", "reward_var", "p_informative", "regime"}
 PLAN_KEYS = {"target_xi", "H", "p", "reward_var", "p_informative", "E_T"}
@@ -50,7 +48,7 @@ def test_xi_json(table):
     r = run("xi", "--rollouts", path, "--json", "--n-bootstrap", 200)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)  # exactly one JSON object, nothing else on stdout
-    assert DESIGN_KEYS <= set(s)
+    assert SUMMARY_KEYS <= set(s)
     assert s["E_T"] == pytest.approx(est.pooled_E_T(df))
     assert s["E_T_ci"][0] < s["E_T"] < s["E_T_ci"][1]
     assert s["n_prompts"] == 60 and s["n_attempts"] == 480

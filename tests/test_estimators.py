@@ -5,19 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from relbudget.measure import estimators as est
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts, tiny_table, true_E_T  # noqa: E402
+from tests.synth import make_rollouts, tiny_table, true_E_T
 
 CAP = 10
 # (prompt_id, n_tokens, first_correct_token); cap 10.
@@ -311,7 +307,7 @@ def test_plan_beyond_cap_and_errors(tiny):
 # ---------------------------------------------------------------- summary
 
 
-DESIGN_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",
+SUMMARY_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",
                "horizons"}
 HORIZON_KEYS = {"H", "xi", "p", "reward_var", "p_informative", "regime"}
 
@@ -319,7 +315,7 @@ HORIZON_KEYS = {"H", "xi", "p", "reward_var", "p_informative", "regime"}
 def test_summarize_keys_and_json_safe(tiny):
     s = est.summarize(tiny, [2, 5, 10], group_size=2, n_bootstrap=99, deficient_below=0.3,
                       ample_above=0.8)
-    assert DESIGN_KEYS <= set(s) and {"max_tokens", "group_size"} <= set(s)
+    assert SUMMARY_KEYS <= set(s) and {"max_tokens", "group_size"} <= set(s)
     json.dumps(s, allow_nan=False)  # strict JSON: no inf / nan anywhere
     assert s["n_prompts"] == 4 and s["n_attempts"] == len(ROWS) and s["max_tokens"] == CAP
     assert s["unsolved_share"] == 0.25

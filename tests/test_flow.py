@@ -7,10 +7,7 @@ server on 127.0.0.1, registers prefect.yaml's deployment and has a worker run it
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,34 +23,21 @@ from flows import pipeline as fp
 from flows.dag import DagError, Step
 from relbudget.core.params import Params, arm_name, load_params, merged, params_with
 from relbudget.core.paths import STAGES
+from tests.helpers import flow_params, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
-TINY = {
-    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "style": "trace"},
-    # the smallest policy that solves some one-digit sums (a policy that never does makes xi fail)
-    "base_policy": {"steps": 200, "hidden_size": 32, "n_layers": 2, "n_heads": 4,
-                    "intermediate_size": 64, "max_position": 128, "n_traces": 60},
-    "sampling": {"attempts": 2, "max_tokens": 40, "batch_size": 16, "chunk_prompts": 4},
-    "xi": {"n_bootstrap": 50},
-    "regimes": {"a": 1.0},
-    "train": {"stop": "steps", "max_steps": 2, "num_generations": 4, "prompts_per_step": 2,
-              "checkpoint_every": 50, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
-    "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
-    "sweep": {"xi": [1.0], "seeds": [0], "eval_attempts": 2},
-    "arms": {"arms": ["controller"]},
-}
 MEASUREMENT = ("prepare", "base_policy", "sample_t", "xi")  # the stages before training
 RUN = dict(retries=1, retry_delay_s=0)
 
 
 def write_params(folder: Path, name: str = "params.yaml", **override) -> Path:
-    raw = json.loads(json.dumps(TINY))
+    raw = flow_params()
     for section, values in override.items():
         raw[section] = {**raw[section], **values} if isinstance(values, dict) else values
     params_with(raw)  # a typo in a test fails here, not inside the flow
-    # a params file names every key: TINY laid over the project's params.yaml
+    # a params file names every key
     (folder / name).write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     return folder / name
 
@@ -170,7 +154,7 @@ def test_flow_plan_is_the_dag_of_dvc_yaml():
 
 def test_flow_plan_fans_out_over_the_flows_params():
     # not ./params.yaml's regimes, cells and arms: those of the params file the flow was given
-    params = fp.rooted(params_with(TINY), "runs/x")
+    params = fp.rooted(params_with(flow_params()), "runs/x")
     keys: dict[str, list] = {}
     for s in fp.flow_plan(params):
         keys.setdefault(s.module, []).append(s.key)
@@ -225,7 +209,7 @@ def test_a_dvc_yaml_the_flow_cannot_run_is_refused_before_any_stage(tmp_path):
 def test_flow_completes_and_writes_only_under_out_root(project, first_run):
     state, summary = first_run["state"], first_run["summary"]
     assert state.is_completed(), state.message
-    params = fp.rooted(params_with(TINY), fp.DEFAULT_OUT_ROOT)
+    params = fp.rooted(params_with(flow_params()), fp.DEFAULT_OUT_ROOT)
     assert list(summary["states"]) == [s.label for s in fp.flow_plan(params)]  # dvc.yaml's names
     assert set(summary["states"].values()) == {"Completed"}
     assert (project / "runs/prefect/data/rollouts/base.parquet").is_file()
@@ -354,33 +338,11 @@ def test_same_outputs_as_the_dvc_stage_commands(project, first_run):
 # ---------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
-    """Stop a process started in its own session, and its children, by its group id: SIGTERM,
-    SIGKILL after `grace` seconds."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_deployment_runs_on_a_local_server(project, first_run, tmp_path):
     httpx = pytest.importorskip("httpx")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_API_URL=api,
@@ -441,4 +403,4 @@ def test_deployment_runs_on_a_local_server(project, first_run, tmp_path):
         assert {t["name"] for t in tasks} >= set(MEASUREMENT)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc)

@@ -3,9 +3,6 @@ goodness of fit and plot."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +10,7 @@ import pytest
 from relbudget.measure import estimators as est
 from relbudget.report.plots import gamma_fit
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import tiny_table  # noqa: E402
+from tests.synth import tiny_table
 
 BIG_CAP = 100_000  # max_tokens of the synthetic tables: no attempt is cut
 

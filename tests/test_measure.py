@@ -11,12 +11,12 @@ import pytest
 from relbudget.cli import main
 from relbudget.core.schemas import ROLLOUTS, read_table
 from relbudget.measure.task import builtin_splits
-from tests.test_train import _pretrained
+from tests.helpers import pretrained
 
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory):
-    return _pretrained(tmp_path_factory.mktemp("policy"))
+    return pretrained(tmp_path_factory.mktemp("policy"))
 
 
 @pytest.fixture(scope="module")

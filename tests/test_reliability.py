@@ -22,9 +22,7 @@ from relbudget.core.io import (WorkLocked, atomic_dir, remove_stale_temps, switc
                           write_json)
 from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, merged, params_with
 from relbudget.core.schemas import PROMPTS, TableError, read_table
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts  # noqa: E402
+from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 REGIMES = {"deficient": 0.4, "balanced": 1.75, "ample": 5.0}
@@ -333,6 +331,85 @@ def test_a_failed_write_inside_a_set_changes_no_file(tmp_path):
     assert (tmp_path / "c.txt").read_text() == "new\n"
     assert "new" in (tmp_path / "a.json").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(old)
+
+
+def _folder_and_file(root: Path) -> dict[str, bytes]:
+    """The files of a policy-like folder and of a history file beside it, by relative path."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+WRITE_FOLDER_SET = """
+from relbudget.core.io import atomic_dir, atomic_path, output_set
+
+def write_folder_set(root, tag, fail=False):
+    with output_set():
+        with atomic_dir(root / "models" / "low") as d:
+            (d / "weights.bin").write_bytes(tag.encode() * 100)
+            (d / f"only-{tag}.json").write_text(tag)
+        with atomic_path(root / "train" / "history.parquet") as tmp:
+            tmp.write_text(f"history {tag}")
+            if fail:
+                raise OSError(28, "disk full")
+"""
+
+
+def _write_folder_set(root: Path, tag: str, fail: bool = False) -> None:
+    """One set of a folder (two files, names depending on `tag`) and a file, as train@REGIME
+    writes its policy and history; `fail`: the file's write raises after the folder is staged.
+    The same code runs in the SIGKILL test's subprocess."""
+    scope: dict = {}
+    exec(WRITE_FOLDER_SET, scope)
+    scope["write_folder_set"](root, tag, fail)
+
+
+def test_a_folder_is_replaced_with_its_set(tmp_path):
+    """atomic_dir inside output_set: the folder waits for the set, like a file. A failure leaves
+    the old folder and file and no temp folder; success replaces both, old folder content gone."""
+    _write_folder_set(tmp_path, "old")
+    old = _folder_and_file(tmp_path)
+    with pytest.raises(OSError, match="disk full"):
+        _write_folder_set(tmp_path, "new", fail=True)
+    assert _folder_and_file(tmp_path) == old
+    assert sorted(p.name for p in tmp_path.rglob(".*")) == []  # no temp file or folder left
+    _write_folder_set(tmp_path, "new")
+    assert _folder_and_file(tmp_path) == {"models/low/only-new.json": b"new",
+                                          "models/low/weights.bin": b"new" * 100,
+                                          "train/history.parquet": b"history new"}
+    assert sorted(p.name for p in tmp_path.rglob(".*")) == []
+
+
+KILL_FOLDER_SET = WRITE_FOLDER_SET + """
+import os, signal, sys
+from pathlib import Path
+import relbudget.core.io as rio
+
+count, real, done = int(sys.argv[1]), rio._rename, [0]
+def rename(src, dst):
+    if done[0] == count:
+        os.kill(os.getpid(), signal.SIGKILL)
+    done[0] += 1
+    real(src, dst)
+rio._rename = rename
+write_folder_set(Path("."), "new")
+"""
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_sigkill_mid_commit_of_a_folder_set_leaves_the_new_set(tmp_path, count):
+    """SIGKILL between the renames of a set holding a folder: 0, after the old folder was moved
+    aside (the target is missing); 1, after the folder was renamed, before the file. The next
+    stage start completes the set from its journal: the new folder and file, no leftovers."""
+    _write_folder_set(tmp_path, "old")
+    r = subprocess.run([sys.executable, "-c", KILL_FOLDER_SET, str(count)], cwd=tmp_path,
+                       env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (tmp_path / "models" / "low").exists() == (count == 1)
+    remove_stale_temps([tmp_path / "models" / "low", tmp_path / "train" / "history.parquet"])
+    assert _folder_and_file(tmp_path) == {"models/low/only-new.json": b"new",
+                                          "models/low/weights.bin": b"new" * 100,
+                                          "train/history.parquet": b"history new"}
+    assert sorted(p.name for p in tmp_path.rglob(".*")) == []
 
 
 XI_PARAMS = {"xi": {"n_bootstrap": 50}, "regimes": REGIMES}

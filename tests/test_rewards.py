@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,9 +12,7 @@ import pytest
 
 from relbudget.measure import estimators as est
 from relbudget.cli import main
-
-sys.path.insert(0, str(Path(__file__).parent))
-from synth import make_rollouts, tiny_table  # noqa: E402
+from tests.synth import make_rollouts, tiny_table
 
 CAP = 10
 # (prompt_id, n_tokens, first_correct_token), 2 prompts x 4 attempts, cap 10.

@@ -18,7 +18,7 @@ from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table
 from relbudget.measure.verify import verify
 from stages import base_policy, prepare, sample_t
 from stages._cli import execute
-from tests.conftest import ROOT, deep_update
+from tests.helpers import ROOT, deep_update
 
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")

@@ -23,7 +23,7 @@ from relbudget.measure.task import builtin_splits
 from relbudget.testing import rambling_corpus, tiny_policy
 from stages import base_policy, prepare, sample_t, xi
 from stages._cli import execute
-from tests.conftest import tiny_params
+from tests.helpers import ROOT, tiny_params
 
 
 def write_params(project: Path, **overrides) -> None:
@@ -197,3 +197,15 @@ def test_a_tokenizer_that_adds_bos_is_flagged_before_training(caplog):
     with caplog.at_level("WARNING", logger="relbudget.train"):
         check_length(model, tok, prompts, 8, train)
     assert "TRL will add them" in caplog.text and "<bos>" in caplog.text
+
+
+def test_each_arm_stage_runs_only_its_own_arms():
+    """arm@ARM-SEED takes the adaptive arms; the sweep's best fixed xi is fixed_best@SEED's,
+    whose key is a seed. Both refused before any compute."""
+    from stages import arm, fixed_best
+
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ValueError, match="not an adaptive arm.*stages.fixed_best"):
+        arm.run(params, "fixed_best-s0")
+    with pytest.raises(ValueError, match="key is a seed"):
+        fixed_best.run(params, "s0")

@@ -14,36 +14,27 @@ import pytest
 import torch
 import yaml
 
-from relbudget.train.grpo import (BudgetReward, HistoryCallback, preflight, score_completion,
-                            train_policy)
+from relbudget.train.grpo import BudgetReward, preflight, score_completion, train_policy
 from relbudget.measure.models import char_tokenizer, load_saved, save_policy
 from relbudget.core.params import TrainParams, params_with
 from relbudget.core.schemas import HISTORY, PROMPTS, read_table, validate, write_table
-from relbudget.measure.task import builtin_splits, trace_corpus
-from relbudget.testing import tiny_policy
+from relbudget.measure.task import builtin_splits
 from stages import train as train_stage
 from stages._cli import execute
+from tests.helpers import TINY_TRAIN, killed_at_step_3, pretrained
 
 H = 24
-TINY = dict(num_generations=4, prompts_per_step=2, lr=1e-3, threads=1)
-
-
-def _pretrained(folder, after_answer: str = ""):
-    """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format in folder;
-    `after_answer` is text it learns to write after its answer, before EOS."""
-    corpus = [(q, c + after_answer, eos) for q, c, eos in trace_corpus(60, [1], 2, seed=0)]
-    return tiny_policy(folder, corpus)
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    return _pretrained(tmp_path_factory.mktemp("base"))
+    return pretrained(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")
 def rambler_dir(tmp_path_factory):
     """Keeps writing guesses after its answer, as RL-ed policies do: early exit has work to do."""
-    return _pretrained(tmp_path_factory.mktemp("rambler"), after_answer="|A:0|A:0|A:0")
+    return pretrained(tmp_path_factory.mktemp("rambler"), after_answer="|A:0|A:0|A:0")
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +130,7 @@ def test_stop_mode_spends_nothing_after_the_answer(rambler_dir, prompts, tmp_pat
 
     monkeypatch.setattr(BudgetReward, "__call__", keep)
     model, tok = load_saved(rambler_dir)
-    t = TrainParams.of_project(stop="steps", max_steps=3, after_answer="stop", **TINY)
+    t = TrainParams.of_project(stop="steps", max_steps=3, after_answer="stop", **TINY_TRAIN)
     _, hist = train_policy(model, tok, prompts, t, H, tmp_path / "work")
     validate(hist, HISTORY)
     assert list(hist["step"]) == [1, 2, 3]  # steps mode: exactly max_steps
@@ -160,23 +151,8 @@ def test_stop_mode_spends_nothing_after_the_answer(rambler_dir, prompts, tmp_pat
     assert (hist["tokens_after_correct"] == 0).all()
 
 
-def killed_at_step_3(monkeypatch, model, tok, prompts, t, H_, work):
-    """train_policy killed in step 3 (after the checkpoint of step 2, with checkpoint_every=2)."""
-    real = HistoryCallback.on_step_end
-
-    def crash_at_3(self, args, state, control, **kw):
-        if state.global_step == 3:
-            raise RuntimeError("killed")
-        return real(self, args, state, control, **kw)
-
-    monkeypatch.setattr(HistoryCallback, "on_step_end", crash_at_3)
-    with pytest.raises(RuntimeError, match="killed"):
-        train_policy(model, tok, prompts, t, H_, work)
-    monkeypatch.setattr(HistoryCallback, "on_step_end", real)
-
-
 def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch):
-    t = TrainParams.of_project(stop="steps", max_steps=4, checkpoint_every=2, **TINY)
+    t = TrainParams.of_project(stop="steps", max_steps=4, checkpoint_every=2, **TINY_TRAIN)
     model, tok = load_saved(base_dir)
     straight_model, straight = train_policy(model, tok, prompts, t, H, tmp_path / "straight")
 
@@ -209,7 +185,7 @@ def _stage_params(tmp_path, **train):
             "report": "report"}.items()},
         "allow_outside_paths": True,  # tmp_path is outside the project
         "regimes": {"balanced": 1.75},
-        "train": {"token_budget": 700, "max_steps": 60, "checkpoint_every": 5, **TINY, **train},
+        "train": {"token_budget": 700, "max_steps": 60, "checkpoint_every": 5, **TINY_TRAIN, **train},
     })
 
 
@@ -246,7 +222,7 @@ def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkey
     assert run.info.status == "FINISHED" and run.data.tags["regime"] == "balanced"
     trl_len = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
                                                                   "trl/completions/mean_length")}
-    batch = TINY["num_generations"] * TINY["prompts_per_step"]
+    batch = TINY_TRAIN["num_generations"] * TINY_TRAIN["prompts_per_step"]
     for r in hist.itertuples():
         assert r.generated_tokens == round(trl_len[r.step] * batch)
     assert len(client.get_metric_history(run.info.run_id, "xi_t")) >= 1

@@ -168,12 +168,12 @@ class _PendingSet:
     def stage(self, tmp: Path, target: Path) -> None:
         earlier = self.files.pop(target, None)
         if earlier is not None:  # written twice in one set: the last write wins
-            earlier.unlink(missing_ok=True)
+            _remove(earlier)
         self.files[target] = tmp
 
     def discard(self) -> None:
         for tmp in self.files.values():
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
 
 
 _OUTPUT_SET: ContextVar[_PendingSet | None] = ContextVar("relbudget_output_set", default=None)
@@ -187,12 +187,38 @@ def _rename(src: Path, dst: Path) -> None:  # one place, so a test can kill the 
     os.replace(src, dst)
 
 
+def _remove(path: Path) -> None:
+    """Delete a staged temp file or folder (gone already: nothing to do)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Rename `src` over `dst`. A folder cannot be renamed over a non-empty one, so an existing
+    folder `dst` is first moved aside to `.NAME.old.PID` and removed once `src` is in place; a
+    kill in between leaves `dst` missing and `src` complete, which a set's journal finishes
+    (`_finish`) and `remove_stale_temps` cleans up after. FileNotFoundError: `src` is gone."""
+    if src.is_dir() and dst.exists():
+        old = dst.with_name(f".{dst.name}.old.{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        os.replace(dst, old)
+        _rename(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        _rename(src, dst)
+
+
 def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Flush a file, or a folder with every file and folder in it, to disk."""
+    for p in ([*sorted(path.rglob("*")), path] if path.is_dir() else [path]):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextmanager
@@ -217,8 +243,10 @@ def output_set() -> Iterator[None]:
       completed), never a mix, and each file keeps exactly the bytes it was written with.
 
     Only the targets change names; what files exist and their bytes are what the stage wrote.
-    Nested sets join the outer one. `atomic_dir` is not deferred (no stage needs a folder in a
-    set). The set is per thread (a ContextVar): the flow's threads each have their own."""
+    A folder written with `atomic_dir` inside the block (train@REGIME's policy) joins the set the
+    same way: its temp folder is renamed over the target at the commit (`_replace`: the old folder
+    is moved aside first, then removed). Nested sets join the outer one. The set is per thread (a
+    ContextVar): the flow's threads each have their own."""
     if _OUTPUT_SET.get() is not None:
         yield
         return
@@ -251,7 +279,7 @@ def _commit(files: dict[Path, Path]) -> None:
         os.replace(jtmp, journal)  # the set is written from here on
     except BaseException:
         for tmp in files.values():
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
         if jtmp is not None:
             jtmp.unlink(missing_ok=True)
         raise
@@ -261,7 +289,7 @@ def _commit(files: dict[Path, Path]) -> None:
         try:
             for dst, tmp in files.items():
                 try:
-                    _rename(tmp, dst)
+                    _replace(tmp, dst)
                 except FileNotFoundError:  # a stage starting meanwhile finished this journal
                     if not dst.exists():
                         raise
@@ -284,7 +312,7 @@ def _finish(journal: Path) -> list[Path]:
     for tmp_rel, dst_rel in pairs:
         tmp, dst = journal.parent / tmp_rel, journal.parent / dst_rel
         try:
-            os.replace(tmp, dst)
+            _replace(tmp, dst)
             done.append(dst)
         except FileNotFoundError:  # renamed before the interruption
             pass
@@ -309,20 +337,21 @@ def finish_output_sets(outputs) -> list[Path]:
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path` (old content removed after)."""
+    """Yield a temporary directory; on success it replaces `path` (old content removed after).
+    Inside `output_set()` the replacement waits for the end of the set."""
     path = Path(path)
     tmp = _tmp_sibling(path, is_dir=True)
+    staged = False
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old.{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        pending = _OUTPUT_SET.get()
+        if pending is not None:
+            pending.stage(tmp, path)
+            staged = True
+        else:
+            _replace(tmp, path)
     finally:
-        if tmp.exists():
+        if not staged and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,4 +1,5 @@
-"""pandera schemas for every table passed between stages (DESIGN section 5).
+"""pandera schemas for every table passed between stages (the rollout table's columns and rules:
+docs/definitions.md, "The rollout table").
 
 Tables are checked lazily, so one error lists every failing check and row (capped), and the
 message names the file. Checked on write and on read.

@@ -1,5 +1,6 @@
-"""Estimators on a rollout table (DESIGN sections 1, 2): E[T] with a bootstrap CI, curves over the
-horizon H, regimes of xi = H / E[T], and the budget planner.
+"""Estimators on a rollout table (T, H, xi and the estimators as docs/definitions.md defines them):
+E[T] with a bootstrap CI, curves over the horizon H, regimes of xi = H / E[T], and the budget
+planner.
 
 One sampling pass with cap Hmax = max_tokens gives every H <= Hmax exactly: a generation cut at H
 is a prefix of the generation at Hmax, so "a correct answer within H tokens" is read straight off
@@ -7,7 +8,8 @@ is a prefix of the generation at Hmax, so "a correct answer within H tokens" is 
 correct answer is a miss at every H), so p(H) is a plain empirical frequency and needs no survival
 estimator. Above the cap the data cannot tell, and the functions here refuse.
 
-Every function is pure: a DataFrame with the DESIGN section 5 columns in, numbers out.
+Every function is pure: a DataFrame with the rollout table's columns (docs/definitions.md) in,
+numbers out.
 """
 
 from __future__ import annotations
@@ -641,7 +643,8 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
               n_bootstrap: int = 1000, ci_level: float = 0.95, seed: int = 0,
               deficient_below: float = 0.5, ample_above: float = 3.0,
               reward: str = "within") -> dict[str, Any]:
-    """The DESIGN section 6 `xi` summary, JSON-safe (inf and nan become None).
+    """The summary `relbudget xi` prints (docs/pipeline.md, "The command line"), JSON-safe (inf
+    and nan become None).
 
     horizons=None uses summary_horizons(cap). Per horizon, reward_mean, reward_var and
     p_informative are those of `reward` (for `within`: p, p(1-p) and P_inf); p and

@@ -1,10 +1,10 @@
 """Evaluation of a policy: sampling its evaluation rollouts, and the metrics at each horizon.
 
 One sampling pass at cap max(H, H_eval) answers every horizon up to it, because a generation
-cut at H is a prefix of the generation at the cap (DESIGN section 2). Sampling stops a completion
-at its first correct answer (early exit): accuracy within H, first-answer accuracy, E[T] and
-pass@k are the same as without it, and a policy that runs on after a correct answer costs no
-more than the tokens up to it. Lengths and tokens after the first correct answer are therefore
+cut at H is a prefix of the generation at the cap (docs/definitions.md, "Estimators"). Sampling
+stops a completion at its first correct answer (early exit): accuracy within H, first-answer
+accuracy, E[T] and pass@k are the same as without it, and a policy that runs on after a correct
+answer costs no more than the tokens up to it. Lengths and tokens after the first correct answer are therefore
 measured in training (the history), not here.
 """
 

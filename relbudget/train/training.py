@@ -1,6 +1,7 @@
 """One training run from the base policy, as the stages need it: checks before compute, the
 adaptive budgets, an accuracy curve along training, and the summary of the run.
 
+`train_from_base` is the one training path of train@REGIME, a sweep cell and an arm run;
 `train_and_evaluate` is the whole of a sweep cell or an arm (train@REGIME saves its policy
 instead of evaluating it in the same process):
 
@@ -18,7 +19,9 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -186,25 +189,53 @@ def curve_evaluator(tok, prompts: pd.DataFrame, e, h_eval: int, attempts: int, p
     return evaluate
 
 
-# ---------------------------------------------------------------- a cell or an arm
+# ---------------------------------------------------------------- a regime, a cell or an arm
 
 
-def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: int,
-                       eval_at: list[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
-    """GRPO from the base policy with train params `t` at H, then evaluation at H_eval.
-    Returns (history, eval rollouts, eval result, run summary); the result holds no timings."""
-    from relbudget.measure.evaluation import evaluate_policy
-    from relbudget.train.grpo import train_policy
+@dataclass
+class Trained:
+    """A policy trained from the base policy, and what a stage writes and logs about the run."""
+
+    model: Any
+    tokenizer: Any
+    history: pd.DataFrame
+    H: int  # the H TRL ran with (per_prompt: the largest H_x)
+    stats: dict  # `summary` of the run and the adaptive budgets' counts
+
+
+def train_from_base(params, t, H: int, name: str, work: Path, checkpoints: Path | None = None,
+                    eval_at: list[int] | None = None, eval_prompts: pd.DataFrame | None = None,
+                    eval_attempts: int | None = None, warning: str | None = None,
+                    log_inputs: bool = False) -> Trained:
+    """GRPO from the base policy with train params `t` at H, the same path for train@REGIME, a
+    sweep cell and an arm: the training prompts (rendered, `adaptive_budgets` applied), the
+    context check before compute, then `train_policy` while holding `work`'s lock, with the
+    trainer's checkpoints in `checkpoints` (default `work`/trainer), so an interrupted run resumes.
+
+    eval_at: the accuracy curve at H_eval along training (`EvalCurve`) on `eval_prompts`, with
+    `eval_attempts` samples each. warning: preflight's, for the summary. log_inputs: the training
+    prompts as an MLflow dataset input and the adaptive budgets' counts as budget/ metrics."""
     from relbudget.core.io import work_lock
-    from relbudget.measure.models import load_saved, render_prompts, save_policy
     from relbudget.core.schemas import PROMPTS, read_table
+    from relbudget.measure.models import load_saved, render_prompts
+    from relbudget.train.grpo import train_policy
 
     paths, e, bp = params.paths, params.evaluate, params.base_policy
     model, tok = load_saved(paths.base_model, bp.trust_remote_code)
-    prompts = render_prompts(read_table(paths.prompts("train"), PROMPTS), tok, bp.chat_template)
+    prompts = read_table(paths.prompts("train"), PROMPTS)
+    if log_inputs:
+        from relbudget.core.tracking import log_dataset
+
+        log_dataset(prompts, paths.prompts("train"), "training")
+    prompts = render_prompts(prompts, tok, bp.chat_template)
     prompts, H, budget_stats = adaptive_budgets(t, paths.rollouts, prompts, H)
+    if log_inputs and budget_stats:
+        import mlflow
+
+        mlflow.log_metrics({f"budget/{k}": float(v) for k, v in budget_stats.items()})
+    log.info("%s: H=%d, %d prompts, stop=%s (budget %d tokens, max %d steps)", name, H,
+             len(prompts), t.stop, t.token_budget, t.max_steps)
     max_model_len = check_length(model, tok, prompts, context_H(t, H), t)
-    eval_prompts = read_table(paths.prompts("eval"), PROMPTS)
 
     curve = None
     if eval_at:
@@ -212,15 +243,39 @@ def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: 
         evaluate = curve_evaluator(tok, rendered, e, e.h_eval, eval_attempts, name)
         curve = lambda hist: EvalCurve(hist, evaluate, eval_at, t.token_budget)  # noqa: E731
     t0 = time.time()
-    with work_lock(work):  # a second run of the same cell is refused: no shared live checkpoint
-        model, history = train_policy(model, tok, prompts, t, H, work / "trainer", max_model_len,
-                                      extra_callback=curve)
+    with work_lock(work):  # a second run on the same work folder is refused: no shared checkpoint
+        model, history = train_policy(model, tok, prompts, t, H,
+                                      work / "trainer" if checkpoints is None else checkpoints,
+                                      max_model_len, extra_callback=curve)
     seconds = time.time() - t0
-    save_policy(model, tok, work / "policy")  # evaluated the way evaluate@REGIME is, then dropped
+    stats = {**summary(history, seconds, H, warning), **budget_stats}
+    return Trained(model, tok, history, H, stats)
 
+
+def evaluate_trained(params, trained: Trained, name: str, work: Path, eval_prompts: pd.DataFrame,
+                     eval_attempts: int) -> tuple[pd.DataFrame, dict]:
+    """The trained policy evaluated at H_eval (and at its own H when H <= H_eval) the way
+    evaluate@REGIME evaluates a saved one: saved to `work`/policy first, then dropped with the
+    work folder. Returns (eval rollouts, eval result)."""
+    from relbudget.measure.evaluation import evaluate_policy
+    from relbudget.measure.models import save_policy
+
+    e = params.evaluate
+    save_policy(trained.model, trained.tokenizer, work / "policy")
     # H_own comes free only when it is within the H_eval pass; a larger cap would cost every miss
-    horizons = {"H_eval": e.h_eval, **({"H_own": H} if H <= e.h_eval else {})}
-    table, result = evaluate_policy(work / "policy", eval_prompts, horizons, e, bp,
-                                    params.sampling.backend, name, eval_attempts)
-    stats = {**summary(history, seconds, H, None), **budget_stats}
-    return history, table, result, stats
+    horizons = {"H_eval": e.h_eval, **({"H_own": trained.H} if trained.H <= e.h_eval else {})}
+    return evaluate_policy(work / "policy", eval_prompts, horizons, e, params.base_policy,
+                           params.sampling.backend, name, eval_attempts)
+
+
+def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: int,
+                       eval_at: list[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """GRPO from the base policy with train params `t` at H, then evaluation at H_eval.
+    Returns (history, eval rollouts, eval result, run summary); the result holds no timings."""
+    from relbudget.core.schemas import PROMPTS, read_table
+
+    eval_prompts = read_table(params.paths.prompts("eval"), PROMPTS)  # missing: before compute
+    trained = train_from_base(params, t, H, name, work, eval_at=eval_at,
+                              eval_prompts=eval_prompts, eval_attempts=eval_attempts)
+    table, result = evaluate_trained(params, trained, name, work, eval_prompts, eval_attempts)
+    return trained.history, table, result, trained.stats

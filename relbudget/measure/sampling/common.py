@@ -131,9 +131,9 @@ def first_answer_correct(text: str, gold: str, fmt: str, ended: bool, v: Verdict
 
 
 def score(tokenizer, g: Generation, max_tokens: int, policy: str, keep_text: bool = True) -> dict:
-    """One rollout-table row (DESIGN section 5) for one generation, with two extra columns:
-    `first_answer_correct` (the first answer candidate is correct; it then is the first correct
-    one, so it lies within H exactly when first_correct_token <= H) and `n_answers` (complete
+    """One rollout-table row (its columns: docs/definitions.md) for one generation, with two extra
+    columns: `first_answer_correct` (the first answer candidate is correct; it then is the first
+    correct one, so it lies within H exactly when first_correct_token <= H) and `n_answers` (complete
     answer candidates in the completion: attempts per completion)."""
     ids = g.token_ids
     n_tokens = len(ids)

@@ -1,0 +1,157 @@
+"""What several test modules share (test helper, not a test module): the tiny sizes, params files
+built on the project's params.yaml, a pre-trained tiny policy, and process helpers.
+
+Test modules import from here (or use the fixtures of conftest.py), never from one another:
+tests/test_hygiene.py checks it. Synthetic rollout tables live in tests/synth.py. Heavy imports
+(torch, TRL) stay inside the functions, so importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------- tiny sizes, one of each kind
+
+# A params overlay on params.yaml for stage runs in a project copy (conftest's `project`):
+# sizes small enough for a whole pipeline in well under a minute of compute on 2 cores.
+TINY_PARAMS = {
+    # The single-attempt task keeps these pipeline tests fast; tests/test_task_retry.py and
+    # test_retry_policy_* cover the self-correcting default.
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "seed": 0, "style": "trace"},
+    # About a third of attempts right after ~3 s of pre-training: hits and misses both occur.
+    "base_policy": {"hidden_size": 32, "n_layers": 2, "n_heads": 2, "intermediate_size": 64,
+                    "max_position": 128, "steps": 200, "batch_size": 64, "lr": 0.003,
+                    "n_traces": 60},
+    "sampling": {"attempts": 4, "max_tokens": 24, "batch_size": 32, "chunk_prompts": 4},
+    "xi": {"n_bootstrap": 50},
+    "regimes": {"low": 0.5, "high": 2.0},
+    "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
+              "checkpoint_every": 2, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
+    "evaluate": {"attempts": 4, "h_eval": 24, "pass_k": [1, 4], "batch_size": 32},
+    "sweep": {"xi": [1.0, 2.0], "seeds": [0], "token_budget": 300, "eval_attempts": 2},
+    # every arm, one seed; the band keeps every prompt of so few; one evaluation along the way
+    "arms": {"filter_band": [0.0, 1000.0], "eval_at": [100]},
+}
+
+# A params overlay on params.yaml for the Prefect flow's tests (tests/test_flow.py,
+# tests/test_browser.py): fewer tasks than TINY_PARAMS (one regime, one sweep cell, one arm).
+TINY_FLOW_PARAMS = {
+    "data": {"n_train": 8, "n_eval": 4, "levels": [1], "style": "trace"},
+    # the smallest policy that solves some one-digit sums (a policy that never does makes xi
+    # fail); pre-trained with the trace length, slip rate and threads these tests were tuned with
+    "base_policy": {"steps": 200, "hidden_size": 32, "n_layers": 2, "n_heads": 4,
+                    "intermediate_size": 64, "max_position": 128, "n_traces": 60,
+                    "trace_tokens": 320, "slip_plain": 0.05, "threads": 1},
+    "sampling": {"attempts": 2, "max_tokens": 40, "batch_size": 16, "chunk_prompts": 4},
+    "xi": {"n_bootstrap": 50},
+    "regimes": {"a": 1.0},
+    "train": {"stop": "steps", "max_steps": 2, "token_budget": 150000, "num_generations": 4,
+              "prompts_per_step": 2, "checkpoint_every": 50, "controller": {"h_max": 64},
+              "per_prompt": {"h_max": 64}},
+    "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
+    "sweep": {"xi": [1.0], "seeds": [0], "eval_attempts": 2},
+    "arms": {"arms": ["controller"]},
+}
+
+# Train params (keyword arguments of TrainParams) for GRPO on the tiny policy in one thread.
+TINY_TRAIN = dict(num_generations=4, prompts_per_step=2, lr=1e-3, threads=1)
+
+
+# ---------------------------------------------------------------- params files
+
+
+def deep_update(base: dict, upd: dict) -> dict:
+    """`base` with `upd` merged in, section by section; `regimes` is replaced whole."""
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = deep_update(out.get(k, {}), v) if isinstance(v, dict) and k != "regimes" else v
+    return out
+
+
+def project_params() -> dict:
+    """The project's params.yaml, as a raw dict (a fresh copy each call)."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def tiny_params(**overrides) -> dict:
+    """params.yaml with TINY_PARAMS and then `overrides` merged in (a raw params dict)."""
+    return deep_update(deep_update(project_params(), TINY_PARAMS), overrides)
+
+
+def flow_params(**overrides) -> dict:
+    """params.yaml with TINY_FLOW_PARAMS and then `overrides` merged in (a raw params dict)."""
+    return deep_update(deep_update(project_params(), json.loads(json.dumps(TINY_FLOW_PARAMS))),
+                       overrides)
+
+
+def no_outside_pipeline(monkeypatch) -> None:
+    """Stage runs in a test belong to no pipeline run of the shell that started pytest."""
+    for var in ("RELBUDGET_PIPELINE_RUN", "DVC_STAGE", "DVC_EXP_NAME"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ---------------------------------------------------------------- a tiny policy, training
+
+
+def pretrained(folder, after_answer: str = ""):
+    """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format in folder;
+    `after_answer` is text it learns to write after its answer, before EOS."""
+    from relbudget.measure.task import trace_corpus
+    from relbudget.testing import tiny_policy
+
+    corpus = [(q, c + after_answer, eos) for q, c, eos in trace_corpus(60, [1], 2, seed=0)]
+    return tiny_policy(folder, corpus)
+
+
+def killed_at_step_3(monkeypatch, model, tok, prompts, t, H, work) -> None:
+    """train_policy killed in step 3 (after the checkpoint of step 2, with checkpoint_every=2)."""
+    import pytest
+
+    from relbudget.train.grpo import HistoryCallback, train_policy
+
+    real = HistoryCallback.on_step_end
+
+    def crash_at_3(self, args, state, control, **kw):
+        if state.global_step == 3:
+            raise RuntimeError("killed")
+        return real(self, args, state, control, **kw)
+
+    monkeypatch.setattr(HistoryCallback, "on_step_end", crash_at_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_policy(model, tok, prompts, t, H, work)
+    monkeypatch.setattr(HistoryCallback, "on_step_end", real)
+
+
+# ---------------------------------------------------------------- processes and ports
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """Stop a process started in its own session, and its children, by its group id: SIGTERM,
+    SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
