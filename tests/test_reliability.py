@@ -379,18 +379,26 @@ def test_a_folder_is_replaced_with_its_set(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob(".*")) == []
 
 
-KILL_FOLDER_SET = WRITE_FOLDER_SET + """
-import os, signal, sys
-from pathlib import Path
-import relbudget.core.io as rio
+# A script fragment: SIGKILL the process after `count` renames of an output set's commit.
+KILL_AFTER_RENAMES = """
+def kill_after_renames(count):
+    import os, signal
+    import relbudget.core.io as rio
 
-count, real, done = int(sys.argv[1]), rio._rename, [0]
-def rename(src, dst):
-    if done[0] == count:
-        os.kill(os.getpid(), signal.SIGKILL)
-    done[0] += 1
-    real(src, dst)
-rio._rename = rename
+    real, done = rio._rename, [0]
+    def rename(src, dst):
+        if done[0] == count:
+            os.kill(os.getpid(), signal.SIGKILL)
+        done[0] += 1
+        real(src, dst)
+    rio._rename = rename
+"""
+
+KILL_FOLDER_SET = WRITE_FOLDER_SET + KILL_AFTER_RENAMES + """
+import sys
+from pathlib import Path
+
+kill_after_renames(int(sys.argv[1]))
 write_folder_set(Path("."), "new")
 """
 
@@ -471,9 +479,8 @@ def test_xi_stage_failing_midway_keeps_the_old_outputs(tmp_path, monkeypatch):
     assert _state(tmp_path) == old and _leftovers(tmp_path) == []
 
 
-KILL_XI = """
+KILL_XI = KILL_AFTER_RENAMES + """
 import os, signal, sys, types
-import relbudget.core.io as rio
 import stages.xi as xi
 from relbudget.core.params import params_with
 
@@ -481,13 +488,7 @@ where, count = sys.argv[1], int(sys.argv[2])
 xi.log_metrics = lambda *a, **k: None
 xi.mlflow = types.SimpleNamespace(log_artifact=lambda *a, **k: None)
 if where == "rename":  # SIGKILL after `count` renames of the set's commit
-    real, done = rio._rename, [0]
-    def rename(src, dst):
-        if done[0] == count:
-            os.kill(os.getpid(), signal.SIGKILL)
-        done[0] += 1
-        real(src, dst)
-    rio._rename = rename
+    kill_after_renames(count)
 else:  # SIGKILL inside the gamma_fit plot (the fifth write), after its temp file is written
     real_plot = xi.gamma_fit
     def plot(df, path, gamma):

@@ -137,11 +137,11 @@ def switch_work_dir(folder: str | Path, stamp_name: str, fp: str, keep: int = KE
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path; on success rename it over `path`, on error delete it.
-    Inside `output_set()` the rename waits for the end of the set."""
+def _atomic(path: str | Path, is_dir: bool) -> Iterator[Path]:
+    """A temporary sibling of `path` (a file or a folder); on success it replaces `path`, or,
+    inside `output_set()`, is staged to replace it at the end of the set; on error it is deleted."""
     path = Path(path)
-    tmp = _tmp_sibling(path)
+    tmp = _tmp_sibling(path, is_dir=is_dir)
     staged = False
     try:
         yield tmp
@@ -149,11 +149,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if pending is not None:
             pending.stage(tmp, path)
             staged = True
+        elif is_dir:
+            _replace(tmp, path)
         else:
             os.replace(tmp, path)
     finally:
-        if not staged:
+        if not staged and is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif not staged:
             tmp.unlink(missing_ok=True)
+
+
+def atomic_path(path: str | Path):
+    """Yield a temporary file path; on success rename it over `path`, on error delete it.
+    Inside `output_set()` the rename waits for the end of the set."""
+    return _atomic(path, is_dir=False)
 
 
 # ---------------------------------------------------------------- outputs replaced as a set
@@ -335,24 +345,10 @@ def finish_output_sets(outputs) -> list[Path]:
     return done
 
 
-@contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path):
     """Yield a temporary directory; on success it replaces `path` (old content removed after).
     Inside `output_set()` the replacement waits for the end of the set."""
-    path = Path(path)
-    tmp = _tmp_sibling(path, is_dir=True)
-    staged = False
-    try:
-        yield tmp
-        pending = _OUTPUT_SET.get()
-        if pending is not None:
-            pending.stage(tmp, path)
-            staged = True
-        else:
-            _replace(tmp, path)
-    finally:
-        if not staged and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return _atomic(path, is_dir=True)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
