@@ -3,6 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The browser tests screenshot the MLflow and Prefect UIs in headless Chromium (Debian's package):
+# installed here when missing, so a fresh machine runs them instead of skipping them.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "test: installing Debian's chromium for tests/test_browser.py"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "test: chromium is missing and cannot be installed here (not root): the browser tests will skip" >&2
+    fi
+fi
 # Tests must never reach a model hub or a telemetry endpoint.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=1
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
