@@ -24,6 +24,7 @@ from prefect.filesystems import LocalFileSystem
 
 from relbudget.core.params import Params, params_hash
 from relbudget.core.paths import stage_files
+from relbudget.core.tracking import run_label
 
 PROJECT = Path(__file__).resolve().parent.parent
 OWN_PACKAGES = ("relbudget", "stages")  # the code whose source enters a cache key
@@ -32,7 +33,7 @@ MISSING = "missing"
 
 
 def label_of(stage: str, regime: str | None) -> str:
-    return f"{stage}@{regime}" if regime else stage
+    return run_label(stage, regime)  # the MLflow run's name too
 
 
 def stage_io(stage: str, regime: str | None, params: Params) -> tuple[list[str], list[str]]:

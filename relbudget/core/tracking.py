@@ -283,6 +283,12 @@ def _mark_parent(client: Any, parent_id: str, status: str) -> None:
         log.warning("could not update the pipeline's parent run %s: %s", parent_id, err)
 
 
+def run_label(stage: str, key: str | None = None) -> str:
+    """`stage@KEY` (or the stage alone): the one name of a stage execution, as MLflow runs and
+    the Prefect flow's tasks and cache manifests spell it."""
+    return f"{stage}@{key}" if key else stage
+
+
 @contextmanager
 def stage_run(stage: str, params: dict[str, Any], params_hash: str,
               regime: str | None = None, pipeline: PipelineRun | None = None) -> Iterator[Any]:
@@ -292,7 +298,7 @@ def stage_run(stage: str, params: dict[str, Any], params_hash: str,
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(EXPERIMENT)
-    name = f"{stage}@{regime}" if regime else stage
+    name = run_label(stage, regime)
     tags = {"stage": stage, "regime": regime or "", "params_hash": params_hash,
             "git_commit": git_commit()}
     pipe = pipeline or pipeline_run()
