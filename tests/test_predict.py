@@ -158,3 +158,36 @@ def test_predict_bad_input_is_one_error_line(tmp_path, capsys, args, needle):
     assert main(["plan", "--rollouts", str(path), *args]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error:" in err and needle in err
+
+
+# ---------------------------------------------------------------- the report's comparison
+
+# The default study's sweep (gain per 100k tokens, mean over 3 seeds) and the static baseline's
+# curve on the same grid as the issue that asked for the predictor quotes them.
+SWEEP = pd.DataFrame({"xi": [0.25, 0.5, 1.0, 1.75, 3.0, 6.0],
+                      "gain_per_100k": [-0.2025, 0.2939, 0.2973, 0.2092, 0.2032, 0.1423]})
+STATIC = [0.11, 1.0, 0.60, 0.34, 0.18, 0.09]
+
+
+def test_report_comparison_gives_the_four_figures(tmp_path):
+    from relbudget.report import plots, prediction
+
+    predicted = {"best_xi": 1.0, "static_best_xi": 0.5, "prediction_tokens": 36_000,
+                 "curve": [{"xi": x, "H": round(45 * x), "predicted": m, "static": s}
+                           for x, m, s in zip(SWEEP["xi"], [0.2, 0.9, 1.0, 0.7, 0.6, 0.5],
+                                              STATIC)]}
+    peak = {"xi": 1.0, "low": 0.5, "high": 1.0}
+    cmp = prediction.compare(predicted, SWEEP, peak, 720_000)
+    # the static baseline's figures as the issue measured them: Spearman 0.89, MAE 0.41
+    assert cmp["static"]["spearman"] == pytest.approx(0.886, abs=1e-3)
+    assert cmp["static"]["mae_normalised"] == pytest.approx(0.41, abs=5e-3)
+    assert cmp["static"]["peak_inside"] and cmp["predictor"]["peak_inside"]
+    assert cmp["cost_share"] == pytest.approx(0.05)
+    assert [r["measured"] for r in cmp["curve"]][2] == 1.0
+    md = "\n".join(prediction.markdown(cmp, peak))
+    assert "| Spearman over the grid |" in md and "0.41" in md and "5.0%" in md
+    plots.predicted(pd.DataFrame(cmp["curve"]), peak, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+    with pytest.raises(ValueError, match="no xi \\[0.25\\]"):
+        prediction.compare({**predicted, "curve": predicted["curve"][1:]}, SWEEP, peak, 1)
