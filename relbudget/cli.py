@@ -3,10 +3,14 @@ table.
 
     relbudget xi   --rollouts FILE [--horizon H ...] [--group-size G] [--reward R] [--json]
     relbudget plan --rollouts FILE --target-xi X [--group-size G] [--reward R] [--json]
+    relbudget plan --rollouts FILE --predict [--xi X ...] [--prompts-per-step N] [--json]
 
 `--reward within|final|budget` (default within) chooses the reward whose mean, variance and share
 of informative groups are reported per horizon (`reward_mean`, `reward_var`, `p_informative`);
 `p` = P(T <= H) is always there.
+
+`plan --predict` prints the predicted learning efficiency over a grid of xi (default: the sweep's)
+and the predicted best xi, from the rollout table alone (relbudget.measure.predict).
 
 Defaults come from the xi section of the project's params.yaml, the one source of values. `--json` prints
 exactly one JSON object on stdout. Any error (missing file, schema failure, a bad number, a horizon
@@ -25,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from relbudget.measure import estimators as est
+from relbudget.measure import predict as pred
 from relbudget.core.params import XiParams, check_xi, defaults, error_lines
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
 
@@ -141,6 +146,10 @@ def cmd_xi(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace, extra=None) -> int:
     """`extra(out)`: one more line to print (and key `grpo_config` in JSON); used by measure."""
+    if getattr(args, "predict", False):
+        return cmd_predict(args)
+    if args.target_xi is None:
+        raise CLIError("--target-xi is required (or pass --predict for the efficiency curve)")
     check_xi(args.target_xi, "--target-xi")  # finite, in XI_RANGE: no overflow, no silent H = 1
     xp = _xi_params(args)
     df = _read_rollouts(args)
@@ -167,11 +176,48 @@ def cmd_plan(args: argparse.Namespace, extra=None) -> int:
     return 0
 
 
+def _grid(args: argparse.Namespace) -> list[float]:
+    """The xi grid of --predict: --xi values, else the sweep's grid in params.yaml."""
+    grid = args.xi if args.xi else defaults().sweep.xi
+    for x in grid:
+        check_xi(x, "--xi")
+    return grid
+
+
+def _prompts_per_step(args: argparse.Namespace) -> int:
+    n = args.prompts_per_step if args.prompts_per_step is not None else \
+        defaults().train.prompts_per_step
+    if n < 1:
+        raise CLIError(f"--prompts-per-step must be a whole number >= 1, got {n}")
+    return n
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`plan --predict`: the predicted efficiency over xi and its best xi (every check first)."""
+    grid, n = _grid(args), _prompts_per_step(args)
+    xp = _xi_params(args)
+    df = _read_rollouts(args)
+    out = est.to_json_safe({**pred.predict(df, grid, xp.group_size, n),
+                            "group_size": xp.group_size, "prompts_per_step": n})
+    if args.json:
+        print(json.dumps(out, allow_nan=False))
+        return 0
+    print(f"E[T] = {out['E_T']:.2f}; G = {xp.group_size}, {n} prompts per step; the rollouts "
+          f"generated {out['prediction_tokens']:,} tokens")
+    print(f"{'xi':>7} {'H':>6} {'P_inf':>7} {'tokens':>7} {'predicted':>10} {'static':>7}")
+    for r in out["curve"]:
+        print(f"{r['xi']:>7g} {r['H']:>6d} {r['p_informative']:>7.3f} {r['tokens']:>7.1f} "
+              f"{r['predicted']:>10.3f} {r['static']:>7.3f}")
+    print(f"predicted best xi = {out['best_xi']:g} (static baseline: {out['static_best_xi']:g}); "
+          "both curves are normalised to their maximum")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = defaults().xi
+    d, d_train = defaults().xi, defaults().train
     parser = argparse.ArgumentParser(
         prog="relbudget", description="Relative budget xi = H / E[T] of a rollout table.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,7 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="the H for a target xi, with predicted p, p(1-p), P_inf")
     common(p)
-    p.add_argument("--target-xi", dest="target_xi", type=float, required=True, metavar="X")
+    p.add_argument("--target-xi", dest="target_xi", type=float, default=None, metavar="X",
+                   help="the xi to plan H for (required unless --predict)")
+    p.add_argument("--predict", action="store_true",
+                   help="predict learning efficiency over a grid of xi and the best xi, from the "
+                   "rollouts alone (docs/definitions.md)")
+    p.add_argument("--xi", type=float, action="append", metavar="X",
+                   help="a xi of the --predict grid, repeatable (default: sweep.xi of params.yaml)")
+    p.add_argument("--prompts-per-step", dest="prompts_per_step", type=int, default=None,
+                   metavar="N", help="GRPO prompts per optimizer step for --predict (default "
+                   f"train.prompts_per_step, {d_train.prompts_per_step})")
     p.set_defaults(func=cmd_plan)
 
     from relbudget.cli_measure import add_parser as add_measure

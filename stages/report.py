@@ -53,6 +53,8 @@ def write_plots(params, inp: dict, st: dict) -> None:
     plots.xi_t_sweep(st["cell_histories"], slopes, p.report_plot(P.XI_T_SWEEP_PNG))
     plots.tokens_to_target(st["arms"]["curves"], st["arms"]["target_accuracy"],
                            p.report_plot(P.TOKENS_TO_TARGET_PNG))
+    plots.predicted(pd.DataFrame(st["prediction"]["curve"]), st["peak"],
+                    p.report_plot(P.PREDICTED_PNG))
 
 
 def run(params) -> dict:

@@ -1,4 +1,6 @@
-"""xi: E[T] with a bootstrap CI, per-prompt E[T|x], curves over H, and the budget per regime."""
+"""xi: E[T] with a bootstrap CI, per-prompt E[T|x], curves over H, the budget per regime, and the
+learning efficiency predicted over the sweep's xi grid before any training (summary key
+`predicted`, relbudget.measure.predict)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pandas as pd
 
 from relbudget.core import params as P
 from relbudget.measure import estimators as est
+from relbudget.measure import predict as pred
 from relbudget.measure.budgets import plan_budgets, write_budgets
 from relbudget.core.io import output_set, write_json, write_parquet
 from relbudget.core.params import XI_PLOTS
@@ -17,7 +20,8 @@ from relbudget.core.tracking import log_metrics
 from relbudget.core.schemas import ROLLOUTS, read_table
 
 log = logging.getLogger("relbudget.xi")
-SECTIONS = ["xi", "regimes", "report.paper_band", "paths"]
+SECTIONS = ["xi", "regimes", "report.paper_band", "sweep.xi", "train.num_generations",
+            "train.prompts_per_step", "paths"]
 
 
 def per_prompt_table(df: pd.DataFrame, budgets: dict[str, dict]) -> pd.DataFrame:
@@ -39,6 +43,10 @@ def run(params) -> dict:
     curves = est.curves(df, est.default_horizons(summary["max_tokens"]), x.group_size)
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
     summary["gamma"] = est.to_json_safe(est.fit_gamma(df))  # ValueError on a table without a hit
+    # On the sweep's grid, with the GRPO batch the sweep trains with, so the report can lay the
+    # prediction over the measured curve.
+    summary["predicted"] = est.to_json_safe(pred.predict(
+        df, params.sweep.xi, params.train.num_generations, params.train.prompts_per_step))
 
     with output_set():  # all seven files replaced together, or none (relbudget.core.io.output_set)
         write_parquet(per_prompt_table(df, budgets), p.per_prompt)
@@ -52,7 +60,8 @@ def run(params) -> dict:
         write_json({k: summary[k] for k in ("E_T", "n_attempts", "n_hits")}, p.E_T)
 
     log_metrics({**summary, **{f"H_{k}": b["H"] for k, b in budgets.items()},
-                 "gamma_K": summary["gamma"]["K"]})
+                 "gamma_K": summary["gamma"]["K"],
+                 "predicted_best_xi": summary["predicted"]["best_xi"]})
     for f in (p.xi_summary, p.budgets, *map(p.xi_plot, XI_PLOTS), p.curves):
         mlflow.log_artifact(f)
     log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s; Gamma K = %.2f",

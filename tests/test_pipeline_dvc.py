@@ -77,13 +77,17 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     report = (repo / "data/report/report.md").read_text()
     assert "| low |" in report and "| high |" in report
     for png in ("xi_curves.png", "learning_curves.png", "efficiency.png", "xi_t_sweep.png",
-                "tokens_to_target.png"):
+                "tokens_to_target.png", "predicted.png"):
         assert (repo / "data/report" / png).read_bytes()[:4] == b"\x89PNG"
     # the sweep cells: H = xi * E[T] from the xi stage, aggregated by the report
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
     assert [(c["xi"], c["seed"]) for c in metrics["sweep"]] == [(1.0, 0), (2.0, 0)]
     assert [c["H"] for c in metrics["sweep"]] == [max(1, int(x * summary["E_T"] + 0.5)) for x in (1, 2)]
     assert metrics["peak"]["xi"] in (1.0, 2.0) and "paper's band" in metrics["peak_sentence"]
+    # the prediction made at the xi stage, judged against the sweep
+    assert [r["xi"] for r in metrics["prediction"]["curve"]] == [1.0, 2.0]
+    assert metrics["prediction"]["predicted_peak_xi"] in (1.0, 2.0)
+    assert "## Predicted before training against measured" in report
     for cell in ("xi1.0-s0", "xi2.0-s0"):
         read_table(repo / f"data/sweep/{cell}/history.parquet", HISTORY)
         assert "first_answer_accuracy" in json.loads(

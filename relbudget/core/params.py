@@ -87,9 +87,10 @@ LEARNING_CURVES_PNG = "learning_curves.png"
 EFFICIENCY_PNG = "efficiency.png"
 XI_T_SWEEP_PNG = "xi_t_sweep.png"
 TOKENS_TO_TARGET_PNG = "tokens_to_target.png"
+PREDICTED_PNG = "predicted.png"
 XI_PLOTS = (XI_CURVES_PNG, GAMMA_FIT_PNG)
 REPORT_PLOTS = (XI_CURVES_PNG, LEARNING_CURVES_PNG, EFFICIENCY_PNG, XI_T_SWEEP_PNG,
-                TOKENS_TO_TARGET_PNG)
+                TOKENS_TO_TARGET_PNG, PREDICTED_PNG)
 
 
 class Paths(Section):

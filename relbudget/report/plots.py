@@ -102,6 +102,28 @@ def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] =
     _save(fig, path)
 
 
+def predicted(curve: pd.DataFrame, peak: dict, path: str | Path) -> None:
+    """Measured efficiency against xi (log) with the curves predicted before training, each
+    normalised to its own maximum; the measured peak's interval shaded."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if peak["high"] > peak["low"]:
+        ax.axvspan(peak["low"], peak["high"], color="tab:green", alpha=0.08,
+                   label=f"measured peak interval [{peak['low']:g}, {peak['high']:g}]")
+    for col, style, label in (("measured", "o-", "measured (sweep mean over seeds)"),
+                              ("predicted", "s--", "predicted (sqrt informative groups / token)"),
+                              ("static", "^:", "static baseline (P_inf / token)")):
+        ax.plot(curve["xi"], curve[col], style, lw=1.5, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(curve["xi"]))
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set(xlabel="xi = H / E[T] (base policy)", ylabel="efficiency / its maximum")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def xi_t_sweep(histories: dict[float, list[pd.DataFrame]], slopes: dict[float, float | None],
                path: str | Path) -> None:
     """xi_t = H / E_t[T] over training, one colour per swept xi (one line per seed), with the

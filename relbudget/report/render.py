@@ -179,6 +179,7 @@ def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | Non
         lines += _sweep_section(agg, peak, band, base_at or {}, s.get("gamma"), gamma_png)
     lines += more or []
     lines += ["## Plots", "", f"![efficiency]({P.EFFICIENCY_PNG})", "",
+              f"![predicted against measured]({P.PREDICTED_PNG})", "",
               f"![base curves]({P.XI_CURVES_PNG})", "",
               f"![learning curves]({P.LEARNING_CURVES_PNG})", ""]
     return "\n".join(lines)

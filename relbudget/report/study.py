@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from relbudget.core import params as P
-from relbudget.report import compare
+from relbudget.report import compare, prediction
 from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
 
@@ -16,7 +16,8 @@ from relbudget.core.io import to_json_safe
 def analyse(inp: dict, params) -> dict:
     """`inp`: what stages.report.load_inputs reads. Returns `metrics` (metrics.json), `markdown`
     (report.md), and for the plots `rows` (regimes), `agg` (sweep by xi), `peak`, `band`,
-    `cell_histories` (xi -> the cells' histories) and `arms` (relbudget.report.compare.compare)."""
+    `cell_histories` (xi -> the cells' histories), `arms` (relbudget.report.compare.compare) and
+    `prediction` (relbudget.report.prediction.compare)."""
     band = tuple(params.report.paper_band)
     base_at = inp["base_eval"]["at"]["H_eval"]
     rows = [analysis.regime_row(r, inp["budgets"][r], inp["evals"][r], inp["histories"][r],
@@ -27,6 +28,8 @@ def analyse(inp: dict, params) -> dict:
     for ev, h in inp["cells"]:
         cell_histories.setdefault(float(ev["xi"]), []).append(h)
     arms = compare.compare(params.paths, params.arms, params.sweep.seeds, base_at["accuracy"])
+    predicted = prediction.compare(inp["summary"]["predicted"], agg, peak,
+                                   int(table["generated_tokens"].sum()))
     metrics = to_json_safe({
         "base": {"E_T": inp["summary"]["E_T"], "acc_H_eval": base_at["accuracy"],
                  "first_answer_acc": base_at.get("first_answer_accuracy")},
@@ -35,9 +38,10 @@ def analyse(inp: dict, params) -> dict:
         "sweep_by_xi": agg.to_dict(orient="records"),
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
         "peak_sentence": render.band_sentence(peak, band),
+        "prediction": predicted,
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
     gamma_png = os.path.relpath(params.paths.xi_plot(P.GAMMA_FIT_PNG), params.paths.report)
     markdown = render.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
-                          gamma_png, arms["markdown"])
+                          gamma_png, prediction.markdown(predicted, peak) + arms["markdown"])
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
-            "band": band, "cell_histories": cell_histories, "arms": arms}
+            "band": band, "cell_histories": cell_histories, "arms": arms, "prediction": predicted}
