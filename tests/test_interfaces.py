@@ -23,7 +23,7 @@ import pytest
 
 from flows.cache import code_files
 from flows.dag import parse_cmd
-from relbudget.core.params import NOT_SCIENCE, load_params
+from relbudget.core.params import NOT_SCIENCE, key_sections, load_params
 from relbudget.core.paths import stage_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,9 +133,8 @@ def test_code_deps_are_only_code_the_stage_runs(stage):
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_params_are_the_sections_the_stage_reads(stage):
     name, _ = _module_and_key(stage)
-    task = (_module_and_key(stage)[1] or "").partition("-")[0]  # as stages/_cli.py fills {task}
-    sections = {s.format(task=task)
-                for s in importlib.import_module(f"stages.{name}").SECTIONS} - NOT_SCIENCE
+    sections = set(key_sections(importlib.import_module(f"stages.{name}").SECTIONS,
+                                _module_and_key(stage)[1])) - NOT_SCIENCE
     assert _params(stage) == sections, (
         f"dvc.yaml stage {stage.addressing}: params {sorted(_params(stage))}, "
         f"but stages/{name}.py reads {sorted(sections)} (SECTIONS)")

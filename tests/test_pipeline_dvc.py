@@ -29,9 +29,9 @@ def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
 
 
-def stale(repo: Path) -> set[str]:
-    """The stages `dvc status` lists as changed."""
-    status = sh("dvc", "status", cwd=repo)
+def stale(repo: Path, *targets: str) -> set[str]:
+    """The stages `dvc status` lists as changed (of `targets`, stage names: all when none)."""
+    status = sh("dvc", "status", *targets, cwd=repo)
     return {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
 
 

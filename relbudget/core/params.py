@@ -837,6 +837,13 @@ def section_hash(*sections: BaseModel | Any) -> str:
 NOT_SCIENCE = frozenset({"paths"})
 
 
+def key_sections(sections: Iterable[str], key: str | None) -> list[str]:
+    """A stage's SECTIONS for one execution: 'tasks.family.{task}' names the entry of the task
+    that `key` is, or begins ('TASK' or 'TASK-CELL'; a task name holds no '-'), so each task's
+    stages read their own task's params only."""
+    return [s.format(task=(key or "").partition("-")[0]) for s in sections]
+
+
 def dump_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
     """{name: its JSON-ready value} for named sections of params, or single fields of a section
     by dotted name ('sweep.token_budget')."""
