@@ -15,7 +15,7 @@ import os
 
 from relbudget.core.io import output_set, write_json, write_text
 from relbudget.core.params import TASKS_PLOTS
-from relbudget.report import analysis, plots
+from relbudget.report import analysis, headline, plots
 from relbudget.report import tasks as T
 
 log = logging.getLogger("relbudget.tasks_report")
@@ -35,7 +35,7 @@ def run(params, _name: str) -> dict:
         for x, png in zip(("xi", "H"), pngs):
             plots.tasks_efficiency(results, x, png)
         write_json({"tasks": results, "universality": u}, p.tasks_metrics)
-        write_json(T.headline(results, u), p.tasks_headline)
+        headline.write_headline(T.headline(results, u), p.tasks_headline)
         write_text(T.markdown(results, u, *(os.path.basename(f) for f in pngs)), p.tasks_md)
     log.info(T.verdict(results, u))
     return {"tasks": results, "universality": u}

@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from relbudget.core.params import defaults
+from flows.dag import plan
+from relbudget.core.params import defaults, load_params
 from relbudget.measure.task import carry_columns, retry_completion, task_splits
 from relbudget.measure.verify import verify
 from relbudget.report import tasks as T
+from tests.helpers import ROOT
 from tests.test_pipeline_dvc import ran_stages, sh, stale
 
 
@@ -89,6 +91,17 @@ def test_overlapping_intervals_share_a_value():
 
 
 # ------------------------------------------------------------------- stages per task, in DVC
+
+def test_the_flow_runs_each_task_after_its_own_stages():
+    """The Prefect flow's DAG, read from dvc.yaml with the cross-task profile."""
+    steps = {s.label: s for s in plan(load_params(ROOT / "params" / "tasks.yaml"))}
+    cell = steps["task_sweep@carry2-1.75-0"]
+    assert (cell.module, cell.key) == ("task_sweep", "carry2-xi1.75-s0")
+    assert cell.upstream == ("base_policy", "task_t@carry2", "task_xi@carry2")
+    cells = {n for n in steps if n.startswith("task_sweep@")}
+    assert len(cells) == 3 * 6 * 3  # tasks x xi x seeds
+    assert cells <= set(steps["tasks_report@universality"].upstream)
+
 
 TASKS = {"plain": {"levels": [1], "carries": [0], "n_train": 8, "n_eval": 4},
          "carry": {"levels": [1], "carries": [1], "n_train": 8, "n_eval": 4}}

@@ -19,6 +19,7 @@ import pandas as pd
 
 from relbudget.measure.estimators import horizon_for
 from relbudget.report import analysis
+from relbudget.report.headline import numbers
 
 
 def load_task(paths, sweep) -> dict:
@@ -65,11 +66,12 @@ def verdict(tasks: list[dict], u: dict) -> str:
 
 
 def headline(tasks: list[dict], u: dict) -> dict:
-    """Flat {metric: {entity: number}} for `dvc metrics diff`: per task E[T] and peak xi with its
-    interval; the verdict as 0/1."""
-    return {"task_E_T": {t["task"]: t["E_T"] for t in tasks},
-            "task_peak_xi": {f"{t['task']}{s}": t["peak"][k] for t in tasks
-                             for k, s in (("xi", ""), ("low", "_low"), ("high", "_high"))},
+    """{metric: {entity: number}} for `dvc metrics diff`, as the study's headline is
+    (relbudget.report.headline): per task E[T] and peak xi with its interval (rounded); the
+    verdict as 0/1."""
+    return {"task_E_T": numbers({t["task"]: t["E_T"] for t in tasks}),
+            "task_peak_xi": numbers({f"{t['task']}{s}": t["peak"][k] for t in tasks
+                                     for k, s in (("xi", ""), ("low", "_low"), ("high", "_high"))}),
             "universality": {k: int(v) for k, v in u.items()}}
 
 
