@@ -1,9 +1,9 @@
-"""Several tasks: the family's E[T] ordering, the universality verdict, and per-task stages that
-rerun alone (a real `dvc repro` of the task stages in a temp git+DVC repo, tiny params)."""
+"""Several tasks: the family's E[T] ordering, the universality verdict, the flow's DAG, and
+per-task stages that go stale alone (`dvc status` in a temp git+DVC repo, tiny params)."""
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,12 +11,18 @@ import pytest
 import yaml
 
 from flows.dag import plan
-from relbudget.core.params import defaults, load_params
+from relbudget.core.params import defaults, load_params, task_cell_name
+from relbudget.core.paths import stage_files
+from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table
+from relbudget.measure.estimators import horizon_for
+from relbudget.measure.evaluation import metrics_at
 from relbudget.measure.task import carry_columns, retry_completion, task_splits
 from relbudget.measure.verify import verify
 from relbudget.report import tasks as T
-from tests.helpers import ROOT
-from tests.test_pipeline_dvc import ran_stages, sh, stale
+from stages import task_sweep, task_t, task_xi, tasks_report
+from stages._cli import execute
+from tests.helpers import ROOT, pretrained
+from tests.test_pipeline_dvc import sh, stale
 
 
 # ------------------------------------------------------------- the family: known E[T] ordering
@@ -71,7 +77,7 @@ def test_peaks_at_one_xi_align_in_xi_not_in_H():
     tasks = [T.task_result(name, E_T, sweep(E_T, lambda xi, H: np.log2(xi)))
              for name, E_T in (("easy", 10.0), ("hard", 40.0))]
     assert [t["peak"]["xi"] for t in tasks] == [1.0, 1.0]
-    assert [t["peak_H"]["xi"] for t in tasks] == [10, 40]
+    assert [t["peak_H"]["H"] for t in tasks] == [10, 40]
     assert T.universality(tasks) == {"peak_xi_common": True, "peak_H_common": False}
     assert "in xi, not in H" in T.verdict(tasks, T.universality(tasks))
 
@@ -121,19 +127,78 @@ def repo(project):
 TASK_STAGES = ("task_t", "task_xi", "task_sweep", "tasks_report")
 
 
-@pytest.mark.slow
-def test_each_task_runs_its_own_stages_and_reruns_alone(repo):
-    log = sh("dvc", "repro", "tasks_report@universality", cwd=repo)
-    assert {"task_t@plain", "task_xi@carry", "task_sweep@plain-1.0-0", "task_sweep@carry-1.0-0",
-            "tasks_report@universality"} <= ran_stages(log)
-    m = json.loads((repo / "data/report/tasks/metrics.json").read_text())
-    assert [t["task"] for t in m["tasks"]] == ["plain", "carry"]
-    assert set(m["universality"]) == {"peak_xi_common", "peak_H_common"}
-    assert [s["xi"] for s in m["tasks"][0]["sweep"]] == [1.0]
+def put(path: Path) -> None:
+    """A file (a name with a suffix) or a folder holding one, with a fixed content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix:
+        path.write_text("x")
+    else:
+        path.mkdir(exist_ok=True)
+        (path / "f").write_text("x")
 
-    # One task's params change: its own stages (and the cross-task report), none of the other's.
+
+def record_done(repo: Path) -> None:
+    """Record the task stages in dvc.lock as run, without their compute: every data file they
+    read or write is put in place and `dvc commit` hashes it with the params. What is tested is
+    which stages DVC ties to which params and files (the stages' own runs: tests/test_stages.py)."""
+    params = load_params(repo / "params.yaml")
+    keys = {"task_t": list(TASKS), "task_xi": list(TASKS), "tasks_report": ["universality"],
+            "task_sweep": [task_cell_name(t, x, s) for t in TASKS for x in params.sweep.xi
+                           for s in params.sweep.seeds]}
+    files = [stage_files(params.paths, stage, key) for stage in keys for key in keys[stage]]
+    for f in files:  # the report's deps are the task folders, which the others fill
+        for path in (*f.deps, *f.outputs):
+            if path != params.paths.tasks:
+                put(repo / path)
+    sh("dvc", "commit", "-f", *TASK_STAGES, cwd=repo)
+
+
+@pytest.mark.slow
+def test_one_tasks_params_make_only_its_stages_stale(repo):
+    record_done(repo)
+    assert stale(repo, *TASK_STAGES) == set()
+
+    # One task's params change: its own stages and the cross-task report, none of the other's.
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["tasks"]["family"]["carry"]["n_eval"] = 5
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert stale(repo, *TASK_STAGES) == {"task_t@carry", "task_xi@carry",
                                          "task_sweep@carry-1.0-0", "tasks_report@universality"}
+
+    # The relative evaluation cap is every task's: their evaluations and cells, not their prompts.
+    params["tasks"]["family"]["carry"]["n_eval"] = 4
+    params["tasks"]["h_eval_xi"] = 2.0
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert stale(repo, *TASK_STAGES) == {"task_xi@plain", "task_xi@carry", "task_sweep@plain-1.0-0",
+                                         "task_sweep@carry-1.0-0", "tasks_report@universality"}
+
+
+# ------------------------------------------------------------------ the stages, run for real
+
+@pytest.mark.slow
+def test_task_stages_measure_each_task_on_its_own_prompts(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tasks"]["family"] = {"any": {"levels": [1], "carries": None, "n_train": 8, "n_eval": 4},
+                                 "plain": {"levels": [1], "carries": [0], "n_train": 8, "n_eval": 4}}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    params = load_params(repo / "params.yaml")
+    pretrained(repo / params.paths.base_model)
+    for task in params.tasks.family:
+        execute("task_t", task_t.run, params, task_t.SECTIONS, task)
+        summary = execute("task_xi", task_xi.run, params, task_xi.SECTIONS, task)
+        cell = execute("task_sweep", task_sweep.run, params, task_sweep.SECTIONS,
+                       task_cell_name(task, 1.0, 0))
+        p = params.paths.task(task)
+        prompts = read_table(p.prompts("train"), PROMPTS)
+        rollouts = read_table(p.rollouts, ROLLOUTS)
+        assert set(rollouts["prompt_id"]) == set(prompts["prompt_id"])  # the task's own prompts
+        assert summary["H_eval"] == horizon_for(params.tasks.h_eval_xi, summary["E_T"])
+        assert cell["H"] == horizon_for(1.0, summary["E_T"]) and cell["task"] == task
+        assert cell["at"]["H_eval"] == metrics_at(read_table(p.cell_rollouts(cell["cell"]),
+                                                             ROLLOUTS), summary["H_eval"], [1])
+    xs = [[int(x) for x in q.rstrip("=").split("+")]
+          for q in read_table(params.paths.task("plain").prompts("eval"), PROMPTS)["prompt"]]
+    assert all(sum(x) < 10 for x in xs)  # no carry
+    out = execute("tasks_report", tasks_report.run, params, tasks_report.SECTIONS, "universality")
+    assert [t["task"] for t in out["tasks"]] == ["any", "plain"]
+    assert (repo / params.paths.tasks_headline).is_file()

@@ -36,7 +36,8 @@ def task_result(name: str, E_T: float, table: pd.DataFrame) -> dict:
     peak = analysis.peak_xi(table)
     return {"task": name, "E_T": E_T,
             "peak": {k: peak[k] for k in ("xi", "low", "high")},
-            "peak_H": {k: horizon_for(peak[k], E_T) for k in ("xi", "low", "high")},
+            "peak_H": {h: horizon_for(peak[k], E_T) for h, k in (("H", "xi"), ("low", "low"),
+                                                                  ("high", "high"))},
             "sweep": [{"xi": float(r.xi), "H": int(r.H), "gain_per_100k": float(r.gain_per_100k)}
                       for r in agg.itertuples(index=False)]}
 
@@ -55,7 +56,7 @@ def universality(tasks: list[dict]) -> dict:
 def verdict(tasks: list[dict], u: dict) -> str:
     """The universality answer in one sentence, with every task's intervals."""
     xs = "; ".join(f"{t['task']} (E[T] {t['E_T']:.1f}): xi {t['peak']['xi']:g} "
-                   f"[{t['peak']['low']:g}, {t['peak']['high']:g}], H {t['peak_H']['xi']} "
+                   f"[{t['peak']['low']:g}, {t['peak']['high']:g}], H {t['peak_H']['H']} "
                    f"[{t['peak_H']['low']}, {t['peak_H']['high']}]" for t in tasks)
     where = {(True, True): "in xi and in H alike (the tasks' intervals cannot tell the two apart)",
              (True, False): "in xi, not in H: the efficient budget scales with E[T], as the theory "
@@ -80,7 +81,7 @@ def markdown(tasks: list[dict], u: dict, sweep_png: str, h_png: str) -> str:
              "| task | E[T] | peak xi | interval | peak H | interval |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | [{t['peak']['low']:g}, "
-              f"{t['peak']['high']:g}] | {t['peak_H']['xi']} | [{t['peak_H']['low']}, "
+              f"{t['peak']['high']:g}] | {t['peak_H']['H']} | [{t['peak_H']['low']}, "
               f"{t['peak_H']['high']}] |" for t in tasks]
     lines += ["", f"![efficiency against xi, every task]({sweep_png})", "",
               f"![efficiency against H, every task]({h_png})", ""]
