@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from flows.dag import plan
-from relbudget.core.params import defaults, load_params, task_cell_name
+from relbudget.core.params import ParamsError, defaults, load_params, params_with, task_cell_name
 from relbudget.core.paths import stage_files
 from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table
 from relbudget.measure.estimators import horizon_for
@@ -57,6 +57,20 @@ def test_a_task_too_narrow_for_its_prompts_is_refused():
     # one-digit sums without a carry: 55 problems in all
     with pytest.raises(ValueError, match="cannot draw 60 distinct problems .* carry columns"):
         task_splits(50, 10, [1], [0], 2, 0, "retry")
+
+
+@pytest.mark.parametrize("tasks, message", [
+    ({"family": {"a": {"levels": [3], "carries": None, "n_train": 8, "n_eval": 4}}},
+     r"tasks.family.a.levels \[3\]: .* data.levels \[1, 2\]"),
+    ({"family": {"a-b": {"levels": [1], "carries": None, "n_train": 8, "n_eval": 4}}},
+     "task name 'a-b' must be an ASCII identifier"),
+    ({"family": {"a": {"levels": [1], "carries": [], "n_train": 8, "n_eval": 4}}},
+     "carries must be null or a non-empty list"),
+    ({"report": ["universality"]}, "tasks.report compares tasks: list two or more"),
+])
+def test_bad_tasks_are_refused_by_name(tasks, message):
+    with pytest.raises(ParamsError, match=message):
+        params_with({"tasks": tasks})
 
 
 # ------------------------------------------------------------ the verdict on hand-made tables
