@@ -21,8 +21,7 @@ from relbudget.measure.verify import verify
 from relbudget.report import tasks as T
 from stages import task_sweep, task_t, task_xi, tasks_report
 from stages._cli import execute
-from tests.helpers import ROOT, pretrained
-from tests.test_pipeline_dvc import sh, stale
+from tests.helpers import ROOT, pretrained, sh, stale
 
 
 # ------------------------------------------------------------- the family: known E[T] ordering
