@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from prefect.context import TaskRunContext
 from prefect.filesystems import LocalFileSystem
 
-from relbudget.core.params import Params, params_hash
+from relbudget.core.params import Params, key_sections, params_hash
 from relbudget.core.paths import stage_files
 from relbudget.core.tracking import run_label
 
@@ -160,7 +160,7 @@ def stage_sections(stage: str) -> list[str]:
 
 def base_key(stage: str, regime: str | None, params: Params) -> str:
     inputs, _ = stage_io(stage, regime, params)
-    sections = stage_sections(stage)
+    sections = key_sections(stage_sections(stage), regime)
     blob = json.dumps({
         "v": KEY_VERSION,
         "stage": stage,

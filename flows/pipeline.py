@@ -57,11 +57,11 @@ from relbudget.core.io import to_json_safe, write_json
 from relbudget.core.params import Params, ParamsError, Paths, format_errors, load_params
 from relbudget.core.paths import STAGES
 
-SAMPLING = frozenset({"sample_t", "evaluate"})  # retried with exponential backoff
+SAMPLING = frozenset({"sample_t", "evaluate", "task_t", "task_xi"})  # retried with exponential backoff
 # Stages that draw from torch's process-global RNG (and set its global thread count): two of them
 # running at once in threads of one process would interleave their random streams.
 TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep", "arm",
-                          "fixed_best"})
+                          "fixed_best", "task_t", "task_xi", "task_sweep"})
 DEFAULT_OUT_ROOT = "runs/prefect"
 RESULTS_DIR = ".prefect-results"
 STATE_DIR = ".flow"
@@ -93,6 +93,10 @@ class Timeouts(BaseModel):
     arm: float = Field(12 * 3600, gt=0)
     fixed_best: float = Field(12 * 3600, gt=0)
     report: float = Field(1800, gt=0)
+    task_t: float = Field(4 * 3600, gt=0)
+    task_xi: float = Field(4 * 3600, gt=0)
+    task_sweep: float = Field(12 * 3600, gt=0)
+    tasks_report: float = Field(1800, gt=0)
 
 
 class FlowConfig(BaseModel):

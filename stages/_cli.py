@@ -14,7 +14,8 @@ from typing import Callable, Iterator
 from relbudget.core.errors import BudgetError
 from relbudget.core.io import NotWritable, WorkLocked, umask, check_writable, remove_stale_temps
 from relbudget.core.schemas import TableError
-from relbudget.core.params import Params, ParamsError, dump_sections, load_params, params_hash
+from relbudget.core.params import (Params, ParamsError, dump_sections, key_sections, load_params,
+                                   params_hash)
 from relbudget.core.tracking import PipelineRun, TrackingError, stage_run
 
 log = logging.getLogger("relbudget")
@@ -33,6 +34,7 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     """Run one stage execution as one MLflow run tagged with its params hash (science params
     only), nested under its pipeline execution's parent run (`pipeline`, or found from the
     environment: see relbudget.core.tracking.pipeline_run)."""
+    sections = key_sections(sections, regime)  # a task's stage: its own task's entry
     dumped = dump_sections(params, sections)
     base_ok = stage == "evaluate"  # `evaluate base` is the reference; `train base` is no regime
     if stage in REGIME_STAGES and regime is not None and not (base_ok and regime == "base") \

@@ -27,7 +27,8 @@ from relbudget.core.schemas import HISTORY, read_table
 from relbudget.core.tracking import log_metrics
 
 log = logging.getLogger("relbudget.report")
-SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "arms", "paths"]
+SECTIONS = ["report", "regimes", "evaluate.h_eval", "sweep.xi", "sweep.seeds", "arms", "tasks.report",
+            "paths"]
 
 
 def load_inputs(params) -> dict:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -155,3 +156,19 @@ def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- DVC in a temp repo
+
+def sh(*cmd: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def stale(repo: Path, *targets: str) -> set[str]:
+    """The stages `dvc status` lists as changed (of `targets`, stage names: all when none)."""
+    status = sh("dvc", "status", *targets, cwd=repo)
+    return {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}

@@ -14,6 +14,8 @@ resolved), with its `cmd` module `stages.NAME`:
 from __future__ import annotations
 
 import importlib
+import shutil
+import tempfile
 import os
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import pytest
 
 from flows.cache import code_files
 from flows.dag import parse_cmd
-from relbudget.core.params import NOT_SCIENCE, load_params
+from relbudget.core.params import NOT_SCIENCE, key_sections, load_params
 from relbudget.core.paths import stage_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +48,27 @@ def _module(path: str) -> str:
     return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
 
 
-def _dvc_stages() -> list:
+# The tasks' stages exist only where params list tasks: they are checked as params/tasks.yaml
+# resolves them (PARAMS_OF: the params file each checked stage was resolved with).
+TASKS_PROFILE = ROOT / "params" / "tasks.yaml"
+
+
+def _dvc_stages(params_file: Path) -> list:
     from dvc.repo import Repo
+    from dvc.scm import SCM
 
-    with Repo(str(ROOT)) as repo:
-        return list(repo.index.stages)
+    with tempfile.TemporaryDirectory(prefix="relbudget-ifaces-") as tmp:
+        shutil.copy(ROOT / "dvc.yaml", Path(tmp, "dvc.yaml"))
+        shutil.copy(params_file, Path(tmp, "params.yaml"))
+        with Repo(tmp, uninitialized=True, scm=SCM(tmp, no_scm=True)) as repo:
+            return list(repo.index.stages)
 
 
-STAGES = _dvc_stages()
+_DEFAULT = _dvc_stages(ROOT / "params.yaml")
+_TASKS = [s for s in _dvc_stages(TASKS_PROFILE)
+          if s.addressing not in {d.addressing for d in _DEFAULT}]
+STAGES = _DEFAULT + _TASKS
+PARAMS_OF = {s.addressing: TASKS_PROFILE for s in _TASKS}
 
 
 def _module_and_key(stage) -> tuple[str, str | None]:
@@ -118,7 +133,8 @@ def test_code_deps_are_only_code_the_stage_runs(stage):
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_params_are_the_sections_the_stage_reads(stage):
     name, _ = _module_and_key(stage)
-    sections = set(importlib.import_module(f"stages.{name}").SECTIONS) - NOT_SCIENCE
+    sections = set(key_sections(importlib.import_module(f"stages.{name}").SECTIONS,
+                                _module_and_key(stage)[1])) - NOT_SCIENCE
     assert _params(stage) == sections, (
         f"dvc.yaml stage {stage.addressing}: params {sorted(_params(stage))}, "
         f"but stages/{name}.py reads {sorted(sections)} (SECTIONS)")
@@ -127,7 +143,8 @@ def test_params_are_the_sections_the_stage_reads(stage):
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_data_files_are_those_paths_declares(stage):
     name, key = _module_and_key(stage)
-    files = stage_files(load_params(ROOT / "params.yaml").paths, name, key)
+    files = stage_files(load_params(PARAMS_OF.get(stage.addressing, ROOT / "params.yaml")).paths,
+                        name, key)
     data_deps = {_rel(d.def_path) for d in stage.deps
                  if not hasattr(d, "params") and not _is_code(_rel(d.def_path))}
     outs = {_rel(o.def_path) for o in stage.outs if not o.metric and not o.plot}

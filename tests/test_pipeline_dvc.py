@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,26 +12,13 @@ import pytest
 import yaml
 
 from relbudget.core.schemas import HISTORY, ROLLOUTS, read_table
+from tests.helpers import sh, stale
 
 pytestmark = pytest.mark.slow
 
 
-def sh(*cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    return out.stdout + out.stderr
-
-
 def ran_stages(log: str) -> set[str]:
     return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
-
-
-def stale(repo: Path) -> set[str]:
-    """The stages `dvc status` lists as changed."""
-    status = sh("dvc", "status", cwd=repo)
-    return {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
 
 
 def edit_reruns(repo: Path, path: str, old: str, new: str) -> set[str]:

@@ -89,6 +89,7 @@ XI_T_SWEEP_PNG = "xi_t_sweep.png"
 TOKENS_TO_TARGET_PNG = "tokens_to_target.png"
 PREDICTED_PNG = "predicted.png"
 XI_PLOTS = (XI_CURVES_PNG, GAMMA_FIT_PNG)
+TASKS_PLOTS = ("efficiency_xi.png", "efficiency_H.png")  # every task on one axis: xi, then H
 REPORT_PLOTS = (XI_CURVES_PNG, LEARNING_CURVES_PNG, EFFICIENCY_PNG, XI_T_SWEEP_PNG,
                 TOKENS_TO_TARGET_PNG, PREDICTED_PNG)
 
@@ -107,6 +108,7 @@ class Paths(Section):
     sweep: str
     arms: str
     metrics: str
+    tasks: str
 
     # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
@@ -141,12 +143,24 @@ class Paths(Section):
     arm_history = _file("{arms}/{key}/history.parquet")
     arm_json = _file("{arms}/{key}/arm.json")
     arm_work = _file("{arms}/.{key}.work")
+    tasks_md = _file("{report}/tasks/tasks.md", "The cross-task report (tasks_report).")
+    tasks_metrics = _file("{report}/tasks/metrics.json")
+    tasks_plot = _file("{report}/tasks/{key}", "A plot of the cross-task report (TASKS_PLOTS).")
+    tasks_headline = _file("{metrics}/tasks.json", "The cross-task headline (git-tracked).")
     report_md = _file("{report}/report.md")
     report_metrics = _file("{report}/metrics.json")
     report_plot = _file("{report}/{key}", "A plot of the report (a name of REPORT_PLOTS).")
     headline_json = _file("{metrics}/headline.json", "The report's headline numbers (git-tracked).")
     efficiency_csv = _file("{metrics}/efficiency.csv", "Gain per 100k tokens per xi (git-tracked).")
     del _file
+
+    def task(self, name: str) -> "Paths":
+        """The paths of one task of params `tasks`: its prompts, base rollouts, E[T], base
+        evaluation and sweep cells under {tasks}/NAME/, the base policy shared by every task."""
+        root = f"{self.tasks}/{name}"
+        return self.model_copy(update={"prepared": f"{root}/prepared",
+                                       "rollouts": f"{root}/rollouts.parquet", "xi": f"{root}/xi",
+                                       "eval": f"{root}/eval", "sweep": f"{root}/sweep"})
 
     def policy(self, regime: str) -> str:
         """The policy folder of a regime; 'base' is the base policy."""
@@ -416,6 +430,68 @@ class SweepParams(Section):
         return [(cell_name(x, s), x, s) for x in self.xi for s in self.seeds]
 
 
+class TaskParams(Section):
+    """One task: a prompt distribution of the built-in family, answered by the one base policy."""
+
+    levels: list[int] = Field(description="digits per operand (a subset of data.levels)")
+    carries: list[int] | None = Field(
+        description="carry columns a problem may have (columns that carry in or out, where the "
+                    "policy slips more); null: any")
+    n_train: int = Field(gt=0, le=1_000_000, description="train prompts: base rollouts and GRPO")
+    n_eval: int = Field(gt=0, le=1_000_000, description="eval prompts of the task's sweep cells")
+
+    @field_validator("carries")
+    @classmethod
+    def _carries(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 0 for c in v)):
+            raise ValueError("carries must be null or a non-empty list of counts >= 0")
+        return v
+
+
+class TasksParams(Section):
+    """Several tasks, each with its own base rollouts, E[T] and sweep (stages task_t@TASK,
+    task_xi@TASK, task_sweep@TASK-XI-SEED) over the grid of params `sweep`: the cross-task test of
+    whether efficiency peaks at one xi."""
+
+    h_eval_xi: float = Field(gt=0, le=100, description="each task is evaluated at H_eval = "
+                             "h_eval_xi x its base E[T], so every task at the same relative cap")
+    family: dict[str, TaskParams] = Field(description="task name -> its prompt distribution; "
+                                          "empty: the study is the one task of params `data`")
+    report: list[Literal["universality"]] = Field(
+        description="[universality]: the stage tasks_report@universality compares the tasks' "
+                    "peaks (two tasks or more); []: no cross-task report")
+
+    @model_validator(mode="after")
+    def _report_needs_tasks(self) -> "TasksParams":
+        if self.report and len(self.family) < 2:
+            raise ValueError("tasks.report compares tasks: list two or more in tasks.family, or "
+                             "set tasks.report: []")
+        return self
+
+    @field_validator("family")
+    @classmethod
+    def _names(cls, v: dict[str, TaskParams]) -> dict[str, TaskParams]:
+        for name in v:
+            if not (name.isidentifier() and name.isascii()) or len(name) > MAX_NAME:
+                raise ValueError(f"task name {name[:80]!r} must be an ASCII identifier of at most "
+                                 f"{MAX_NAME} characters (it names stages and folders)")
+        return v
+
+
+def task_cell_name(task: str, xi: float, seed: int) -> str:
+    """A task's sweep cell, as dvc.yaml spells it: ${item.task}-xi${item.xi}-s${item.seed}."""
+    return f"{task}-{cell_name(xi, seed)}"
+
+
+def parse_task_cell(name: str) -> tuple[str, str]:
+    """(task, cell) of a task's sweep cell name; ValueError unless it is TASK-xi<XI>-s<SEED>."""
+    task, sep, cell = name.partition("-")
+    if not sep:
+        raise ValueError(f"task sweep cell {name!r} is not of the form TASK-xi<XI>-s<SEED>")
+    parse_cell(cell)
+    return task, cell
+
+
 ARMS = ("fixed_best", "controller", "per_prompt", "filtered")
 ADAPTIVE_ARMS = ARMS[1:]
 
@@ -514,6 +590,7 @@ class Params(Section):
     sweep: SweepParams
     arms: ArmsParams
     report: ReportParams
+    tasks: TasksParams
     allow_outside_paths: bool = Field(description="let paths.* leave the project folder "
                                       "(absolute or ../); off, so a typo never writes elsewhere")
 
@@ -529,6 +606,14 @@ class Params(Section):
             check_xi(xi, f"regime {name!r}")
         return v
 
+    def for_task(self, task: str) -> "Params":
+        """These params with every path of one task of `tasks` (Paths.task): the stages of a task
+        run the study's code on them. ParamsError for a task not in tasks.family."""
+        if task not in self.tasks.family:
+            raise ParamsError(f"unknown task {task!r}; params tasks.family: "
+                              f"{', '.join(self.tasks.family) or '(none)'}")
+        return self.model_copy(update={"paths": self.paths.task(task)})
+
     def _check_names_and_paths(self) -> None:
         taken = {part(v): f"paths.{k}" for k, v in self.paths.model_dump().items()
                  for part in (lambda v: Path(v).name, lambda v: Path(v).stem)}
@@ -543,6 +628,13 @@ class Params(Section):
             if Path(v).is_absolute() or Path(os.path.normpath(norm)).parts[:1] == ("..",):
                 raise ValueError(f"paths.{k} = {v!r} leaves the project folder; use a path inside "
                                  "it, or set allow_outside_paths: true")
+
+    def _check_tasks(self) -> None:
+        for name, task in self.tasks.family.items():
+            if self.data.source != "builtin" or not set(task.levels) <= set(self.data.levels):
+                raise ValueError(f"tasks.family.{name}.levels {task.levels}: a task is a part of "
+                                 f"the built-in family the base policy learnt (data.source "
+                                 f"builtin, data.levels {self.data.levels}); use levels among them")
 
     def _check_costs(self) -> None:
         d, s, e = self.data, self.sampling, self.evaluate
@@ -565,6 +657,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _cross(self) -> "Params":
         self._check_names_and_paths()
+        self._check_tasks()
         self._check_costs()
         if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":
             raise ValueError(f"sampling.max_tokens ({self.sampling.max_tokens}) must be below "
@@ -745,6 +838,13 @@ def section_hash(*sections: BaseModel | Any) -> str:
 NOT_SCIENCE = frozenset({"paths"})
 
 
+def key_sections(sections: Iterable[str], key: str | None) -> list[str]:
+    """A stage's SECTIONS for one execution: 'tasks.family.{task}' names the entry of the task
+    that `key` is, or begins ('TASK' or 'TASK-CELL'; a task name holds no '-'), so each task's
+    stages read their own task's params only."""
+    return [s.format(task=(key or "").partition("-")[0]) for s in sections]
+
+
 def dump_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
     """{name: its JSON-ready value} for named sections of params, or single fields of a section
     by dotted name ('sweep.token_budget')."""
@@ -752,7 +852,7 @@ def dump_sections(params: Params, sections: Iterable[str]) -> dict[str, Any]:
     for name in sections:
         value = params
         for part in name.split("."):
-            value = getattr(value, part)
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
         out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     return out
 

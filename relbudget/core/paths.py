@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relbudget.core.params import REPORT_PLOTS, XI_PLOTS, Paths, arm_name
+from relbudget.core.params import REPORT_PLOTS, TASKS_PLOTS, XI_PLOTS, Paths, arm_name, parse_task_cell
 
 STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "arm",
-          "fixed_best", "report")
+          "fixed_best", "report", "task_t", "task_xi", "task_sweep", "tasks_report")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,23 @@ class StageFiles:
     def outputs(self) -> tuple[str, ...]:
         """Everything the stage writes."""
         return self.outs + self.metrics + self.plots
+
+
+def _task_t(t: Paths, _) -> StageFiles:
+    return StageFiles((t.base_model,), (t.prepared, t.rollouts))
+
+
+def _task_xi(t: Paths, _) -> StageFiles:
+    return StageFiles((t.base_model, t.rollouts, t.prompts("eval")),
+                      (t.xi_summary, t.E_T, t.eval_rollouts("base"), t.eval_json("base")))
+
+
+def _task_sweep(t: Paths, cell: str) -> StageFiles:
+    return StageFiles((t.base_model, t.prepared, t.E_T, t.eval_json("base")),
+                      (t.cell_history(cell), t.cell_rollouts(cell), t.cell_eval(cell)))
+
+
+TASK_STAGES = {"task_t": _task_t, "task_xi": _task_xi, "task_sweep": _task_sweep}
 
 
 def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
@@ -65,6 +82,12 @@ def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
         name = arm_name("fixed_best", key)
         return StageFiles((p.base_model, p.prepared, p.E_T, p.rollouts, p.sweep,
                            p.eval_json("base")), (p.arm_history(name), p.arm_json(name)))
+    if stage in TASK_STAGES:  # `key` is the task, or for task_sweep the task's cell
+        task, cell = parse_task_cell(key) if stage == "task_sweep" else (key, None)
+        return TASK_STAGES[stage](p.task(task), cell)
+    if stage == "tasks_report":
+        return StageFiles((p.tasks,), (p.tasks_md, p.tasks_metrics), (p.tasks_headline,),
+                          tuple(p.tasks_plot(n) for n in TASKS_PLOTS))
     if stage == "report":
         return StageFiles((p.xi, p.train, p.eval, p.sweep, p.arms),
                           (p.report_md, p.report_metrics), (p.headline_json,),

@@ -117,25 +117,35 @@ def retry_completion(operands: list[int], rng: np.random.Generator, slip_carry: 
     return text[:max_chars], False
 
 
+def draw_problem(levels: list[int], operands: int, rng: np.random.Generator) -> tuple[int, list[int]]:
+    """One problem (level, operands); a level's operands have exactly `level` digits."""
+    level = int(rng.choice(levels))
+    lo = 0 if level == 1 else 10 ** (level - 1)
+    return level, [int(v) for v in rng.integers(lo, 10**level, size=operands)]
+
+
 def make_problems(n: int, levels: list[int], operands: int, rng: np.random.Generator,
-                  exclude: set[tuple[int, ...]] | None = None) -> list[tuple[int, list[int]]]:
-    """n distinct problems (level, operands); a level's operands have exactly `level` digits."""
+                  exclude: set[tuple[int, ...]] | None = None, carries: list[int] | None = None,
+                  ) -> list[tuple[int, list[int]]]:
+    """n distinct problems (level, operands). With `carries`, only problems whose correct column
+    trace has that many carry columns (columns that carry in or out: where the base policy slips
+    with slip_carry instead of slip_plain, so the count sets how hard a problem is)."""
     seen = set(exclude or ())
     out: list[tuple[int, list[int]]] = []
     tries = 0
     while len(out) < n:
         tries += 1
         if tries > 100 * n + 1000:
-            raise ValueError(f"cannot draw {n} distinct problems from levels {levels}; "
-                             "lower n_train/n_eval or add levels")
-        level = int(rng.choice(levels))
-        lo = 0 if level == 1 else 10 ** (level - 1)
-        xs = [int(v) for v in rng.integers(lo, 10**level, size=operands)]
+            raise ValueError(f"cannot draw {n} distinct problems from levels {levels}"
+                             + (f" with {carries} carry columns" if carries is not None else "")
+                             + "; lower n_train/n_eval or add levels")
+        level, xs = draw_problem(levels, operands, rng)
         key = tuple(xs)
         if key in seen:
             continue
         seen.add(key)
-        out.append((level, xs))
+        if carries is None or sum(carry_columns(xs)) in carries:
+            out.append((level, xs))
     return out
 
 
@@ -156,6 +166,14 @@ def to_frame(problems: list[tuple[int, list[int]]], split: str, style: str) -> p
         "level": [lvl for lvl, _ in problems],
         "solution": [column_trace(xs) for _, xs in problems],
     })
+
+
+def task_splits(n_train: int, n_eval: int, levels: list[int], carries: list[int] | None,
+                operands: int, seed: int, style: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A task's disjoint train and eval problems, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    problems = make_problems(n_eval + n_train, levels, operands, rng, carries=carries)
+    return to_frame(problems[n_eval:], "train", style), to_frame(problems[:n_eval], "eval", style)
 
 
 def builtin_splits(n_train: int, n_eval: int, levels: list[int], operands: int, seed: int,

@@ -188,3 +188,23 @@ def tokens_to_target(curves: dict[str, list[pd.DataFrame]], target: float, path:
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def tasks_efficiency(tasks: list[dict], x: str, path: str | Path) -> None:
+    """Mean gain per 100k tokens of every task on one axis, against `x` ('xi' or 'H', log), each
+    task's peak marked."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for t in tasks:
+        rows = pd.DataFrame(t["sweep"])
+        line, = ax.plot(rows[x], rows["gain_per_100k"], marker="o",
+                        label=f"{t['task']} (E[T] {t['E_T']:.1f})")
+        peak = t["peak"] if x == "xi" else t["peak_H"]
+        ax.axvspan(peak["low"], peak["high"], color=line.get_color(), alpha=0.08)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.set(xlabel="xi = H / E[T] of the task's base policy" if x == "xi" else "H (tokens)",
+           ylabel="accuracy gain at the task's H_eval per 100k tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="shaded: peak interval")
+    _save(fig, path)

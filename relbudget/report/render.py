@@ -156,6 +156,20 @@ def _sweep_section(agg: pd.DataFrame, peak: dict, band: tuple[float, float], bas
     return lines
 
 
+CROSS_TASK_COMMAND = "cp params/tasks.yaml params.yaml && dvc repro"
+CROSS_TASK_REPORT = "profiles/tasks/data/report/tasks/tasks.md"
+
+
+def across_tasks(compared: bool, tasks_md: str) -> list[str]:
+    """Where the cross-task answer is: this run's tasks report, or the profile that runs one."""
+    where = (f"this run's `{tasks_md}`" if compared else
+             f"the cross-task profile's `{CROSS_TASK_REPORT}` (`{CROSS_TASK_COMMAND}`)")
+    return ["## Across tasks", "",
+            "The sweep above is one task, so it cannot say whether efficiency peaks at one xi "
+            "(the theory: H matters only through H / E[T]) or at one H; tasks of different E[T] "
+            f"on the same base policy can, and their answer is in {where}.", ""]
+
+
 def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | None = None,
            peak: dict | None = None, band: tuple[float, float] = (1.5, 2.0),
            base_at: dict | None = None, gamma_png: str = f"../xi/{P.GAMMA_FIT_PNG}",

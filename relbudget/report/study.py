@@ -42,6 +42,7 @@ def analyse(inp: dict, params) -> dict:
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
     gamma_png = os.path.relpath(params.paths.xi_plot(P.GAMMA_FIT_PNG), params.paths.report)
     markdown = render.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
-                          gamma_png, prediction.markdown(predicted, peak) + arms["markdown"])
+                          gamma_png, prediction.markdown(predicted, peak) + arms["markdown"]
+                          + render.across_tasks(bool(params.tasks.report), params.paths.tasks_md))
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
             "band": band, "cell_histories": cell_histories, "arms": arms, "prediction": predicted}
