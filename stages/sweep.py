@@ -7,7 +7,8 @@ trains GRPO from the base policy at H = max(1, round(xi * E[T])) on `sweep.token
 generated completion tokens with train.seed = SEED (the rest of `train` as for the regimes), then
 evaluates the trained policy on the eval prompts at H_eval and at `evaluate.h_multiples` x E[T]
 (named `x0.75`, ...; one sampling pass at the largest, which also answers its own H), with
-`sweep.eval_attempts` samples per prompt and early exit (relbudget.train.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
+`sweep.eval_attempts` samples per prompt and early exit
+(relbudget.train.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
 eval.json and rollouts.parquet; the trained weights are not kept (the work folder {paths.sweep}/.CELL.work holds the trainer's
 checkpoints, so an interrupted cell resumes, and is removed on success).
 """
