@@ -125,17 +125,24 @@ def cmd_xi(args: argparse.Namespace) -> int:
               f"{_num(low, '.2f')} .. {_num(high, '.2f')}, bootstrap over prompts, {s['ci_method']})")
     print(f"mean per-prompt E[T|x] over solved prompts = {_num(s['E_T_prompt_mean'], '.2f')}; "
           f"unsolved prompts: {s['unsolved_share']:.1%}")
+    wl, wh = s["E_T_within_ci"]
+    print(f"within one completion (no restart): E[T] = {_num(s['E_T_within'], '.2f')} tokens "
+          f"({xp.ci_level:.0%} CI {_num(wl, '.2f')} .. {_num(wh, '.2f')}) over the completions "
+          f"that reach a correct answer; {s['unsolved_share_within']:.1%} of completions do not "
+          "within the cap")
     print(f"group size G = {xp.group_size}; regimes: deficient xi < {xp.deficient_below:g}, "
           f"ample xi > {xp.ample_above:g}; reward: {args.reward}")
     print()
-    head = (f"{'H':>7} {'xi':>8} {'p(H)':>8} {'E[R]':>8} {'Var[R]':>8} {'P_inf':>8} "
-            f"{'P_inf(p)':>9}  regime")
+    head = (f"{'H':>7} {'xi':>8} {'xi_wthn':>8} {'p(H)':>8} {'E[R]':>8} {'Var[R]':>8} "
+            f"{'P_inf':>8} {'P_inf(p)':>9}  regime")
     print(head)
     for r in s["horizons"]:
-        print(f"{r['H']:>7d} {r['xi']:>8.3f} {r['p']:>8.4f} {r['reward_mean']:>8.4f} "
+        print(f"{r['H']:>7d} {r['xi']:>8.3f} {r['xi_within']:>8.3f} {r['p']:>8.4f} "
+              f"{r['reward_mean']:>8.4f} "
               f"{r['reward_var']:>8.4f} {r['p_informative']:>8.4f} "
               f"{r['p_informative_pooled']:>9.4f}  {r['regime']}")
-    print(f"\nE[R], Var[R]: mean and variance of the {args.reward} reward over attempts; "
+    print(f"\nxi = H / E[T] (restart); xi_wthn = H / E[T] within one completion; "
+          f"E[R], Var[R]: mean and variance of the {args.reward} reward over attempts; "
           "P_inf: unbiased per-prompt share of GRPO groups whose rewards are not all equal; "
           "P_inf(p): 1 - p^G - (1-p)^G from pooled p")
     return 0

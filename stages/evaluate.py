@@ -1,4 +1,5 @@
-"""evaluate@REGIME: accuracy at the regime's own H and at the common H_eval, pass@k, E[T], xi.
+"""evaluate@REGIME: accuracy at the regime's own H, at the common H_eval and at
+`evaluate.h_multiples` x E[T] of the base policy (named `x0.75`, ...), pass@k, E[T], xi.
 
 `python -m stages.evaluate base` evaluates the base policy the same way, as the reference, at
 H_eval and at every regime's H. Sampling stops each completion at its first correct answer
@@ -13,8 +14,8 @@ import time
 
 import mlflow
 
-from relbudget.measure.budgets import BudgetError, read_budgets
-from relbudget.measure.evaluation import evaluate_policy
+from relbudget.measure.budgets import BudgetError, read_budgets, read_E_T
+from relbudget.measure.evaluation import check_cap, evaluate_policy, multiple_horizons
 from relbudget.core.io import write_json
 from relbudget.measure.metrics import gain_metrics
 from relbudget.core.tracking import eval_headline, log_dataset, log_metrics
@@ -30,8 +31,10 @@ def load_budgets(params) -> dict:
     return {k: b.model_dump() for k, b in read_budgets(params.paths.xi).items()}
 
 
-def horizons_for(regime: str, budgets: dict, h_eval: int) -> dict[str, int]:
-    """Named horizons to report: the regime's own H (every regime's H for the base) and H_eval."""
+def horizons_for(regime: str, budgets: dict, h_eval: int,
+                 more: dict[str, int] | None = None) -> dict[str, int]:
+    """Named horizons to report: the regime's own H (every regime's H for the base), H_eval and
+    `more` (the multiples of E[T]); one sampling pass at the largest answers them all."""
     if regime == "base":
         named = {f"H_{name}": int(b["H"]) for name, b in budgets.items()}
     else:
@@ -39,15 +42,17 @@ def horizons_for(regime: str, budgets: dict, h_eval: int) -> dict[str, int]:
             raise BudgetError(f"regime {regime!r} is not in budgets.yaml ({', '.join(budgets)}); "
                               "rerun the xi stage")
         named = {"H_own": int(budgets[regime]["H"])}
-    return {**named, "H_eval": h_eval}
+    return {**named, "H_eval": h_eval, **(more or {})}
 
 
 def run(params, regime: str) -> dict:
     e = params.evaluate
     budgets = load_budgets(params)
-    horizons = horizons_for(regime, budgets, e.h_eval)
+    more = multiple_horizons(read_E_T(params.paths.E_T), e.h_multiples)
+    horizons = horizons_for(regime, budgets, e.h_eval, more)
     folder = params.paths.policy(regime)
     prompts = read_table(params.paths.prompts("eval"), PROMPTS)
+    check_cap(folder, prompts, max(horizons.values()), params.base_policy)  # before sampling
     log_dataset(prompts, params.paths.prompts("eval"), "evaluation")
     t0 = time.time()
     table, result = evaluate_policy(folder, prompts, horizons, e, params.base_policy,

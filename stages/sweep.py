@@ -5,9 +5,10 @@
 Reads the base policy's E[T] from the xi stage's E_T.json (computed once for every cell),
 trains GRPO from the base policy at H = max(1, round(xi * E[T])) on `sweep.token_budget`
 generated completion tokens with train.seed = SEED (the rest of `train` as for the regimes), then
-evaluates the trained policy on the eval prompts at H_eval (and at its own H when H <= H_eval,
-which the same sampling pass answers for free), with `sweep.eval_attempts` samples per prompt
-and early exit (relbudget.train.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
+evaluates the trained policy on the eval prompts at H_eval and at `evaluate.h_multiples` x E[T]
+(named `x0.75`, ...; one sampling pass at the largest, which also answers its own H), with
+`sweep.eval_attempts` samples per prompt and early exit
+(relbudget.train.training.train_and_evaluate). Writes {paths.sweep}/CELL/history.parquet,
 eval.json and rollouts.parquet; the trained weights are not kept (the work folder {paths.sweep}/.CELL.work holds the trainer's
 checkpoints, so an interrupted cell resumes, and is removed on success).
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import mlflow
 
 from relbudget.measure.budgets import check_token_budget
+from relbudget.measure.evaluation import multiple_horizons
 from relbudget.core.io import output_set, write_json
 from relbudget.core.params import parse_cell
 from relbudget.core.schemas import HISTORY, ROLLOUTS, write_table
@@ -49,7 +51,10 @@ def run(params, cell: str) -> dict:
     log.info("sweep@%s: xi %g, H=%d (E[T] %.2f), seed %d, budget %d tokens", cell, xi, H, E_T, seed,
              t.token_budget)
     work = Path(paths.cell_work(cell))
-    history, table, result, stats = train_and_evaluate(params, t, H, cell, work, s.eval_attempts)
+    # accuracy at several multiples of E[T] from the one evaluation pass (the report's robustness)
+    more = multiple_horizons(E_T, params.evaluate.h_multiples)
+    history, table, result, stats = train_and_evaluate(params, t, H, cell, work, s.eval_attempts,
+                                                       more=more)
     result = {"cell": cell, "xi": xi, "seed": seed, "H": H, "E_T_base": E_T,
               "token_budget": t.token_budget, **result}
     with output_set():  # the cell's three files replaced together, or none

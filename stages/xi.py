@@ -38,7 +38,9 @@ def run(params) -> dict:
                             x.deficient_below, x.ample_above)
     typed = plan_budgets(df, params.regimes, x)
     budgets = {k: b.model_dump(mode="json") for k, b in typed.items()}
-    summary["budgets"] = {k: {"H": b["H"], "target_xi": b["target_xi"], "regime": b["regime"]}
+    # xi_within: the same H over E[T] read within one completion (docs/definitions.md)
+    summary["budgets"] = {k: {"H": b["H"], "target_xi": b["target_xi"], "regime": b["regime"],
+                              "xi_within": b["H"] / summary["E_T_within"]}
                           for k, b in budgets.items()}
     curves = est.curves(df, est.default_horizons(summary["max_tokens"]), x.group_size)
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
@@ -64,8 +66,10 @@ def run(params) -> dict:
                  "predicted_best_xi": summary["predicted"]["best_xi"]})
     for f in (p.xi_summary, p.budgets, *map(p.xi_plot, XI_PLOTS), p.curves):
         mlflow.log_artifact(f)
-    log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; budgets %s; Gamma K = %.2f",
+    log.info("E[T] = %.2f (CI %s), unsolved %.1f%%; within one completion %.2f, unsolved "
+             "%.1f%%; budgets %s; Gamma K = %.2f",
              summary["E_T"] or float("inf"), summary["E_T_ci"], 100 * summary["unsolved_share"],
+             summary["E_T_within"] or float("inf"), 100 * summary["unsolved_share_within"],
              {k: b["H"] for k, b in budgets.items()}, summary["gamma"]["K"])
     return summary
 

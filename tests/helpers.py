@@ -37,7 +37,9 @@ TINY_PARAMS = {
     "regimes": {"low": 0.5, "high": 2.0},
     "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
               "checkpoint_every": 2, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
-    "evaluate": {"attempts": 4, "h_eval": 24, "pass_k": [1, 4], "batch_size": 32},
+    # two multiples of E[T] keep the evaluation cap inside the tiny context (max_position 128)
+    "evaluate": {"attempts": 4, "h_eval": 24, "h_multiples": [0.75, 1.5], "pass_k": [1, 4],
+                 "batch_size": 32},
     "sweep": {"xi": [1.0, 2.0], "seeds": [0], "token_budget": 300, "eval_attempts": 2},
     # every arm, one seed; the band keeps every prompt of so few; one evaluation along the way
     "arms": {"filter_band": [0.0, 1000.0], "eval_at": [100]},
@@ -58,7 +60,8 @@ TINY_FLOW_PARAMS = {
     "train": {"stop": "steps", "max_steps": 2, "token_budget": 150000, "num_generations": 4,
               "prompts_per_step": 2, "checkpoint_every": 50, "controller": {"h_max": 64},
               "per_prompt": {"h_max": 64}},
-    "evaluate": {"attempts": 2, "h_eval": 40, "pass_k": [1, 2], "batch_size": 16},
+    "evaluate": {"attempts": 2, "h_eval": 40, "h_multiples": [1.0], "pass_k": [1, 2],
+                 "batch_size": 16},
     "sweep": {"xi": [1.0], "seeds": [0], "eval_attempts": 2},
     "arms": {"arms": ["controller"]},
 }

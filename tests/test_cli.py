@@ -51,11 +51,16 @@ def test_xi_json(table):
     assert SUMMARY_KEYS <= set(s)
     assert s["E_T"] == pytest.approx(est.pooled_E_T(df))
     assert s["E_T_ci"][0] < s["E_T"] < s["E_T_ci"][1]
+    # both readings of T: within one completion beside the restart E_T (docs/definitions.md)
+    assert s["E_T_within"] == pytest.approx(est.within_E_T(df))
+    assert s["E_T_within_ci"][0] < s["E_T_within"] < s["E_T_within_ci"][1]
+    assert 0 < s["unsolved_share_within"] < 1
     assert s["n_prompts"] == 60 and s["n_attempts"] == 480
     assert s["group_size"] == XiParams.of_project().group_size  # defaults come from params
     assert [h["H"] for h in s["horizons"]] == est.summary_horizons(int(df["max_tokens"].max()))
     for h in s["horizons"]:
         assert HORIZON_KEYS <= set(h) and h["regime"] in est.REGIMES
+        assert h["xi_within"] == pytest.approx(h["H"] / s["E_T_within"])
 
 
 def test_xi_horizons_and_options(table):
@@ -74,6 +79,7 @@ def test_xi_human_table(table):
     r = run("xi", "--rollouts", path, "--n-bootstrap", 100)
     assert r.returncode == 0, r.stderr
     assert "E[T] =" in r.stdout and "regime" in r.stdout and "unsolved" in r.stdout
+    assert "within one completion" in r.stdout and "xi_wthn" in r.stdout  # both readings of T
     assert len([ln for ln in r.stdout.splitlines() if ln.strip().startswith("128 ")]) == 1
 
 

@@ -326,12 +326,36 @@ def test_summarize_keys_and_json_safe(tiny):
         assert HORIZON_KEYS | {"p_informative_pooled"} <= set(h)
 
 
+def test_within_one_completion_reading_exact(tiny):
+    """T within one completion: the mean first correct token over the completions that hit, no
+    restart; the restart E_T is it plus the misses' tokens per hit, so never smaller."""
+    within = sum(FCT) / len(FCT)
+    misses = sum(n for _, n, fct in ROWS if fct is None)
+    assert est.within_E_T(tiny) == pytest.approx(within)
+    assert est.pooled_E_T(tiny) == pytest.approx(within + misses / len(FCT))
+    s = est.summarize(tiny, [2, 5, 10], group_size=2, n_bootstrap=99)
+    assert s["E_T_within"] == pytest.approx(within)
+    assert s["unsolved_share_within"] == pytest.approx(1 - len(FCT) / len(ROWS))
+    assert [h["xi_within"] for h in s["horizons"]] == pytest.approx([2 / within, 5 / within,
+                                                                     10 / within])
+    assert [h["xi"] for h in s["horizons"]] == pytest.approx(
+        [H / est.pooled_E_T(tiny) for H in (2, 5, 10)])  # the restart reading is unchanged
+
+
+def test_within_reading_interval_brackets_its_estimate():
+    s = est.summarize(make_rollouts(60, 8, seed=4), None, n_bootstrap=300)
+    low, high = s["E_T_within_ci"]
+    assert low < s["E_T_within"] < high < s["E_T"]
+
+
 def test_summarize_all_unsolved_is_json_safe():
     s = est.summarize(tiny_table([("a", 10, None), ("b", 4, None)], CAP), [CAP], n_bootstrap=99)
     json.dumps(s, allow_nan=False)
     assert s["E_T"] is None and s["E_T_ci"] == [None, None] and s["E_T_prompt_mean"] is None
     assert s["unsolved_share"] == 1.0
     assert s["horizons"][0]["xi"] == 0.0 and s["horizons"][0]["regime"] == "deficient"
+    assert s["E_T_within"] is None and s["unsolved_share_within"] == 1.0
+    assert s["horizons"][0]["xi_within"] == 0.0
 
 
 def test_summarize_default_horizons():

@@ -54,6 +54,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     assert len(rollouts) == 8 * 4
     summary = json.loads((repo / "data/xi/summary.json").read_text())
     assert {"E_T", "E_T_ci", "unsolved_share", "horizons"} <= set(summary)
+    assert summary["E_T_within"] <= summary["E_T"]  # both readings of T; restarts add the misses
     budgets = yaml.safe_load((repo / "data/xi/budgets.yaml").read_text())
     assert set(budgets) == {"low", "high"} and budgets["low"]["H"] <= budgets["high"]["H"]
     for r in ("low", "high"):
@@ -76,8 +77,15 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     assert "## Predicted before training against measured" in report
     for cell in ("xi1.0-s0", "xi2.0-s0"):
         read_table(repo / f"data/sweep/{cell}/history.parquet", HISTORY)
-        assert "first_answer_accuracy" in json.loads(
-            (repo / f"data/sweep/{cell}/eval.json").read_text())["at"]["H_eval"]
+        at = json.loads((repo / f"data/sweep/{cell}/eval.json").read_text())["at"]
+        assert "first_answer_accuracy" in at["H_eval"]
+        # evaluate.h_multiples (tiny: 0.75, 1.5) x E[T], read from the same pass
+        assert {n: at[n]["H"] for n in ("x0.75", "x1.5")} == {
+            f"x{m:g}": max(1, int(m * summary["E_T"] + 0.5)) for m in (0.75, 1.5)}
+    # the peak under each choice: 3 evaluation horizons x 2 readings of T
+    assert [(r["h_eval"], r["reading"]) for r in metrics["robustness"]] == [
+        (h, t) for h in ("H_eval", "x0.75", "x1.5") for t in ("restart", "within")]
+    assert "Peak xi (interval) under each choice" in report and metrics["robustness_sentence"]
     assert not list((repo / "data/sweep").glob(".*.work"))  # no weights or checkpoints left
     # the budget arms, compute-matched with the sweep, each evaluated along training (eval_at)
     assert 0 < metrics["target_accuracy"] <= 1

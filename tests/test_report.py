@@ -147,3 +147,54 @@ def test_html_page_renders_tables_and_embeds_the_plots(tmp_path):
     assert "<table>" in page and "<td>2</td>" in page
     assert page.count(f'src="data:image/png;base64,{base64.b64encode(png).decode()}"') == 2
     assert 'src="c.png"' in page  # a missing file stays a link
+
+
+# ---------------------------------------------------------------- the peak under each choice
+
+
+def read_at(short: float, long: float) -> dict:
+    """A named-horizon readout: accuracy at H_eval (H 32) and at x3 (3 x E[T], H 120)."""
+    return {"H_eval": {"accuracy": short, "E_T": 30.0, "H": 32},
+            "x3": {"accuracy": long, "E_T": 30.0, "H": 120}}
+
+
+def choice_cells(acc: dict[float, tuple[float, float]]) -> list[tuple[dict, pd.DataFrame]]:
+    """Three seeds per xi around the given (short, long) accuracies, each on 40k tokens."""
+    return [({"xi": xi, "seed": seed, "H": round(40 * xi), "at": read_at(s + d, l + d)},
+             history([40_000], [1.0]))
+            for xi, (s, l) in acc.items() for seed, d in enumerate((-0.01, 0.0, 0.01))]
+
+
+BASE_AT = {"at": {**read_at(0.5, 0.8), "H_low": {"accuracy": 0.4, "E_T": 30.0, "H": 16}}}
+
+
+def test_the_peak_under_each_horizon_and_reading_and_when_it_moves():
+    # read at H_eval the smallest xi gains most; read at 3 x E[T], the largest
+    cells = choice_cells({0.5: (0.70, 0.80), 1.0: (0.65, 0.85), 2.0: (0.60, 0.95)})
+    assert analysis.horizon_choices(BASE_AT, cells) == ["H_eval", "x3"]  # not H_low: no cell has it
+    rows = analysis.robustness(cells, BASE_AT, E_T_within=20.0)
+    got = {(r["h_eval"], r["reading"]): (r["peak_xi"], r["low"], r["high"]) for r in rows}
+    assert got == {("H_eval", "restart"): (0.5, 0.5, 0.5), ("x3", "restart"): (2.0, 2.0, 2.0),
+                   # within one completion a cell's xi is its H (20, 80) over E_T_within 20
+                   ("H_eval", "within"): (1.0, 1.0, 1.0), ("x3", "within"): (4.0, 4.0, 4.0)}
+    assert {r["H_eval"] for r in rows} == {32, 120}
+    sentence = render.robustness_sentence(rows, (1.5, 2.0))
+    assert "The peak moves with the evaluation horizon: xi = 0.5 at H_eval (H 32), 2 at x3" \
+        in sentence
+    assert "Under all 4 choices: none of these conclusions." in sentence
+    assert "no xi lies in the interval of every horizon" in sentence
+    assert ("below: H_eval / restart, H_eval / within; inside: x3 / restart; above: x3 / within"
+            in sentence)
+    lines = render.robustness_section(rows, (1.5, 2.0))
+    assert "| x3 | 120 | 2 [2, 2] | 4 [4, 4] |" in lines
+
+
+def test_a_peak_that_holds_under_every_choice_is_said_to():
+    cells = choice_cells({0.5: (0.60, 0.85), 1.0: (0.70, 0.95), 2.0: (0.55, 0.81)})
+    rows = analysis.robustness(cells, BASE_AT, E_T_within=None)  # an xi stage without it
+    assert [r["reading"] for r in rows] == ["restart", "restart"]
+    sentence = render.robustness_sentence(rows, (1.5, 2.0))
+    assert "The peak is xi = 1 at every evaluation horizon read (H_eval, x3)." in sentence
+    assert ("Under all 2 choices: the xi range [1, 1] lies in the interval of every horizon; the "
+            "peak is below the paper's band [1.5, 2]." in sentence)
+    assert "Not under all" not in sentence

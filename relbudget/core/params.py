@@ -365,11 +365,23 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     attempts: int = Field(gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
     h_eval: int = Field(gt=0, le=MAX_TOKENS, description="the common evaluation budget H_eval")
+    h_multiples: list[float] = Field(
+        description="more evaluation horizons, as multiples of the base policy's E[T], read from "
+        "the same sampling pass (its cap rises to the largest)")
     pass_k: list[int]
     temperature: float = Field(gt=0, le=100)
     batch_size: int = Field(gt=0, le=MAX_BATCH)
     seed: int
     threads: int = Field(gt=0, le=MAX_THREADS)
+
+    @field_validator("h_multiples")
+    @classmethod
+    def _multiples(cls, v: list[float]) -> list[float]:
+        for m in v:
+            check_xi(m, "evaluate.h_multiples")
+        if len(set(v)) != len(v):
+            raise ValueError(f"evaluate.h_multiples values must be distinct, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _k(self) -> "EvaluateParams":

@@ -70,7 +70,7 @@ def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
                           (p.policy(key), p.history(key)))
     if stage == "evaluate":  # a regime's evaluation also logs its gain over the base's (MLflow)
         gain = (p.history(key), p.eval_json("base")) if key != "base" else ()
-        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets, *gain),
+        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets, p.E_T, *gain),
                           (p.eval_rollouts(key), p.eval_json(key)))
     if stage == "sweep":
         return StageFiles((p.base_model, p.prepared, p.E_T, p.eval_json("base")),

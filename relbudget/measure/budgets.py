@@ -120,6 +120,23 @@ def budget_of(xi_dir: str | Path, regime: str) -> Budget:
     return budgets[regime]
 
 
+def read_E_T(path: str | Path) -> float:
+    """The base policy's E[T] from the xi stage's E_T.json (what every H = xi * E[T] and every
+    evaluation horizon at a multiple of E[T] comes from); FileNotFoundError when absent,
+    BudgetError when it is not a finite number > 0."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run the xi stage first")
+    E_T = json.loads(path.read_text()).get("E_T")
+    if isinstance(E_T, bool) or not isinstance(E_T, (int, float)) or not math.isfinite(E_T) \
+            or E_T <= 0:
+        raise BudgetError(f"{path}: E_T is {E_T!r}; the base policy solved nothing, so no H = "
+                          "xi E[T]")
+    return float(E_T)
+
+
 def check_token_budget(train, H: int, what: str) -> None:
     """Refuse, before training, a token budget that max_steps cannot reach: a step generates at
     most prompts_per_step x num_generations completions of at most H tokens each."""

@@ -260,6 +260,42 @@ def bootstrap_ci(df: pd.DataFrame, n_resamples: int = 999, level: float = 0.95, 
                     n_resamples=n_resamples, level=level, seed=seed, method=method)
 
 
+# ---------------------------------------------------------------- T within one completion
+
+
+def within_sums(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt (ids sorted as in per_prompt): the sum of first_correct_token over its
+    completions that reach a correct answer, and how many do."""
+    codes, ids = _prompt_codes(df)
+    fct = _fct(df)
+    hit = ~np.isnan(fct)
+    return (np.bincount(codes, weights=np.where(hit, fct, 0.0), minlength=len(ids)),
+            np.bincount(codes, weights=hit, minlength=len(ids)))
+
+
+def within_E_T(df: pd.DataFrame) -> float:
+    """E[T] read within one completion: the mean first_correct_token over the completions that
+    reach a correct answer within the cap (inf if none does); no restart, so a miss adds nothing.
+
+    The restart E_T is this plus (tokens of the misses) / #hits, so it is never smaller. The
+    conditional mean, not a Kaplan-Meier restricted mean or the Gamma fit: a restricted mean
+    counts every unsolved completion as the cap, so it moves with the sampling cap, and the Gamma
+    fit extrapolates past the cap where nothing was seen; the completions that never solve are
+    reported beside it as a share (`within_summary`)."""
+    return float(_ratio(*within_sums(df)))
+
+
+def within_summary(df: pd.DataFrame, n_resamples: int = 999, level: float = 0.95,
+                   seed: int = 0) -> dict[str, Any]:
+    """The within-one-completion reading of T: `E_T_within` (within_E_T) with a bootstrap CI over
+    prompts (the same BCa as E_T's), and `unsolved_share_within`, the share of completions
+    without a correct answer within the cap."""
+    fct_sum, hits = within_sums(df)
+    low, high = ratio_ci(fct_sum, hits, n_resamples=n_resamples, level=level, seed=seed)
+    return {"E_T_within": float(_ratio(fct_sum, hits)), "E_T_within_ci": [low, high],
+            "unsolved_share_within": float(1.0 - hits.sum() / len(df))}
+
+
 # ---------------------------------------------------------------- curves over H
 
 
@@ -646,6 +682,8 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
     """The summary `relbudget xi` prints (docs/pipeline.md, "The command line"), JSON-safe (inf
     and nan become None).
 
+    Both readings of T: `E_T` (restart, behind every xi) and `E_T_within` (within one completion,
+    with `unsolved_share_within`; see within_E_T), and per horizon `xi` and `xi_within`.
     horizons=None uses summary_horizons(cap). Per horizon, reward_mean, reward_var and
     p_informative are those of `reward` (for `within`: p, p(1-p) and P_inf); p and
     p_informative_pooled (1 - p^G - (1-p)^G) always refer to the binary p(H).
@@ -659,9 +697,11 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
                          n_resamples=n_bootstrap, level=ci_level, seed=seed)
     solved = pp["solved"].to_numpy()
     cv = _reward_columns(curves(df, H, group_size, E_T=E_T), df, group_size, reward)
+    within = within_summary(df, n_bootstrap, ci_level, seed)
     rows = []
     for c in cv.itertuples(index=False):
-        rows.append({"H": int(c.H), "xi": c.xi, "p": c.p, "reward_mean": c.reward_mean,
+        rows.append({"H": int(c.H), "xi": c.xi, "xi_within": float(c.H / within["E_T_within"]),
+                     "p": c.p, "reward_mean": c.reward_mean,
                      "reward_var": c.reward_var,
                      "p_informative": c.p_informative,
                      "p_informative_pooled": c.p_informative_pooled,
@@ -671,6 +711,7 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
         "E_T_ci": [low, high],
         "E_T_prompt_mean": float(pp.loc[solved, "E_T"].mean()) if solved.any() else None,
         "unsolved_share": float(1.0 - solved.mean()),
+        **within,
         "n_prompts": len(pp),
         "n_attempts": len(df),
         "n_hits": int(pp["hits"].sum()),

@@ -77,6 +77,34 @@ def metrics_at(df: pd.DataFrame, H: int, pass_k: list[int]) -> dict:
     return out
 
 
+def multiple_name(m: float) -> str:
+    """The named horizon of a multiple of E[T] in eval.json's `at`: 0.75 -> 'x0.75', 3.0 -> 'x3'."""
+    return f"x{m:g}"
+
+
+def multiple_horizons(E_T: float, multiples: list[float]) -> dict[str, int]:
+    """Named horizons at multiples of the base policy's E[T] (`evaluate.h_multiples`), rounded
+    to tokens as every xi is (estimators.horizon_for)."""
+    return {multiple_name(m): est.horizon_for(m, E_T) for m in multiples}
+
+
+def check_cap(folder: str | Path, prompts: pd.DataFrame, cap: int, base_policy) -> None:
+    """Refuse, before any compute, an evaluation cap that the policy's context cannot hold after
+    the longest eval prompt (as the policy is given it): BudgetError naming the fix."""
+    from relbudget.core.errors import BudgetError
+    from relbudget.measure.models import context_of, render_prompts
+
+    tok, limit = context_of(folder, base_policy.trust_remote_code)
+    rendered = render_prompts(prompts, tok, base_policy.chat_template)["prompt"]
+    longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in rendered)
+    if limit and cap + longest > limit:
+        raise BudgetError(
+            f"the evaluation cap {cap} (the largest of evaluate.h_eval, the regime's H and "
+            f"evaluate.h_multiples x E[T]) plus the longest eval prompt ({longest} tokens) exceeds "
+            f"the policy's max_position_embeddings ({limit}); lower evaluate.h_multiples to at "
+            f"most a cap of {limit - longest} tokens")
+
+
 def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[str, int], e,
                     base_policy, backend: str, policy: str,
                     attempts: int | None = None) -> tuple[pd.DataFrame, dict]:

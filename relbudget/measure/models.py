@@ -151,5 +151,19 @@ def policy_ref(folder: str | Path) -> str:
     return str(folder)
 
 
+def context_of(folder: str | Path, trust_remote_code: bool = False):
+    """(tokenizer, max_position_embeddings or None) of a saved policy, without its weights: what
+    a check of prompt + cap against the context needs before any compute."""
+    from transformers import AutoConfig
+
+    ref, kw = policy_ref(folder), {}
+    if ref == SMOLLM2_GGUF:
+        gguf = smollm2_gguf_file()
+        ref, kw = gguf.parent, {"gguf_file": gguf.name}
+    cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code, **kw)
+    return load_tokenizer(ref, trust_remote_code, **kw), getattr(cfg, "max_position_embeddings",
+                                                                 None)
+
+
 def load_saved(folder: str | Path, trust_remote_code: bool = False):
     return load_policy(policy_ref(folder), trust_remote_code=trust_remote_code)

@@ -44,13 +44,18 @@ def xi_t_slope(history: pd.DataFrame) -> float | None:
     return float(stats.linregress(h["cum_generated_tokens"] / 1e4, h["xi_t"]).slope)
 
 
+def _tokens(history: pd.DataFrame) -> int:
+    """Generated completion tokens of a run: the last row's running total (0 without a step)."""
+    return int(history["cum_generated_tokens"].iloc[-1]) if len(history) else 0
+
+
 def _training(history: pd.DataFrame) -> dict:
     """Means over training of the history's per-step figures."""
     def mean(col: str) -> float | None:
         return float(history[col].mean()) if col in history and history[col].notna().any() else None
 
     return {"steps": int(history["step"].iloc[-1]) if len(history) else 0,
-            "generated_tokens": int(history["cum_generated_tokens"].iloc[-1]) if len(history) else 0,
+            "generated_tokens": _tokens(history),
             "frac_informative_mean": mean("frac_informative"),
             "clipped_ratio_mean": mean("clipped_ratio"),
             "attempts_per_completion": mean("attempts_per_completion"),
@@ -151,3 +156,42 @@ def peak_xi(table: pd.DataFrame, col: str = "gain_per_100k", n_resamples: int = 
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return {"xi": float(best), "low": float(low), "high": float(high), "level": level,
             "n_resamples": n_resamples, "share_at_peak": float(np.mean(draws == best))}
+
+
+# ---------------------------------------------------------------- the peak under each choice
+
+
+def horizon_choices(base_eval: dict, cells: list[tuple[dict, pd.DataFrame]]) -> list[str]:
+    """The evaluation horizons that the base policy and every cell were read at: H_eval first,
+    then the multiples of E[T] (`xM`, evaluate.h_multiples) by their H."""
+    names = [n for n in base_eval["at"] if n == "H_eval" or n.startswith("x")]
+    names = [n for n in names if all(n in ev["at"] for ev, _ in cells)]
+    return sorted(names, key=lambda n: (n != "H_eval", base_eval["at"][n].get("H", 0)))
+
+
+def gains_at(cells: list[tuple[dict, pd.DataFrame]], base_eval: dict, name: str) -> pd.DataFrame:
+    """One row per cell (xi, seed, H, gain, gain_per_100k), with accuracy read at the named
+    horizon `name` of the same evaluation pass, against the base policy's at the same horizon."""
+    return pd.DataFrame([{"xi": float(ev["xi"]), "seed": int(ev["seed"]), "H": int(ev["H"]),
+                          **efficiency(ev["at"][name], base_eval["at"][name], _tokens(h))}
+                         for ev, h in cells])
+
+
+def robustness(cells: list[tuple[dict, pd.DataFrame]], base_eval: dict,
+               E_T_within: float | None) -> list[dict]:
+    """The peak xi with its bootstrap interval (peak_xi) under each choice: every evaluation
+    horizon the cells were read at, and each reading of T. Under the within-one-completion
+    reading a cell's xi is its H / E_T_within (the base policy's), so the argmax cell is the same
+    and only its xi changes; it is left out when E_T_within is unknown (an older xi stage)."""
+    rows = []
+    for name in horizon_choices(base_eval, cells):
+        table = gains_at(cells, base_eval, name)
+        peak = peak_xi(table)
+        at = {"h_eval": name, "H_eval": base_eval["at"][name].get("H")}
+        ends = {"peak_xi": peak["xi"], "low": peak["low"], "high": peak["high"]}
+        rows.append({"choice": f"{name} / restart", **at, "reading": "restart", **ends})
+        if E_T_within:
+            H_of = table.groupby("xi")["H"].first()  # the grid xi -> the cell's H
+            rows.append({"choice": f"{name} / within", **at, "reading": "within",
+                         **{k: float(H_of[v] / E_T_within) for k, v in ends.items()}})
+    return rows

@@ -30,6 +30,7 @@ def analyse(inp: dict, params) -> dict:
     arms = compare.compare(params.paths, params.arms, params.sweep.seeds, base_at["accuracy"])
     predicted = prediction.compare(inp["summary"]["predicted"], agg, peak,
                                    int(table["generated_tokens"].sum()))
+    robust = analysis.robustness(inp["cells"], inp["base_eval"], inp["summary"].get("E_T_within"))
     metrics = to_json_safe({
         "base": {"E_T": inp["summary"]["E_T"], "acc_H_eval": base_at["accuracy"],
                  "first_answer_acc": base_at.get("first_answer_accuracy")},
@@ -39,10 +40,13 @@ def analyse(inp: dict, params) -> dict:
         "peak": {k: peak[k] for k in ("xi", "low", "high")},
         "peak_sentence": render.band_sentence(peak, band),
         "prediction": predicted,
+        "robustness": robust,
+        "robustness_sentence": render.robustness_sentence(robust, band) if robust else None,
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
     gamma_png = os.path.relpath(params.paths.xi_plot(P.GAMMA_FIT_PNG), params.paths.report)
     markdown = render.render(inp["summary"], rows, params.evaluate.h_eval, agg, peak, band, base_at,
-                          gamma_png, prediction.markdown(predicted, peak) + arms["markdown"]
+                          gamma_png, render.robustness_section(robust, band)
+                          + prediction.markdown(predicted, peak) + arms["markdown"]
                           + render.across_tasks(bool(params.tasks.report), params.paths.tasks_md))
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
             "band": band, "cell_histories": cell_histories, "arms": arms, "prediction": predicted}

@@ -9,12 +9,12 @@ instead of evaluating it in the same process):
 2. the prompts: `train.prompt_filter` and `train.budget = per_prompt` (`adaptive_budgets`);
 3. GRPO until the token budget (`relbudget.train.grpo.train_policy`), evaluating the policy at H_eval
    when the generated tokens pass each of `eval_at` (`EvalCurve`): the tokens-to-target curve;
-4. evaluation of the trained policy at H_eval (and at its own H when H <= H_eval).
+4. evaluation of the trained policy at H_eval and any further named horizons (a sweep cell's
+   multiples of E[T]), with its own H when that is within the pass's cap.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -36,15 +36,11 @@ log = logging.getLogger(__name__)
 def horizon(E_T_path: str | Path, xi: float) -> tuple[int, float]:
     """(H = max(1, round(xi * E[T])), E[T]) from the xi stage's E[T] of the base policy
     (rounded half up, as the regimes' budgets are)."""
-    path = Path(E_T_path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run the xi stage first")
-    E_T = json.loads(path.read_text()).get("E_T")
-    if not isinstance(E_T, (int, float)) or not math.isfinite(E_T) or E_T <= 0:
-        raise ValueError(f"{path}: E_T is {E_T!r}; the base policy solved nothing, so no H = xi E[T]")
+    from relbudget.measure.budgets import read_E_T
     from relbudget.measure.estimators import horizon_for
 
-    return horizon_for(xi, E_T), float(E_T)
+    E_T = read_E_T(E_T_path)
+    return horizon_for(xi, E_T), E_T
 
 
 def check_length(model, tokenizer, prompts, H: int, train) -> int:
@@ -252,30 +248,43 @@ def train_from_base(params, t, H: int, name: str, work: Path, checkpoints: Path 
     return Trained(model, tok, history, H, stats)
 
 
+def eval_horizons(h_eval: int, more: dict[str, int] | None, H: int) -> dict[str, int]:
+    """The named horizons of a trained policy's evaluation: H_eval, `more` (e.g. multiples of
+    E[T]), and its own H when that is within the pass's cap (free there; a larger cap would cost
+    every miss)."""
+    horizons = {"H_eval": h_eval, **(more or {})}
+    return {**horizons, **({"H_own": H} if H <= max(horizons.values()) else {})}
+
+
 def evaluate_trained(params, trained: Trained, name: str, work: Path, eval_prompts: pd.DataFrame,
-                     eval_attempts: int) -> tuple[pd.DataFrame, dict]:
-    """The trained policy evaluated at H_eval (and at its own H when H <= H_eval) the way
-    evaluate@REGIME evaluates a saved one: saved to `work`/policy first, then dropped with the
-    work folder. Returns (eval rollouts, eval result)."""
+                     eval_attempts: int, more: dict[str, int] | None = None
+                     ) -> tuple[pd.DataFrame, dict]:
+    """The trained policy evaluated at `eval_horizons` the way evaluate@REGIME evaluates a saved
+    one: saved to `work`/policy first, then dropped with the work folder. Returns (eval rollouts,
+    eval result)."""
     from relbudget.measure.evaluation import evaluate_policy
     from relbudget.measure.models import save_policy
 
     e = params.evaluate
     save_policy(trained.model, trained.tokenizer, work / "policy")
-    # H_own comes free only when it is within the H_eval pass; a larger cap would cost every miss
-    horizons = {"H_eval": e.h_eval, **({"H_own": trained.H} if trained.H <= e.h_eval else {})}
-    return evaluate_policy(work / "policy", eval_prompts, horizons, e, params.base_policy,
-                           params.sampling.backend, name, eval_attempts)
+    return evaluate_policy(work / "policy", eval_prompts, eval_horizons(e.h_eval, more, trained.H),
+                           e, params.base_policy, params.sampling.backend, name, eval_attempts)
 
 
 def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: int,
-                       eval_at: list[int] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
-    """GRPO from the base policy with train params `t` at H, then evaluation at H_eval.
+                       eval_at: list[int] | None = None, more: dict[str, int] | None = None
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, dict, dict]:
+    """GRPO from the base policy with train params `t` at H, then evaluation at H_eval and the
+    named horizons `more` (one sampling pass at the largest, whose context is checked first).
     Returns (history, eval rollouts, eval result, run summary); the result holds no timings."""
     from relbudget.core.schemas import PROMPTS, read_table
+    from relbudget.measure.evaluation import check_cap
 
     eval_prompts = read_table(params.paths.prompts("eval"), PROMPTS)  # missing: before compute
+    cap = max(eval_horizons(params.evaluate.h_eval, more, H).values())
+    check_cap(params.paths.base_model, eval_prompts, cap, params.base_policy)  # before compute
     trained = train_from_base(params, t, H, name, work, eval_at=eval_at,
                               eval_prompts=eval_prompts, eval_attempts=eval_attempts)
-    table, result = evaluate_trained(params, trained, name, work, eval_prompts, eval_attempts)
+    table, result = evaluate_trained(params, trained, name, work, eval_prompts, eval_attempts,
+                                     more)
     return trained.history, table, result, trained.stats
