@@ -106,6 +106,7 @@ class Paths(Section):
     sweep: str
     arms: str
     metrics: str
+    params_ok: str  # a file: the validate stage's mark that params.yaml passed every check
 
     # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
