@@ -1051,3 +1051,15 @@ def test_a_copied_project_does_not_write_artifacts_into_the_original(tmp_path):
     assert _clean_failure(r) and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"in {orig / 'mlruns'}" in r.stderr and "copied or moved" in r.stderr
     assert _files(orig / "mlruns") == artifacts
+
+
+def test_a_single_write_onto_a_folder_is_one_line_and_keeps_the_folder(tmp_path):
+    """Found by the round-three probe: `paths.params_ok: data` (a folder) gave IsADirectoryError's
+    traceback from a write outside any set. Now the same one line as inside a set."""
+    from relbudget.core.io import OutputSetError, write_text
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep").write_text("x")
+    with pytest.raises(OutputSetError, match="it is a folder, but the stage writes a file there"):
+        write_text("mark\n", tmp_path / "data")
+    assert _files(tmp_path) == {"data/keep": b"x"} and len(list(tmp_path.iterdir())) == 1

@@ -154,7 +154,9 @@ def _atomic(path: str | Path, is_dir: bool) -> Iterator[Path]:
         if pending is not None:
             pending.stage(tmp, path)
             staged = True
-        elif is_dir:
+            return
+        _check_kinds({path: tmp})  # a folder where a file goes: one line, the folder untouched
+        if is_dir:
             _replace(tmp, path)
         else:
             os.replace(tmp, path)
