@@ -1063,3 +1063,19 @@ def test_a_single_write_onto_a_folder_is_one_line_and_keeps_the_folder(tmp_path)
     with pytest.raises(OutputSetError, match="it is a folder, but the stage writes a file there"):
         write_text("mark\n", tmp_path / "data")
     assert _files(tmp_path) == {"data/keep": b"x"} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_journal_naming_other_files_than_the_outputs_is_left_alone(tmp_path):
+    """A hand-made journal (it could come with a pulled commit into the git-tracked metrics/)
+    asking to undo a "set" whose target is ../params.yaml: nothing outside the stage's outputs
+    and their hidden siblings is ever renamed or deleted."""
+    import json
+
+    (tmp_path / "metrics").mkdir()
+    victim = tmp_path / "params.yaml"
+    victim.write_text("mine\n")
+    journal = tmp_path / "metrics" / ".headline.json.journal.tmp"
+    journal.write_text(json.dumps({"files": [[".x.1-a.tmp", "../params.yaml", ".y.old.1", False]],
+                                   "undo": True}))
+    remove_stale_temps([tmp_path / "metrics" / "headline.json"])
+    assert victim.read_text() == "mine\n" and journal.exists()
