@@ -5,6 +5,7 @@ flow's params: one task per stage DVC expands from it, named as DVC names it (`t
 `evaluate_base`, `sweep@0.25-0`, `arm@controller-0`, `fixed_best@0`), each waiting for the stages
 whose outs its deps read. With the stages of dvc.yaml today:
 
+    check_params -> every stage                        params.yaml checked as a whole
     prepare -> base_policy -> sample_t -> xi
     xi -> train@REGIME -> evaluate@REGIME              one per regime
     xi -> evaluate_base -> evaluate@REGIME             the base policy's reference
@@ -41,8 +42,9 @@ import json
 import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from prefect import allow_failure, flow, get_run_logger, task
 from prefect.context import FlowRunContext
@@ -83,6 +85,7 @@ class Timeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    check_params: float = Field(300, gt=0)
     prepare: float = Field(1800, gt=0)
     base_policy: float = Field(4 * 3600, gt=0)
     sample_t: float = Field(4 * 3600, gt=0)
@@ -448,10 +451,11 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
 
     undo_logs, undo_sigterm = _ship_stage_logs(), _kill_stages_on_sigterm()
     try:
-        for step in steps:
-            submit(step)
-        for f in futures.values():
-            f.wait()
+        with exclusive_root(root):  # no stage process (dvc repro's, or by hand) on these outputs
+            for step in steps:
+                submit(step)
+            for f in futures.values():
+                f.wait()
     finally:
         undo_sigterm()
         undo_logs()
@@ -468,6 +472,58 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
                         for lb, msg in failed.items())
         raise PipelineFailed(why + (f" (not run: {', '.join(skipped)})" if skipped else ""))
     return summary
+
+
+# --------------------------------------------------------------------------- one pipeline at a time
+
+
+def dvc_activity(root: Path) -> str | None:
+    """Who runs DVC on `root` now, if it is a DVC project, else None. `dvc repro` holds its repo
+    lock (.dvc/tmp/lock) between stages and releases it while a stage's command runs; the
+    stage's outputs are then in its rwlock (.dvc/tmp/rwlock) under the dvc process's PID. Read
+    while holding the repo lock, the rwlock cannot change, so one of the two always shows it."""
+    import zc.lockfile
+
+    tmp = root / ".dvc" / "tmp"
+    if not tmp.is_dir():
+        return None
+    try:
+        lock = zc.lockfile.LockFile(str(tmp / "lock"))
+    except zc.lockfile.LockError:
+        pid = (tmp / "lock").read_text(errors="replace").strip() or "?"
+        return f"a dvc command (process {pid})"
+    try:
+        import psutil
+
+        try:
+            infos = json.loads((tmp / "rwlock").read_text())
+        except (OSError, ValueError):
+            infos = {}
+        for mode in ("write", "read"):
+            for path, info in (infos.get(mode) or {}).items():
+                for one in (info if isinstance(info, list) else [info]):
+                    if isinstance(one, dict) and psutil.pid_exists(int(one.get("pid", 0))):
+                        where = os.path.relpath(path, root) if os.path.isabs(path) else path
+                        return (f"`{one.get('cmd', 'dvc')}` (process {one['pid']}, running a "
+                                f"stage on {where})")
+    finally:
+        lock.close()
+    return None
+
+
+@contextmanager
+def exclusive_root(root: Path) -> Iterator[None]:
+    """The project lock on `root`, exclusive for the flow's run (relbudget.core.io.project_lock),
+    refused (ProjectBusy, naming the other) when a stage process holds it or DVC runs on `root`."""
+    from relbudget.core.io import ProjectBusy, project_lock
+
+    holder = f"the Prefect flow (process {os.getpid()}: python -m flows.pipeline --out-root {root})"
+    with project_lock(root, exclusive=True, holder=holder):
+        dvc = dvc_activity(root.resolve())
+        if dvc is not None:
+            raise ProjectBusy(f"{dvc} is running on {root.resolve()}; the flow would write the "
+                              "same outputs: wait for it to end, or give the flow another --out-root")
+        yield
 
 
 # --------------------------------------------------------------------------- command line
@@ -503,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="scheduled", help="serve: deployment name")
     ap.add_argument("--cron", default="0 3 * * *", help="serve: cron schedule (default daily 03:00)")
     args = ap.parse_args(argv)
+    from relbudget.core.io import ProjectBusy
     from relbudget.core.tracking import TrackingError, check_reachable, tracking_uri
     from stages._cli import KILLED
 
@@ -513,7 +570,9 @@ def main(argv: list[str] | None = None) -> int:
         # fail fast, before Prefect starts: bad params, flow parameters or dvc.yaml
         flow_plan(rooted(load_params(args.params), flow_config(**kwargs).out_root))
         check_reachable(tracking_uri())  # a damaged mlflow.db: one line here, not in every task
-    except (FlowConfigError, ParamsError, DagError, TrackingError) as err:
+        with exclusive_root(Path(flow_config(**kwargs).out_root)):
+            pass  # dvc repro or a stage on these outputs: refused here, before Prefect starts
+    except (FlowConfigError, ParamsError, DagError, TrackingError, ProjectBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     flow_ = pipeline

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from relbudget.core.errors import BudgetError
-from relbudget.core.io import NotWritable, WorkLocked, umask, check_writable, remove_stale_temps
+from relbudget.core.io import (NotWritable, OutputSetError, ProjectBusy, WorkLocked, umask,
+                               check_inside, check_writable, project_lock, remove_stale_temps)
 from relbudget.core.schemas import TableError
 from relbudget.core.params import (Params, ParamsError, dump_sections, key_sections, load_params,
                                    params_hash)
@@ -44,6 +45,8 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     if KILLED.is_set():  # the flow got SIGTERM: no new stage starts
         raise StageKilled("killed by SIGTERM before it started")
     outputs = _outputs(params, stage, regime)
+    if not params.allow_outside_paths:  # a symlinked folder (metrics/ -> elsewhere): refused
+        check_inside(outputs, Path.cwd())
     check_writable(outputs)  # a read-only data/ fails here, not after the compute
     remove_stale_temps(outputs)
     with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline):
@@ -153,13 +156,15 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         params = load_params(args.params)  # validated before any compute
-        execute(stage, fn, params, sections, getattr(args, "regime", None))
+        # shared: other stage processes may run beside it, never the flow on these outputs
+        with project_lock(".", exclusive=False):
+            execute(stage, fn, params, sections, getattr(args, "regime", None))
     except StageKilled as err:
         _end_progress_bars()
         print(f"error: {err}; temporary files removed, MLflow run FAILED", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
     except (ParamsError, TrackingError, BudgetError, TableError, WorkLocked, NotWritable,
-            FileNotFoundError) as err:
+            ProjectBusy, OutputSetError, FileNotFoundError) as err:
         # user errors (params, a damaged or missing input file): one message, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -6,6 +6,7 @@ import logging
 
 import mlflow
 
+from relbudget.core.io import output_set
 from relbudget.core.params import Params
 from relbudget.core.schemas import PROMPTS, write_table
 from relbudget.measure.task import builtin_splits
@@ -23,8 +24,10 @@ def run(params: Params) -> dict:
         from relbudget.measure.datasets import load_hf_prompts
 
         train, eval_ = load_hf_prompts(d.hf, d.n_train, d.n_eval, d.seed)
+    with output_set():  # both splits replaced together, or neither (relbudget.core.io)
+        for name, table in (("train", train), ("eval", eval_)):
+            write_table(table, PROMPTS, params.paths.prompts(name))
     for name, table in (("train", train), ("eval", eval_)):
-        write_table(table, PROMPTS, params.paths.prompts(name))
         log_dataset(table, params.paths.prompts(name), name)
     stats = {"n_train": len(train), "n_eval": len(eval_)}
     mlflow.log_metrics(stats)

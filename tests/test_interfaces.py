@@ -101,7 +101,12 @@ def missing_code_deps(stage) -> list[str]:
 
 
 def _params(stage) -> set[str]:
-    return {p for d in stage.deps if hasattr(d, "params") for p in d.params}
+    """The params a stage depends on; `- params.yaml:` with no keys (the check_params stage) is every
+    section of the file but `paths` (NOT_SCIENCE)."""
+    from relbudget.core.params import Params
+
+    return {p for d in stage.deps if hasattr(d, "params")
+            for p in (d.params or set(Params.model_fields) - NOT_SCIENCE)}
 
 
 def _ids(stages) -> list[str]:

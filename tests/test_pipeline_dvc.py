@@ -44,7 +44,7 @@ def repo(project: Path) -> Path:
 
 def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     log = sh("dvc", "repro", cwd=repo)
-    assert ran_stages(log) == {"prepare", "base_policy", "sample_t", "xi", "train@low",
+    assert ran_stages(log) == {"check_params", "prepare", "base_policy", "sample_t", "xi", "train@low",
                                "train@high", "evaluate@low", "evaluate@high", "evaluate_base",
                                "sweep@1.0-0", "sweep@2.0-0", "arm@controller-0",
                                "arm@per_prompt-0", "arm@filtered-0", "fixed_best@0", "report"}
@@ -103,7 +103,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["relbudget"])
     parents, runs = runs[runs["tags.stage"] == "pipeline"], runs[runs["tags.stage"] != "pipeline"]
-    assert len(runs) == 16
+    assert len(runs) == 17
     assert set(runs["status"]) == {"FINISHED"}
     # one dvc repro = one pipeline run: one parent, every stage run its child, one shared tag
     assert len(parents) == 1 and parents["tags.pipeline_run"].iloc[0].startswith("dvc-repro-")
@@ -112,14 +112,14 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     assert set(runs["tags.regime"]) == {"", "low", "high", "base", "xi1.0-s0", "xi2.0-s0",
                                         "controller-s0", "per_prompt-s0", "filtered-s0", "0"}
 
-    # Nothing changed: nothing runs.
-    assert ran_stages(sh("dvc", "repro", cwd=repo)) == set()
+    # Nothing changed: nothing runs but the check of params (always_changed, a few seconds).
+    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"check_params"}
 
     # Reruns follow meaning: rewording the report reruns the report alone (no training run
     # depends on its words); an estimator edit reruns what measures and trains, never the data
     # or the pre-training of the base policy.
     assert edit_reruns(repo, "relbudget/report/render.py", "# relbudget report",
-                       "# The relbudget report") == {"report"}
+                       "# The relbudget report") == {"check_params", "report"}
     rerun = edit_reruns(repo, "relbudget/measure/estimators.py", "\n", "\n# an edit\n")
     assert {"xi", "sweep@1.0-0", "report"} <= rerun and not rerun & {"prepare", "base_policy"}, rerun
 
@@ -134,15 +134,17 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["xi"] = [1.0, 1.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert stale(repo) == {"sweep@1.5-0", "fixed_best@0", "report"}
-    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"sweep@1.5-0", "fixed_best@0", "report"}
+    # (check_params runs at every repro; its mark keeps its bytes, so it reruns nothing)
+    assert stale(repo) == {"check_params", "sweep@1.5-0", "fixed_best@0", "report"}
+    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"check_params", "sweep@1.5-0", "fixed_best@0",
+                                                        "report"}
     metrics = json.loads((repo / "data/report/metrics.json").read_text())
     assert [c["xi"] for c in metrics["sweep"]] == [1.0, 1.5]  # the stale xi = 2 cell is left out
 
     # A train param changes: train, evaluate of the regimes, every cell, the arms and report.
     params["train"]["lr"] = 2e-4
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {
+    assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"check_params",
         "train@low", "train@high", "evaluate@low", "evaluate@high", "sweep@1.0-0", "sweep@1.5-0",
         "arm@controller-0", "arm@per_prompt-0", "arm@filtered-0", "fixed_best@0", "report"}
 
@@ -156,3 +158,88 @@ def test_bad_params_fail_before_any_work(repo: Path):
     assert out.returncode == 2
     assert "sampling.max_tokns" in out.stderr and "did you mean 'max_tokens'" in out.stderr
     assert not (repo / "data").exists()
+
+
+def dvc_fails(*cmd: str, cwd: Path) -> str:
+    """Run a dvc command that must fail; its stdout and stderr."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode != 0, f"{' '.join(cmd)} succeeded:\n{out.stdout[-3000:]}"
+    return out.stdout + out.stderr
+
+
+def outputs_of(folder: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.name != ".gitignore"}
+
+
+def xi_only(repo: Path) -> None:
+    """dvc.yaml cut to check_params and xi (both as the project declares them), with synthetic
+    rollouts in place of sample_t's: the xi stage's outputs in seconds, not a pre-training."""
+    from tests.synth import make_rollouts
+
+    raw = yaml.safe_load((repo / "dvc.yaml").read_text())
+    raw["stages"] = {k: v for k, v in raw["stages"].items() if k in ("check_params", "xi")}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (repo / "data/rollouts").mkdir(parents=True)
+    make_rollouts(30, 8, seed=1).drop(columns=["type"]).to_parquet(
+        repo / "data/rollouts/base.parquet", index=False)
+
+
+def test_invalid_params_stop_dvc_repro_before_it_removes_any_output(repo: Path):
+    xi_only(repo)
+    sh("dvc", "repro", "xi", cwd=repo)
+    xi = repo / "data/xi"
+    before = outputs_of(xi)
+    assert len(before) == 7  # 2 tables, budgets, E[T], summary, 2 plots
+
+    # A typo under xi: (measured before: DVC had removed all seven files when the xi stage
+    # refused it; summary.json and the two plots, not cached, were gone for good)
+    text = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["xi"]["n_bootstap"] = 1000
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = dvc_fails("dvc", "repro", "xi", cwd=repo)
+    assert "xi.n_bootstap: unknown key; did you mean 'n_bootstrap'" in out, out
+    assert "failed to reproduce 'check_params'" in out and "Traceback" not in out, out
+    assert ran_stages(out) == {"check_params"}
+    assert outputs_of(xi) == before  # every file, byte for byte
+
+    # every output of the stage is in DVC's cache: lost files come back with `dvc checkout`
+    (repo / "params.yaml").write_text(text)
+    for f in xi.iterdir():
+        f.unlink()
+    sh("dvc", "checkout", "xi", cwd=repo)
+    assert outputs_of(xi) == before
+    assert ran_stages(sh("dvc", "repro", "xi", cwd=repo)) == {"check_params"}  # xi up to date
+
+
+def test_dvc_repro_beside_the_flow_refuses_before_removing_anything(repo: Path):
+    """The flow holds the project lock (its own exclusive_root, in a real process); `dvc repro`
+    started beside it stops at check_params, naming the flow, every output intact."""
+    xi_only(repo)
+    sh("dvc", "repro", "xi", cwd=repo)
+    before = outputs_of(repo / "data/xi")
+    (repo / "params.yaml").write_text((repo / "params.yaml").read_text().replace(
+        "n_bootstrap: 50", "n_bootstrap: 60"))  # so xi is stale: DVC would remove its outputs
+    flow = subprocess.Popen([sys.executable, "-c", FLOW_HOLDS_THE_LOCK], cwd=repo,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert flow.stdout.readline().strip() == "locked"
+        out = dvc_fails("dvc", "repro", "xi", cwd=repo)
+    finally:
+        flow.kill()
+        flow.wait()
+    assert f"the Prefect flow (process {flow.pid}" in out and "is running on" in out, out
+    assert ran_stages(out) == {"check_params"} and outputs_of(repo / "data/xi") == before
+    assert "xi" in ran_stages(sh("dvc", "repro", "xi", cwd=repo))  # the flow gone: it runs
+
+
+FLOW_HOLDS_THE_LOCK = """
+import time
+from pathlib import Path
+from flows.pipeline import exclusive_root
+with exclusive_root(Path(".")):
+    print("locked", flush=True)
+    time.sleep(600)
+"""

@@ -815,3 +815,267 @@ def test_a_store_left_with_a_hot_journal_is_not_called_damaged(tmp_path):
     con.close()
     check_sqlite_store(f"sqlite:///{copy}")  # no TrackingError
     assert sqlite3.connect(copy).execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+# ---------------------------------------------------------------- round three: sets, owners, locks
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write_abc(folder: Path, tag: str) -> None:
+    from relbudget.core.io import output_set, write_text
+
+    with output_set():
+        for name in ("a.txt", "b.txt", "c.txt"):
+            write_text(f"{name} {tag}\n", folder / name)
+
+
+def test_a_folder_where_a_file_goes_leaves_the_whole_set_old(tmp_path):
+    """The measured case: budgets.yaml replaced by a folder, then the xi stage: two files were
+    new, the rest old, and the journal stuck every later start. Now: refused before any rename,
+    one line naming the target and the fix, every file old, nothing left beside them."""
+    from relbudget.core.io import OutputSetError
+
+    _write_abc(tmp_path, "old")
+    (tmp_path / "b.txt").unlink()
+    (tmp_path / "b.txt").mkdir()
+    (tmp_path / "b.txt" / "mine").write_text("the user's")
+    before = _files(tmp_path)
+    with pytest.raises(OutputSetError, match=r"b.txt: it is a folder, but the stage writes a file "
+                                             r"there; move it away"):
+        _write_abc(tmp_path, "new")
+    assert _files(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name[0] == "."]
+
+
+def test_a_rename_failing_mid_commit_puts_every_old_file_back(tmp_path, monkeypatch):
+    """A rename that fails after others succeeded (a full disk, a permission): every target
+    already replaced gets its old file back: all old, no temp, no journal left."""
+    import errno
+
+    import relbudget.core.io as rio
+
+    _write_abc(tmp_path, "old")
+    before = _files(tmp_path)
+    real, calls = rio._rename, []
+
+    def rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(rio, "_rename", rename)
+    with pytest.raises(rio.OutputSetError, match="No space left on device; every output of the "
+                                                 "set is the old one"):
+        _write_abc(tmp_path, "new")
+    assert _files(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name[0] == "."]
+
+
+WRITE_ABC = """
+def write_abc(folder, tag):
+    from relbudget.core.io import output_set, write_text
+    with output_set():
+        for name in ("a.txt", "b.txt", "c.txt"):
+            write_text(f"{name} {tag}\\n", folder / name)
+"""
+
+
+def test_a_stuck_journal_says_so_in_one_line_and_is_undone_once_fixed(tmp_path):
+    """A commit killed midway (journal left, b.txt moved aside), then a folder put where b.txt
+    was: the set can be neither completed nor put back. Every start says so in one line with
+    the fix; once the folder is gone, the next start puts every old file back."""
+    from relbudget.core.io import OutputSetError
+
+    _write_abc(tmp_path, "old")
+    before = _files(tmp_path)
+    kill = WRITE_ABC + KILL_AFTER_RENAMES + (
+        "from pathlib import Path\nkill_after_renames(1)\nwrite_abc(Path('.'), 'new')\n")
+    r = subprocess.run([sys.executable, "-c", kill], cwd=tmp_path, env=_env(tmp_path),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert (tmp_path / ".a.txt.journal.tmp").exists() and not (tmp_path / "b.txt").exists()
+    (tmp_path / "b.txt").mkdir()
+    outputs = [tmp_path / n for n in ("a.txt", "b.txt", "c.txt")]
+    for _ in range(2):
+        with pytest.raises(OutputSetError) as err:
+            remove_stale_temps(outputs)
+        assert "\n" not in str(err.value)
+        assert str(err.value).startswith(f"stuck output journal {tmp_path / '.a.txt.journal.tmp'}")
+        assert "fix that and run the stage again" in str(err.value)
+    (tmp_path / "b.txt").rmdir()  # the fix
+    remove_stale_temps(outputs)
+    assert _files(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name[0] == "."]
+
+
+LIVE_WRITER = """
+import sys, time
+from pathlib import Path
+from relbudget.core.io import atomic_path
+with atomic_path(Path("out.json")) as tmp:
+    tmp.write_text("being written")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_start_up_clean_up_leaves_a_live_writers_temp_file(tmp_path):
+    """The measured case: two `python -m stages.xi` 1 s apart, the second removed the first's
+    temp files ("No such file"). A temp name carries its writer's PID: kept while it lives."""
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER], cwd=tmp_path,
+                              env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        tmp = tmp_path / writer.stdout.readline().strip()
+        assert tmp.name.startswith(f".out.json.{writer.pid}-")
+        assert remove_stale_temps([tmp_path / "out.json"]) == [] and tmp.exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert remove_stale_temps([tmp_path / "out.json"]) == [tmp]  # its writer is dead now
+
+
+CONCURRENT_SETS = """
+import sys
+from pathlib import Path
+from relbudget.core.io import output_set, write_text
+tag = sys.argv[1]
+for i in range(30):
+    with output_set():
+        for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+            write_text(f"{tag} {i}\\n", Path(name))
+"""
+
+
+def test_two_writers_of_one_set_at_once_end_with_one_whole_set(tmp_path):
+    """Two processes replacing the same set 30 times each, at once: commits take turns (a lock
+    on the folder), neither removes the other's files, and the set ends whole."""
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_SETS, tag], cwd=tmp_path,
+                              env=_env(tmp_path), stderr=subprocess.PIPE, text=True)
+             for tag in ("x", "y")]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    final = _files(tmp_path)
+    assert len(set(final.values())) == 1 and list(final.values())[0].endswith(b" 29\n"), final
+
+
+def _wait_until_started(proc: subprocess.Popen, folder: Path) -> None:
+    """Until `proc` has written `started` in folder; it must not end first."""
+    deadline = time.time() + 240
+    while not (folder / "started").exists():
+        assert proc.poll() is None and time.time() < deadline, f"{proc.args} ended first"
+        time.sleep(0.2)
+
+
+def test_the_flow_refuses_a_tree_a_stage_process_works_in(tmp_path):
+    """A stage started by hand (or by dvc repro) holds the project lock shared; the flow asks
+    for it exclusive and refuses in one line. The reverse: a stage beside the flow refuses,
+    naming the flow."""
+    from flows.pipeline import exclusive_root
+    from relbudget.core.io import ProjectBusy, project_lock
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(merged({})))
+    stage = subprocess.Popen([sys.executable, "-c", SLOW_STAGE], cwd=tmp_path, env=_env(tmp_path),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_until_started(stage, tmp_path)
+        with pytest.raises(ProjectBusy, match=r"a stage process .* is running on"):
+            with exclusive_root(tmp_path):
+                pass
+    finally:
+        stage.kill()
+        stage.wait()
+    with exclusive_root(tmp_path):  # the stage is gone: the flow takes it
+        with pytest.raises(ProjectBusy, match=r"the Prefect flow \(process \d+"):
+            with project_lock(tmp_path, exclusive=False):
+                pass
+
+
+def test_the_flow_sees_a_running_dvc_repro(tmp_path):
+    """DVC's own locks, as `dvc repro` holds them while a stage's command runs (its rwlock) and
+    between stages (its repo lock): the flow names the dvc process."""
+    from flows.pipeline import dvc_activity
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, timeout=120)
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  slow:\n    cmd: touch started && sleep 600 && touch out\n    outs:\n"
+        "      - out\n")
+    assert dvc_activity(tmp_path) is None
+    repro = subprocess.Popen(["dvc", "repro"], cwd=tmp_path, env=env, start_new_session=True)
+    try:
+        _wait_until_started(repro, tmp_path)
+        found = dvc_activity(tmp_path)
+        assert found.endswith(f"dvc repro` (process {repro.pid}, running a stage on out)"), found
+    finally:
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait()
+
+
+def test_a_symlinked_metrics_folder_is_refused_before_any_write(tmp_path):
+    """The measured case: the git-tracked metrics/ replaced by a symlink, and the report wrote
+    headline.json wherever it pointed. Now the stage refuses in one line, before any compute."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "params.yaml").write_text(yaml.safe_dump(merged({})))
+    (proj / "metrics").symlink_to(outside)
+    r = subprocess.run([sys.executable, "-m", "stages.report"], cwd=proj, env=_env(proj),
+                       capture_output=True, text=True, timeout=300)
+    assert _clean_failure(r) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"resolves to {outside}, outside the project" in r.stderr
+    assert "allow_outside_paths: true" in r.stderr and list(outside.iterdir()) == []
+
+
+def test_a_copied_project_does_not_write_artifacts_into_the_original(tmp_path):
+    """mlflow.db records its experiment's artifact folder as an absolute path: in a copy of the
+    project it is the original's mlruns/. A stage in the copy refuses, naming both."""
+    import shutil
+
+    orig = tmp_path / "orig"
+    orig.mkdir()
+    (orig / "params.yaml").write_text(yaml.safe_dump(merged({})))
+    env = {**_env(orig)}
+    del env["MLFLOW_TRACKING_URI"]  # the default store: mlflow.db in the project
+    r = subprocess.run([sys.executable, "-m", "stages.check_params"], cwd=orig, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    copy = Path(shutil.copytree(orig, tmp_path / "copy"))
+    artifacts = _files(orig / "mlruns")
+    r = subprocess.run([sys.executable, "-m", "stages.check_params"], cwd=copy, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert _clean_failure(r) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"in {orig / 'mlruns'}" in r.stderr and "copied or moved" in r.stderr
+    assert _files(orig / "mlruns") == artifacts
+
+
+def test_a_single_write_onto_a_folder_is_one_line_and_keeps_the_folder(tmp_path):
+    """Found by the round-three probe: `paths.params_ok: data` (a folder) gave IsADirectoryError's
+    traceback from a write outside any set. Now the same one line as inside a set."""
+    from relbudget.core.io import OutputSetError, write_text
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep").write_text("x")
+    with pytest.raises(OutputSetError, match="it is a folder, but the stage writes a file there"):
+        write_text("mark\n", tmp_path / "data")
+    assert _files(tmp_path) == {"data/keep": b"x"} and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_journal_naming_other_files_than_the_outputs_is_left_alone(tmp_path):
+    """A hand-made journal (it could come with a pulled commit into the git-tracked metrics/)
+    asking to undo a "set" whose target is ../params.yaml: nothing outside the stage's outputs
+    and their hidden siblings is ever renamed or deleted."""
+    import json
+
+    (tmp_path / "metrics").mkdir()
+    victim = tmp_path / "params.yaml"
+    victim.write_text("mine\n")
+    journal = tmp_path / "metrics" / ".headline.json.journal.tmp"
+    journal.write_text(json.dumps({"files": [[".x.1-a.tmp", "../params.yaml", ".y.old.1", False]],
+                                   "undo": True}))
+    remove_stale_temps([tmp_path / "metrics" / "headline.json"])
+    assert victim.read_text() == "mine\n" and journal.exists()

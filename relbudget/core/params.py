@@ -109,6 +109,7 @@ class Paths(Section):
     arms: str
     metrics: str
     tasks: str
+    params_ok: str  # a file: the check_params stage's mark that params.yaml passed every check
 
     # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from relbudget.core.params import REPORT_PLOTS, TASKS_PLOTS, XI_PLOTS, Paths, arm_name, parse_task_cell
 
-STAGES = ("prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep", "arm",
-          "fixed_best", "report", "task_t", "task_xi", "task_sweep", "tasks_report")
+STAGES = ("check_params", "prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep",
+          "arm", "fixed_best", "report", "task_t", "task_xi", "task_sweep", "tasks_report")
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,18 @@ TASK_STAGES = {"task_t": _task_t, "task_xi": _task_xi, "task_sweep": _task_sweep
 def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
     """The data files of one stage execution; `key` is the regime (train, evaluate; 'base' for
     the base policy's evaluation) or the sweep cell."""
+    files = _stage_files(paths, stage, key)
+    if stage == "check_params":
+        return files
+    # Every stage waits for check_params: DVC removes a stage's outputs before it runs it, so params
+    # must be refused before any stage that could be rerun starts, not inside it.
+    return StageFiles((paths.params_ok, *files.deps), files.outs, files.metrics, files.plots)
+
+
+def _stage_files(paths: Paths, stage: str, key: str | None) -> StageFiles:
     p = paths
+    if stage == "check_params":
+        return StageFiles((), (p.params_ok,))
     if stage == "prepare":
         return StageFiles((), (p.prepared,))
     if stage == "base_policy":

@@ -172,6 +172,26 @@ def check_sqlite_store(uri: str) -> None:
                         "new store, or set MLFLOW_TRACKING_URI to another one")
 
 
+def check_artifact_location(location: str, uri: str) -> None:
+    """A local SQLite store records where its experiment keeps artifacts as an absolute path when
+    the experiment is created; in a copied or moved project that path is still the original
+    clone's mlruns/, and every stage would write its artifacts (budgets, plots, models) there.
+    Refused (TrackingError, one line) when that folder lies outside both this project (the
+    working directory) and the store's own folder."""
+    parsed = urlparse(location or "")
+    if parsed.scheme not in ("", "file") or not uri.startswith("sqlite:///"):
+        return  # a tracking server's artifact store, or a remote one: not this project's files
+    artifacts = Path(parsed.path).resolve()
+    store = Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve().parent
+    if any(artifacts.is_relative_to(root) for root in (Path.cwd().resolve(), store)):
+        return
+    raise TrackingError(f"the MLflow store {store / 'mlflow.db'} keeps the artifacts of experiment "
+                        f"{EXPERIMENT!r} in {artifacts}, outside this project: it was copied or "
+                        "moved from another clone, whose mlruns/ every stage would write into; "
+                        "move mlflow.db and mlruns/ aside to start a new store here, or set "
+                        "MLFLOW_TRACKING_URI")
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -298,6 +318,7 @@ def stage_run(stage: str, params: dict[str, Any], params_hash: str,
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(EXPERIMENT)
+    check_artifact_location(experiment.artifact_location, uri)
     name = run_label(stage, regime)
     tags = {"stage": stage, "regime": regime or "", "params_hash": params_hash,
             "git_commit": git_commit()}
