@@ -26,6 +26,13 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_compare.py::test_tokens_to_target_interpolates_between_evaluations
                    tests/test_compare.py::test_target_ratio_and_a_plain_sentence_either_way
                    tests/test_compare.py::test_compare_reads_the_arm_files_and_names_missing_ones) ;;
+        relbudget/report/headline.py)
+            tests=(tests/test_exact_headline.py
+                   tests/test_dvc_metrics.py::test_headline_is_a_few_numbers_rounded_and_byte_stable
+                   tests/test_dvc_metrics.py::test_headline_skips_absent_parts_and_non_finite_numbers
+                   tests/test_dvc_metrics.py::test_headline_keys_repeat_no_key_of_params) ;;
+        relbudget/report/analysis.py)
+            tests=(tests/test_exact_analysis.py tests/test_report.py) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2

@@ -87,6 +87,9 @@ def test_arm_rows_count_evaluations_and_tokens():
     assert row == {"arm": "controller", "seed": 3, "xi": 1.5, "H0": 45,
                    "tokens_to_target": pytest.approx(2000), "acc_H_eval": 0.9,
                    "generated_tokens": 5000, "n_evaluations": 3}
+    # crossing from the base point: 0.5 @0 -> 0.6 @1000, target 0.55 -> 500
+    (row,) = compare.arm_rows(runs, 0.5, 0.55)
+    assert row["tokens_to_target"] == pytest.approx(500)
 
 
 # ---------------------------------------------------------------- summary over seeds
@@ -184,31 +187,110 @@ def test_the_sentence_when_the_reference_never_reaches_the_target():
 
 
 def test_budget_notes_from_each_arm_first_seed():
-    b = {"filter_n_kept": 3, "filter_n_prompts": 8, "per_prompt_H_x_q50": 40.0, "other": 1}
-    runs = [_run("controller", 0, 0.9, [(1000, 0.6)], H=[30, 60]),
+    b = {"filter_n_kept": 3, "filter_n_prompts": 8, "per_prompt_H_x_q10": 20.0,
+         "per_prompt_H_x_q50": 40.0, "per_prompt_H_x_q90": 80.0, "other": 1}
+    runs = [_run("controller", 0, 0.9, [(1000, 0.6), (2000, 0.7)], H=[30, 60, 50]),
             _run("controller", 1, 0.9, [(1000, 0.6)], H=[10, 90]),
             _run("filtered", 2, 0.9, [], budget=b),
             _run("fixed_best", 0, 0.9, [], H=[45])]
     notes = compare.budget_notes(runs)
-    assert notes["controller"] == {"H_t_min": 30, "H_t_max": 60, "H_t_last": 60, "seed": 0}
+    assert notes["controller"] == {"H_t_min": 30, "H_t_max": 60, "H_t_last": 50, "seed": 0}
     assert notes["filtered"] == {"filter_n_kept": 3, "filter_n_prompts": 8,
-                                 "per_prompt_H_x_q50": 40.0, "seed": 2}
+                                 "per_prompt_H_x_q10": 20.0, "per_prompt_H_x_q50": 40.0,
+                                 "per_prompt_H_x_q90": 80.0, "seed": 2}
     assert notes["fixed_best"] == {"seed": 0}  # no H range for a fixed budget
     ev, h = _run("controller", 5, 0.9, [])
     assert compare.budget_notes([(ev, h.iloc[:0])]) == {"controller": {"seed": 5}}
 
 
 def test_render_rows_with_and_without_se():
-    summary = compare.summarize([_row("fixed_best", 0, 1000.0, 0.7), _row("fixed_best", 1, 3000.0, 0.9),
-                                 _row("controller", 0, 500.0, 0.8), _row("controller", 1, 1500.0, 0.8)])
-    md = compare.render(summary, 0.75, {"controller": {"H_t_min": 30, "q": 0.5, "seed": 1},
+    summary = compare.summarize([
+        _row("fixed_best", 0, 1000.0, 0.7), _row("fixed_best", 1, 3000.0, 0.9),
+        _row("controller", 0, 500.0, 0.8), _row("controller", 1, 1500.0, 0.8)])
+    md = compare.render(summary, 0.75, {"controller": {"H_t_min": 30, "q": 40.0, "seed": 1,
+                                                       "n": 1000000},
                                         "fixed_best": {"seed": 0}})
     assert md[:3] == ["## Adaptive budgets against the best fixed xi (compute-matched)", "",
                       compare.sentence(summary, 0.75)]
     # 2000 +- 1000 (sd 1414.2 / sqrt 2); accuracy 0.8 +- 0.1
     assert "| fixed_best | 1 | 45 | 2,000 +- 1,000 | 2/2 | 1.00 | 0.800 +- 0.100 |" in md
     assert "| controller | 1 | 45 | 1,000 +- 500 | 2/2 | 0.50 | 0.800 +- 0.000 |" in md
-    assert "- controller (seed 1): H_t_min 30, q 0.5" in md
+    # floats as %g, ints whole
+    assert "- controller (seed 1): H_t_min 30, q 40, n 1000000" in md
     assert not any(line.startswith("- fixed_best") for line in md)
     one = compare.render(compare.summarize([_row("fixed_best", 0, 1000.0, 0.7)]), 0.75, {})
     assert "| fixed_best | 1 | 45 | 1,000 | 1/1 | 1.00 | 0.700 |" in one
+
+
+def test_render_whole_section():
+    summary = compare.summarize([_row("fixed_best", 0, 1000.0, 0.7),
+                                 _row("controller", 0, 500.0, 0.8)])
+    assert compare.render(summary, 0.75, {}) == [
+        "## Adaptive budgets against the best fixed xi (compute-matched)", "",
+        "To reach accuracy 0.750 at H_eval, the best fixed xi (1) needed 1,000 generated tokens "
+        "on mean; controller needed 0.50x its tokens: controller met the goal of <= 0.8x.", "",
+        "| arm | xi | H (start) | tokens to target | reached | x best fixed | acc@H_eval |",
+        "|---|---|---|---|---|---|---|",
+        "| fixed_best | 1 | 45 | 1,000 | 1/1 | 1.00 | 0.700 |",
+        "| controller | 1 | 45 | 500 | 1/1 | 0.50 | 0.800 |",
+        "",
+        "Tokens to target: the first evaluation at or above the target, linear between "
+        "evaluations (at 0 tokens: the base policy), mean +- s.e. over the seeds that "
+        "reached it. controller: H_t = xi * E_t[T] re-estimated from the policy's own "
+        "rollouts; per_prompt: H_x = xi * E[T|x] from the base rollouts; filtered: fixed H "
+        "on the prompts whose xi_x is in the band; fixed_best: the sweep's best xi.",
+        "", "![tokens to target](tokens_to_target.png)", ""]
+
+
+def test_the_sentence_joins_several_arms():
+    s = _summary(0.5)
+    s.append({**s[1], "arm": "per_prompt", "ratio_to_fixed_best": 0.7})
+    s.append({**s[1], "arm": "filtered", "ratio_to_fixed_best": None, "n_reached": 2})
+    assert compare.sentence(s, 0.75) == (
+        "To reach accuracy 0.750 at H_eval, the best fixed xi (1.5) needed 12,346 generated "
+        "tokens on mean; controller needed 0.50x its tokens; per_prompt needed 0.70x its tokens; "
+        "filtered reached it in 2 of 3 seeds: controller, per_prompt met the goal of <= 0.8x.")
+
+
+def _history(points, end):
+    """A history with every column of the HISTORY schema."""
+    n = len(points) + 1
+    return pd.DataFrame({
+        "step": range(1, n + 1), "generated_tokens": [1] * n,
+        "cum_generated_tokens": [t for t, _ in points] + [end], "reward_mean": [0.5] * n,
+        "frac_informative": [0.5] * n, "frac_reward_zero_std": [0.5] * n,
+        "clipped_ratio": [0.0] * n, "mean_length": [20.0] * n, "tokens_after_correct": [0.0] * n,
+        "E_T": [30.0] * n, "xi_t": [1.5] * n, "H": [45] * n,
+        "acc_H_eval": [a for _, a in points] + [math.nan]})
+
+
+def test_compare_from_files_with_a_given_target(tmp_path):
+    from relbudget.core.io import write_json
+    from relbudget.core.params import params_with
+    from relbudget.core.schemas import HISTORY, write_table
+
+    params = params_with({"allow_outside_paths": True, "paths": {"arms": str(tmp_path / "arms")},
+                          "arms": {"arms": ["controller"], "target_accuracy": 0.55}})
+    p = params.paths
+    with pytest.raises(FileNotFoundError, match="fixed_best-s0, fixed_best-s1, controller-s0, "
+                                                "controller-s1; run their"):
+        compare.compare(p, params.arms, [0, 1], 0.5)
+    for arm, acc in (("fixed_best", 0.6), ("controller", 0.9)):
+        for seed in (0, 1):
+            name = f"{arm}-s{seed}"
+            write_table(_history([(1000, acc)], 3000), HISTORY, p.arm_history(name))
+            write_json({"arm": arm, "seed": seed, "target_xi": 1.0, "H0": 45, "budget": {},
+                        "at": {"H_eval": {"accuracy": acc}}}, p.arm_json(name))
+    out = compare.compare(p, params.arms, [0, 1], 0.5)
+    # the given target, not the default (0.5 + (0.9 - 0.5) / 2 = 0.7)
+    assert out["target_accuracy"] == 0.55
+    # from the base 0.5 @0: fixed_best 0.6 @1000 -> 500; controller 0.9 @1000 -> 125
+    assert [r["tokens_to_target"] for r in out["arms"]] == pytest.approx([500, 500, 125, 125])
+    assert [s["arm"] for s in out["arms_summary"]] == ["fixed_best", "controller"]
+    assert out["arms_summary"][1]["ratio_to_fixed_best"] == pytest.approx(0.25)
+    assert out["markdown"] == compare.render(out["arms_summary"], 0.55,
+                                             compare.budget_notes(compare.load_runs(
+                                                 p, ["controller"], [0, 1])))
+    assert sorted(out["curves"]) == ["controller", "fixed_best"]
+    assert list(out["curves"]["controller"][1].itertuples(index=False, name=None)) == [
+        (0, 0.5), (1000, 0.9), (3000, 0.9)]
