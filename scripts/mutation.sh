@@ -7,6 +7,8 @@
 # Score = killed / non-equivalent mutants; the equivalent ones are those docs/testing.md lists
 # (`relbudget.<module>.<function>__mutmut_<n>`, each with why). One child process: the machine's
 # cores are shared. Survivors: `.venv/bin/mutmut show NAME`. Not in CI (minutes per module).
+# MUTANTS="NAME ..." scripts/mutation.sh MODULE runs only those mutants (say, the survivors of the
+# last full run, once new tests are in) and scores them alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 module=${1:?usage: scripts/mutation.sh relbudget/PATH/MODULE.py [TEST_FILE_OR_ID ...]}
@@ -32,7 +34,10 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_dvc_metrics.py::test_headline_skips_absent_parts_and_non_finite_numbers
                    tests/test_dvc_metrics.py::test_headline_keys_repeat_no_key_of_params) ;;
         relbudget/report/analysis.py)
-            tests=(tests/test_exact_analysis.py tests/test_report.py) ;;
+            tests=(tests/test_exact_analysis.py
+                   tests/test_report.py::test_cell_row_efficiency_and_xi_t_slope
+                   tests/test_report.py::test_mean_and_standard_error_over_seeds
+                   tests/test_report.py::test_peak_with_bootstrap_interval_over_seeds) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2
@@ -45,6 +50,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
 # A fresh mutants/ each time: its cache is keyed on the config, which this script varies.
 rm -rf mutants
 .venv/bin/python - "$module" "${tests[@]}" <<'PY'
+import os
 import sys
 
 from mutmut.__main__ import cli
@@ -54,7 +60,8 @@ module, tests = sys.argv[1], sys.argv[2:]
 cfg = config()  # [tool.mutmut] of pyproject.toml, narrowed to this module and its tests
 cfg.only_mutate = [module]
 cfg.pytest_add_cli_args_test_selection = tests
-cli(["run", "--max-children", "1"], standalone_mode=False)
+# MUTANTS="name ...": run only these (e.g. the survivors of the last full run, after new tests)
+cli(["run", "--max-children", "1", *os.environ.get("MUTANTS", "").split()], standalone_mode=False)
 PY
 .venv/bin/python - "$module" <<'PY'
 import json
@@ -65,6 +72,7 @@ from pathlib import Path
 module = sys.argv[1]
 prefix = module.removesuffix(".py").replace("/", ".") + "."
 meta = json.loads(Path("mutants", module + ".meta").read_text())["exit_code_by_key"]
+meta = {k: c for k, c in meta.items() if c is not None}  # those run (all, unless MUTANTS)
 equivalent = set(re.findall(r"`(" + re.escape(prefix) + r"\w+__mutmut_\d+)`",
                             Path("docs/testing.md").read_text() if Path("docs/testing.md").exists() else ""))
 killed = [k for k, c in meta.items() if c in (1, 3, 36, 24, 152, 255, -24)]
