@@ -73,8 +73,9 @@ module = sys.argv[1]
 prefix = module.removesuffix(".py").replace("/", ".") + "."
 meta = json.loads(Path("mutants", module + ".meta").read_text())["exit_code_by_key"]
 meta = {k: c for k, c in meta.items() if c is not None}  # those run (all, unless MUTANTS)
-equivalent = set(re.findall(r"`(" + re.escape(prefix) + r"\w+__mutmut_\d+)`",
-                            Path("docs/testing.md").read_text() if Path("docs/testing.md").exists() else ""))
+notes = Path("docs/testing.md")
+notes = notes.read_text() if notes.exists() else ""
+equivalent = set(re.findall(r"`(" + re.escape(prefix) + r"\w+__mutmut_\d+)`", notes))
 killed = [k for k, c in meta.items() if c in (1, 3, 36, 24, 152, 255, -24)]
 survived = sorted((k for k in meta if k not in killed and k not in equivalent),
                   key=lambda k: (k.rsplit("__mutmut_", 1)[0], int(k.rsplit("_", 1)[1])))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,8 @@ def test_xi_t_slope_by_hand_and_at_its_edges():
     four = history([0, 10_000, 20_000, 30_000], [1.0, 2.0, math.inf, 4.0])
     assert analysis.xi_t_slope(four) == pytest.approx(1.0)
     assert analysis.xi_t_slope(history([5, 5, 5], [1.0, 2.0, 3.0])) is None  # one token value
+    # two token values among 3 points is enough: (0, 1), (0, 1), (1, 3) -> slope 2 per 10k
+    assert analysis.xi_t_slope(history([0, 0, 10_000], [1.0, 1.0, 3.0])) == pytest.approx(2.0)
 
 
 def test_training_means_by_hand():
@@ -61,6 +64,8 @@ def test_training_means_by_hand():
                  "clipped_ratio_mean": pytest.approx(0.2), "attempts_per_completion": None,
                  "tokens_after_correct_mean": pytest.approx(2.0), "xi_t_final": 2.0,
                  "xi_t_slope_per_10k": pytest.approx(4500 / 114)}
+    with_attempts = analysis._training(h.assign(attempts_per_completion=[1.0, 2.0, 6.0]))
+    assert with_attempts["attempts_per_completion"] == pytest.approx(3.0)
     empty = analysis._training(history([1])[:0])
     assert (empty["steps"], empty["generated_tokens"]) == (0, 0)
     assert empty["frac_informative_mean"] is None
@@ -165,6 +170,12 @@ def test_peak_interval_quantiles_are_grid_values():
     assert (peak["low"], peak["high"]) == (1.0, 2.0)  # the 20% and 80% quantiles of the draws
     narrow = analysis.peak_xi(t, n_resamples=4000, level=0.4)
     assert (narrow["low"], narrow["high"]) == (1.0, 1.0)  # 30% and 70%: both xi 1
+    # xi 2 at 0.6 beats xi 1's resamples 0 and 0.5 (3/4 of them): the 30% quantile is xi 2
+    flip = _table({1.0: [0.0, 1.0], 2.0: [0.6, 0.6]})
+    assert analysis.peak_xi(flip, n_resamples=4000, level=0.4)["low"] == 2.0
+    # two resamples that disagree: the ends are grid values, not interpolated between them
+    two = analysis.peak_xi(flip, n_resamples=2)
+    assert (two["low"], two["high"], two["share_at_peak"]) == (1.0, 2.0, 0.5)
 
 
 # ---------------------------------------------------------------- the cells on disk
@@ -185,10 +196,14 @@ def test_load_cells_prefers_the_folder_named_as_the_cell(tmp_path):
     put("xi1.0-s0", 1.0, 0.2)
     put("xi2.0-s0", 2.0, 0.3)
     put("xi2.0000-s0", 2.0, 0.4)  # sorts after: the named one still wins
-    cells = analysis.load_cells(p, params.sweep)
-    assert [ev["at"]["H_eval"]["accuracy"] for ev, _ in cells] == [0.2, 0.3]
-    assert [int(h["cum_generated_tokens"].iloc[0]) for _, h in cells] == [300, 400]
+    put("xi3-s0", 3.0, 0.5)  # the only folder of its cell, named otherwise: still read
+    three = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
+                         "sweep": {"xi": [1.0, 2.0, 3.0], "seeds": [0]}})
+    cells = analysis.load_cells(p, three.sweep)
+    assert [ev["at"]["H_eval"]["accuracy"] for ev, _ in cells] == [0.2, 0.3, 0.5]
+    assert [int(h["cum_generated_tokens"].iloc[0]) for _, h in cells] == [300, 400, 600]
     missing = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
-                           "sweep": {"xi": [1.0, 3.0, 4.0], "seeds": [0]}})
-    with pytest.raises(FileNotFoundError, match=r"xi3.0-s0, xi4.0-s0; run their sweep"):
+                           "sweep": {"xi": [1.0, 5.0, 4.0], "seeds": [0]}})
+    where = re.escape(str(tmp_path / "sw"))
+    with pytest.raises(FileNotFoundError, match=f"under {where}: xi5.0-s0, xi4.0-s0; run their"):
         analysis.load_cells(p, missing.sweep)
