@@ -35,7 +35,9 @@ def _length_implies_cap(df: pd.DataFrame) -> pd.Series:
 
 
 def _first_correct_implies_end(df: pd.DataFrame) -> pd.Series:
-    return (df["stop_reason"] != "first_correct") | (df["first_correct_token"] == df["n_tokens"])
+    # a missing first_correct_token compares as NA, which pandera would pass: it must fail
+    at_end = (df["first_correct_token"] == df["n_tokens"]).fillna(False)
+    return (df["stop_reason"] != "first_correct") | at_end
 
 
 def _attempt_unique(df: pd.DataFrame) -> pd.Series:

@@ -210,7 +210,7 @@ class XiController(TrainerCallback):
         if step % self.every == 0:
             self._update()
         row = {"step": int(step), "H": H_run, "E_T": e_t,
-               "xi_t": H_run / e_t if H_run and h.any() else math.nan,
+               "xi_t": H_run / e_t if H_run and e_t > 0 else math.nan,  # nan: no hit or T = 0
                "E_T_est": self.E_T_est, "H_next": self.H, "hit_rate": float(h.mean()),
                "max_length": int(n.max()), "n_completions": int(len(n))}
         self.history.append(row)

@@ -1,0 +1,209 @@
+"""Exact values of the report's analysis (relbudget.report.analysis) on tiny hand-made cells.
+
+Hand-computed per-cell efficiency and training means, the xi_t slope at its edges (2 and 3
+points), mean +- s.e. over seeds that disagree, the peak's tie rule and its interval when every
+resample agrees, and which folder wins when two hold the same cell.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from relbudget.core.params import params_with
+from relbudget.core.schemas import HISTORY, write_table
+from relbudget.report import analysis
+
+BASE = {"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0, "first_answer_accuracy": 0.3},
+               "H_balanced": {"accuracy": 0.45}}}
+
+
+def history(tokens, xi_t=None, **cols) -> pd.DataFrame:
+    n = len(tokens)
+    return pd.DataFrame({
+        "step": range(1, n + 1), "generated_tokens": [tokens[0]] * n,
+        "cum_generated_tokens": tokens, "reward_mean": [0.5] * n,
+        "frac_informative": cols.get("inf", [0.5] * n), "frac_reward_zero_std": [0.5] * n,
+        "clipped_ratio": cols.get("clip", [0.1] * n), "mean_length": [20.0] * n,
+        "tokens_after_correct": cols.get("after", [0.0] * n), "E_T": [40.0] * n,
+        "xi_t": xi_t if xi_t is not None else [1.0] * n, "H": [40] * n})
+
+
+# ---------------------------------------------------------------- xi_t slope and training means
+
+
+def test_xi_t_slope_by_hand_and_at_its_edges():
+    # xi_t = 1, 1.5, 3 at 0, 10k, 20k tokens: least squares slope (3 - 1) / 2 = 1.0 per 10k
+    assert analysis.xi_t_slope(history([0, 10_000, 20_000], [1.0, 1.5, 3.0])) == pytest.approx(1.0)
+    assert analysis.xi_t_slope(history([0, 10_000], [1.0, 2.0])) is None  # 2 points: no fit
+    # 3 rows but one xi_t undefined (NaN) and one infinite: fewer than 3 finite points
+    assert analysis.xi_t_slope(history([0, 1, 2], [1.0, math.nan, 2.0])) is None
+    assert analysis.xi_t_slope(history([0, 1, 2], [1.0, math.inf, 2.0])) is None
+    # the finite ones of 4: (0, 1), (1, 2), (3, 4) in 10k tokens; mean t = 4/3, mean y = 7/3;
+    # sum dt*dy = 16/9 + 1/9 + 25/9 = sum dt^2: slope 1.0
+    four = history([0, 10_000, 20_000, 30_000], [1.0, 2.0, math.inf, 4.0])
+    assert analysis.xi_t_slope(four) == pytest.approx(1.0)
+    assert analysis.xi_t_slope(history([5, 5, 5], [1.0, 2.0, 3.0])) is None  # one token value
+    # two token values among 3 points is enough: (0, 1), (0, 1), (1, 3) -> slope 2 per 10k
+    assert analysis.xi_t_slope(history([0, 0, 10_000], [1.0, 1.0, 3.0])) == pytest.approx(2.0)
+
+
+def test_training_means_by_hand():
+    h = history([100, 300, 600], [1.0, 2.0, 3.0], inf=[0.2, 0.4, 0.9], clip=[0.0, 0.3, 0.3],
+                after=[1.0, math.nan, 3.0])
+    t = analysis._training(h)
+    # slope: tokens / 1e4 = 0.01, 0.03, 0.06, deviations (-7, -1, 8) / 300, xi_t's (-1, 0, 1):
+    # (15 / 300) / (114 / 90000) = 4500 / 114 per 10k
+    assert t == {"steps": 3, "generated_tokens": 600, "frac_informative_mean": pytest.approx(0.5),
+                 "clipped_ratio_mean": pytest.approx(0.2), "attempts_per_completion": None,
+                 "tokens_after_correct_mean": pytest.approx(2.0), "xi_t_final": 2.0,
+                 "xi_t_slope_per_10k": pytest.approx(4500 / 114)}
+    with_attempts = analysis._training(h.assign(attempts_per_completion=[1.0, 2.0, 6.0]))
+    assert with_attempts["attempts_per_completion"] == pytest.approx(3.0)
+    empty = analysis._training(history([1])[:0])
+    assert (empty["steps"], empty["generated_tokens"]) == (0, 0)
+    assert empty["frac_informative_mean"] is None
+
+
+# ---------------------------------------------------------------- one cell, one regime
+
+
+def test_cell_row_by_hand():
+    ev = {"xi": 2, "seed": "1", "H": 80.0,
+          "at": {"H_eval": {"accuracy": 0.7, "E_T": 30.0, "first_answer_accuracy": 0.4}}}
+    row = analysis.cell_row(ev, history([25_000, 50_000]), BASE)
+    # gain 0.2 over 50k tokens: 0.4 per 100k; E[T] falls 10 -> 20 per 100k
+    assert row["xi"] == 2.0 and type(row["xi"]) is float
+    assert row["seed"] == 1 and row["H"] == 80 and type(row["H"]) is int
+    assert row["gain"] == pytest.approx(0.2) and row["gain_per_100k"] == pytest.approx(0.4)
+    assert row["E_T_fall_per_100k"] == pytest.approx(20.0)
+    assert row["acc_H_eval"] == 0.7 and row["E_T"] == 30.0
+    assert row["first_answer_acc"] == 0.4 and row["first_answer_gain"] == pytest.approx(0.1)
+    no_first = {**ev, "at": {"H_eval": {"accuracy": 0.7, "E_T": 30.0}}}
+    assert analysis.cell_row(no_first, history([1]), BASE)["first_answer_gain"] is None
+    base_no_first = {"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0}}}
+    assert analysis.cell_row(ev, history([1]), base_no_first)["first_answer_gain"] is None
+
+
+def test_regime_row_by_hand():
+    ev = {"at": {"H_own": {"accuracy": 0.6},
+                 "H_eval": {"accuracy": 0.75, "E_T": 35.0, "first_answer_accuracy": 0.5,
+                            "pass@1": 0.75, "pass@4": 0.9}}}
+    budget = {"target_xi": 1.75, "xi": 1.8, "H": 70, "p_informative": 0.6}
+    row = analysis.regime_row("balanced", budget, ev, history([10_000, 20_000]), BASE)
+    assert row["regime"] == "balanced" and row["H"] == 70 and row["xi"] == 1.8
+    assert row["target_xi"] == 1.75 and row["predicted_p_informative"] == 0.6
+    assert row["acc_own_H_base"] == 0.45 and row["acc_own_H"] == 0.6
+    assert row["acc_H_eval_base"] == 0.5 and row["acc_H_eval"] == 0.75
+    assert row["first_answer_acc_base"] == 0.3 and row["first_answer_acc"] == 0.5
+    # 0.25 over 20k tokens: 1.25 per 100k; E[T] 40 -> 35: 25 per 100k
+    assert row["gain_per_100k"] == pytest.approx(1.25)
+    assert row["E_T_fall_per_100k"] == pytest.approx(25.0)
+    assert row["E_T_base"] == 40.0 and row["E_T"] == 35.0
+    assert row["pass@k"] == {"pass@1": 0.75, "pass@4": 0.9}
+    other = analysis.regime_row("ample", {**budget, "p_informative": None}, ev, history([1]), BASE)
+    assert other["acc_own_H_base"] is None and other["predicted_p_informative"] is None
+
+
+# ---------------------------------------------------------------- over seeds
+
+
+def _table(values: dict[float, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"xi": x, "seed": s, "H": round(40 * x), "gain_per_100k": v,
+                          "acc_H_eval": 0.5 + v}
+                         for x, vs in values.items() for s, v in enumerate(vs)])
+
+
+def test_by_xi_mean_and_se_when_seeds_disagree():
+    t = _table({1.0: [0.0, 0.3, 0.6], 2.0: [0.9]})
+    agg = analysis.by_xi(t).set_index("xi")
+    assert agg.loc[1.0, "gain_per_100k"] == pytest.approx(0.3)
+    assert agg.loc[1.0, "gain_per_100k_err"] == pytest.approx(0.3 / math.sqrt(3))  # sd 0.3
+    assert agg.loc[1.0, "acc_H_eval"] == pytest.approx(0.8)
+    assert math.isnan(agg.loc[2.0, "gain_per_100k_err"])  # one seed: no s.e.
+    assert list(agg["n_seeds"]) == [3, 1] and list(agg["H"]) == [40, 80]
+    assert "first_answer_acc" not in agg  # only the figures the table has
+
+
+def test_sweep_table_orders_by_xi_then_seed():
+    cells = [({"xi": x, "seed": s, "H": 40, "at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0}}},
+              history([100])) for x, s in ((2.0, 1), (1.0, 1), (2.0, 0), (1.0, 0))]
+    t = analysis.sweep_table(cells, BASE)
+    assert list(zip(t["xi"], t["seed"])) == [(1.0, 0), (1.0, 1), (2.0, 0), (2.0, 1)]
+    assert list(t.index) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("n_resamples", [1, 50])
+def test_peak_when_every_resample_agrees(n_resamples):
+    # xi 2 beats xi 1 in every seed: every resample's argmax is 2, the interval is [2, 2]
+    t = _table({1.0: [0.1, 0.2], 2.0: [0.5, 0.6], 4.0: [-0.1, 0.0]})
+    peak = analysis.peak_xi(t, n_resamples=n_resamples)
+    assert peak == {"xi": 2.0, "low": 2.0, "high": 2.0, "level": 0.95,
+                    "n_resamples": n_resamples, "share_at_peak": 1.0}
+
+
+def test_peak_ties_go_to_the_smaller_xi_and_non_finite_values_are_skipped():
+    t = _table({0.5: [math.nan], 1.0: [0.4, 0.2], 2.0: [0.3, 0.3], 4.0: [math.inf, 0.1]})
+    t.loc[t["xi"] == 4.0, "gain_per_100k"] = [math.nan, 0.1]
+    peak = analysis.peak_xi(t, n_resamples=200)
+    assert peak["xi"] == 1.0  # 1.0 and 2.0 both mean 0.3
+    assert peak["low"] == 1.0 and peak["high"] == 2.0
+    # resamples of xi 1 are 0.2, 0.3 (twice as often) or 0.4: 2.0 wins only when xi 1 draws 0.2
+    # twice (1/4); the rest tie or lose and go to 1.0
+    assert peak["share_at_peak"] == pytest.approx(0.75, abs=0.08)
+    with pytest.raises(ValueError, match="no finite gain_per_100k"):
+        analysis.peak_xi(_table({1.0: [math.nan]}))
+    assert analysis.peak_xi(t, col="acc_H_eval", n_resamples=10)["xi"] == 1.0
+
+
+def test_peak_interval_quantiles_are_grid_values():
+    t = _table({1.0: [0.0, 1.0], 2.0: [0.5, 0.5]})
+    # xi 1 resamples: 0 (1/4), 0.5 (1/2, a tie -> 1.0), 1 (1/4): xi 2 wins a quarter of them
+    peak = analysis.peak_xi(t, n_resamples=4000, level=0.6)
+    assert peak["xi"] == 1.0 and peak["share_at_peak"] == pytest.approx(0.75, abs=0.03)
+    assert (peak["low"], peak["high"]) == (1.0, 2.0)  # the 20% and 80% quantiles of the draws
+    narrow = analysis.peak_xi(t, n_resamples=4000, level=0.4)
+    assert (narrow["low"], narrow["high"]) == (1.0, 1.0)  # 30% and 70%: both xi 1
+    # xi 2 at 0.6 beats xi 1's resamples 0 and 0.5 (3/4 of them): the 30% quantile is xi 2
+    flip = _table({1.0: [0.0, 1.0], 2.0: [0.6, 0.6]})
+    assert analysis.peak_xi(flip, n_resamples=4000, level=0.4)["low"] == 2.0
+    # two resamples that disagree: the ends are grid values, not interpolated between them
+    two = analysis.peak_xi(flip, n_resamples=2)
+    assert (two["low"], two["high"], two["share_at_peak"]) == (1.0, 2.0, 0.5)
+
+
+# ---------------------------------------------------------------- the cells on disk
+
+
+def test_load_cells_prefers_the_folder_named_as_the_cell(tmp_path):
+    params = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
+                          "sweep": {"xi": [1.0, 2.0], "seeds": [0]}})
+    p = params.paths
+
+    def put(folder, xi, acc):
+        Path(p.cell_eval(folder)).parent.mkdir(parents=True)
+        Path(p.cell_eval(folder)).write_text(json.dumps(
+            {"xi": xi, "seed": 0, "H": 40, "at": {"H_eval": {"accuracy": acc}}}))
+        write_table(history([100 * (1 + int(acc * 10))]), HISTORY, p.cell_history(folder))
+
+    put("xi1-s0", 1.0, 0.1)    # sorts before xi1.0-s0; the named folder must win either way
+    put("xi1.0-s0", 1.0, 0.2)
+    put("xi2.0-s0", 2.0, 0.3)
+    put("xi2.0000-s0", 2.0, 0.4)  # sorts after: the named one still wins
+    put("xi3-s0", 3.0, 0.5)  # the only folder of its cell, named otherwise: still read
+    three = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
+                         "sweep": {"xi": [1.0, 2.0, 3.0], "seeds": [0]}})
+    cells = analysis.load_cells(p, three.sweep)
+    assert [ev["at"]["H_eval"]["accuracy"] for ev, _ in cells] == [0.2, 0.3, 0.5]
+    assert [int(h["cum_generated_tokens"].iloc[0]) for _, h in cells] == [300, 400, 600]
+    missing = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
+                           "sweep": {"xi": [1.0, 5.0, 4.0], "seeds": [0]}})
+    where = re.escape(str(tmp_path / "sw"))
+    with pytest.raises(FileNotFoundError, match=f"under {where}: xi5.0-s0, xi4.0-s0; run their"):
+        analysis.load_cells(p, missing.sweep)
