@@ -66,13 +66,13 @@ def _dvc_stages(params_file: Path) -> list:
 
 _DEFAULT = _dvc_stages(ROOT / "params.yaml")
 _TASKS = [s for s in _dvc_stages(TASKS_PROFILE)
-          if s.addressing not in {d.addressing for d in _DEFAULT}]
+          if s.name not in {d.name for d in _DEFAULT}]
 STAGES = _DEFAULT + _TASKS
-PARAMS_OF = {s.addressing: TASKS_PROFILE for s in _TASKS}
+PARAMS_OF = {s.name: TASKS_PROFILE for s in _TASKS}
 
 
 def _module_and_key(stage) -> tuple[str, str | None]:
-    return parse_cmd(stage.addressing, stage.cmd)  # the flow's own reading of a cmd
+    return parse_cmd(stage.name, stage.cmd)  # the flow's own reading of a cmd
 
 
 def _rel(path: str) -> str:
@@ -110,13 +110,13 @@ def _params(stage) -> set[str]:
 
 
 def _ids(stages) -> list[str]:
-    return [s.addressing for s in stages]
+    return [s.name for s in stages]  # not addressing: it holds the scratch folder's path
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_code_deps_cover_the_import_closure(stage):
     missing = missing_code_deps(stage)
-    assert not missing, (f"dvc.yaml stage {stage.addressing} runs code it does not depend on: "
+    assert not missing, (f"dvc.yaml stage {stage.name} runs code it does not depend on: "
                          f"{', '.join(missing)} (add them to its deps, or to EXEMPT with a reason)")
 
 
@@ -131,7 +131,7 @@ def extra_code_deps(stage) -> list[str]:
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_code_deps_are_only_code_the_stage_runs(stage):
     extra = extra_code_deps(stage)
-    assert not extra, (f"dvc.yaml stage {stage.addressing} depends on code it never imports: "
+    assert not extra, (f"dvc.yaml stage {stage.name} depends on code it never imports: "
                        f"{', '.join(extra)} (a change there would rerun it for nothing)")
 
 
@@ -141,24 +141,24 @@ def test_params_are_the_sections_the_stage_reads(stage):
     sections = set(key_sections(importlib.import_module(f"stages.{name}").SECTIONS,
                                 _module_and_key(stage)[1])) - NOT_SCIENCE
     assert _params(stage) == sections, (
-        f"dvc.yaml stage {stage.addressing}: params {sorted(_params(stage))}, "
+        f"dvc.yaml stage {stage.name}: params {sorted(_params(stage))}, "
         f"but stages/{name}.py reads {sorted(sections)} (SECTIONS)")
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=_ids(STAGES))
 def test_data_files_are_those_paths_declares(stage):
     name, key = _module_and_key(stage)
-    files = stage_files(load_params(PARAMS_OF.get(stage.addressing, ROOT / "params.yaml")).paths,
+    files = stage_files(load_params(PARAMS_OF.get(stage.name, ROOT / "params.yaml")).paths,
                         name, key)
     data_deps = {_rel(d.def_path) for d in stage.deps
                  if not hasattr(d, "params") and not _is_code(_rel(d.def_path))}
     outs = {_rel(o.def_path) for o in stage.outs if not o.metric and not o.plot}
     metrics = {_rel(o.def_path) for o in stage.outs if o.metric}
     plots = {_rel(o.def_path) for o in stage.outs if o.plot}
-    assert data_deps == set(files.deps), (stage.addressing, "deps")
-    assert outs == set(files.outs), (stage.addressing, "outs")
-    assert metrics == set(files.metrics), (stage.addressing, "metrics")
-    assert plots == set(files.plots), (stage.addressing, "plots")
+    assert data_deps == set(files.deps), (stage.name, "deps")
+    assert outs == set(files.outs), (stage.name, "outs")
+    assert metrics == set(files.metrics), (stage.name, "metrics")
+    assert plots == set(files.plots), (stage.name, "plots")
 
 
 def test_every_stage_module_is_in_the_dag():
