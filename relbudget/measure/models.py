@@ -6,13 +6,19 @@ interface. Remote code stays off unless params turn it on.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
+
+from relbudget.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,43 @@ def forget_gguf_quantizer(model) -> None:
         model.is_quantized = False
 
 
+# A chat template is a program shipped with the model folder: one that loops (a Jinja loop over
+# range(10**5) nested in another) would hang every stage that renders prompts. A real template
+# renders a prompt in well under a millisecond.
+RENDER_SECONDS = 10.0
+
+
+class RenderTimeout(Exception):
+    """Raised into the rendering thread when a chat template runs past its time."""
+
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    """Raise RenderTimeout in this thread if the block runs past `seconds`. A timer thread raises
+    it at the block's next Python instruction (Jinja templates are compiled to Python, so a loop
+    in one is reached); signals would work in the main thread only (the flow renders in others)."""
+    target, lock, state = threading.get_ident(), threading.Lock(), {"done": False, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target),
+                                                           ctypes.py_object(RenderTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()
+        if state["fired"]:  # raised, or about to be: never let it land after the block
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
+
+
 def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:
     """The exact text a policy is given for a prompt: one user turn through the tokenizer's chat
     template (generation prompt added) when `chat_template` is 'on', or 'auto' and the tokenizer
@@ -119,8 +162,14 @@ def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:
     if not tokenizer.chat_template:
         raise ValueError("base_policy.chat_template is 'on' but the policy's tokenizer has no chat "
                          "template; use 'auto' or 'off'")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    try:
+        with time_bound(RENDER_SECONDS):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                 tokenize=False, add_generation_prompt=True)
+    except RenderTimeout:
+        raise ModelError(f"the chat template of {tokenizer.name_or_path} did not render a prompt "
+                         f"within {RENDER_SECONDS:.0f} s (a loop in chat_template?); set "
+                         "base_policy.chat_template: off, or fix the template") from None
 
 
 def render_prompts(prompts, tokenizer, chat_template: str = "auto"):
