@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relbudget.core.errors import BudgetError, ModelError
+from relbudget.core.errors import BudgetError, DataError, DatasetLoadError, ModelError
 from relbudget.core.io import NotWritable, WorkLocked, umask, check_writable, remove_stale_temps
 from relbudget.core.schemas import TableError
 from relbudget.core.params import Params, ParamsError, dump_sections, load_params, params_hash
@@ -176,8 +176,8 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
         outcome = getattr(err, "outcome", "before it started: nothing was written")
         print(f"error: {stage} {INTERRUPTED} {outcome}", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)
-    except (ParamsError, TrackingError, BudgetError, ModelError, TableError, WorkLocked,
-            NotWritable, FileNotFoundError) as err:
+    except (ParamsError, TrackingError, BudgetError, ModelError, DataError, DatasetLoadError,
+            TableError, WorkLocked, NotWritable, FileNotFoundError) as err:
         # user errors (params, a damaged or missing input file): one message, no traceback
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import re
 import resource
 import shutil
 import signal
@@ -136,7 +137,7 @@ def test_a_server_whose_api_hangs_is_one_line_in_bounded_time(xi_project, hangin
     # retries); now 10 s per probe. The bound here leaves room for imports on a loaded machine.
     r = _stage("xi", xi_project, env=_env(MLFLOW_TRACKING_URI=hanging_server), timeout=240)
     line = _one_error_line(r)
-    assert hanging_server in line and "API did not answer" in line
+    assert hanging_server in line and "its API does not" in line and "timed out" in line
     assert not (xi_project / "data" / "xi").exists()
 
 
@@ -238,3 +239,161 @@ def test_ctrl_c_after_the_outputs_are_written_leaves_the_run_finished(project, m
     run = _runs(os.environ["MLFLOW_TRACKING_URI"]).iloc[0]
     assert run["status"] == "FINISHED" and "Ctrl-C" in run["tags.note"]
     assert all(Path(o).read_text() == "new\n" for o in outputs)
+
+
+# ---------------------------------------------------------------- prompts, models, templates
+
+
+def test_a_looping_chat_template_is_stopped_in_bounded_time(tmp_path):
+    """A model folder's chat template is a program: one that loops 10^10 times is stopped at
+    RENDER_SECONDS with one line, instead of hanging every stage that renders prompts."""
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import char_tokenizer, load_tokenizer, render_prompt
+
+    tok = char_tokenizer()
+    tok.chat_template = ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+                         "{% endfor %}{{ messages[0]['content'] }}")
+    tok.save_pretrained(tmp_path / "policy")
+    loaded = load_tokenizer(tmp_path / "policy")
+    with pytest.raises(ModelError, match="did not render a prompt within 10 s"):
+        render_prompt(loaded, "1+2=")
+    loaded.chat_template = "{{ messages[0]['content'] }}!"  # a sane template still renders
+    assert render_prompt(loaded, "1+2=") == "1+2=!"
+
+
+@pytest.mark.parametrize("template,needle", [
+    ("{{ raise_exception('no user role here') }}", "no user role here"),
+    ("{% for %}", "TemplateSyntaxError"),
+])
+def test_a_chat_template_that_fails_is_one_line(template, needle):
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import char_tokenizer, render_prompt
+
+    tok = char_tokenizer()
+    tok.chat_template = template
+    with pytest.raises(ModelError, match="fails on a user turn") as err:
+        render_prompt(tok, "1+2=")
+    assert needle in str(err.value) and "chat_template: off" in str(err.value)
+
+
+def test_prompts_longer_than_the_context_minus_H_are_refused_with_the_numbers():
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import char_tokenizer, check_prompt_room
+    import pandas as pd
+
+    tok = char_tokenizer()
+    prompts = pd.DataFrame({"prompt_id": ["a", "long"], "prompt": ["1+2=", "1+" * 300 + "2="]})
+    check_prompt_room(prompts.head(1), tok, 24, 128, "sample_t")  # 4 + 24 <= 128
+    with pytest.raises(ModelError) as err:
+        check_prompt_room(prompts, tok, 24, 128, "sample_t")
+    msg = str(err.value)
+    assert "prompt 'long' is 602 tokens" in msg and "626 positions" in msg and "holds 128" in msg
+    assert "1 prompt(s) too long" in msg
+
+
+def test_h_eval_beyond_max_position_is_refused():
+    from relbudget.core.params import params_with
+
+    with pytest.raises(ParamsError, match=r"evaluate.h_eval \(600\) must be below "
+                                          r"base_policy.max_position \(512\)"):
+        params_with({"evaluate": {"h_eval": 600}, "sampling": {"max_tokens": 256}})
+
+
+def test_eval_at_past_the_token_budget_is_refused():
+    from relbudget.core.params import params_with
+
+    with pytest.raises(ParamsError, match=r"arms.eval_at points \[50000\] are at or past "
+                                          r"sweep.token_budget \(40000\)"):
+        params_with({"arms": {"eval_at": [2500, 50000]}})
+
+
+def test_a_folder_without_weights_is_refused_before_loading(tmp_path):
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import load_policy
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ModelError, match="holds no model weights"):
+        load_policy(tmp_path)
+
+
+def test_a_weights_folder_with_only_a_pickle_is_refused_before_loading(tmp_path):
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import load_policy
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    with pytest.raises(ModelError, match=re.escape("only as a pickle (pytorch_model.bin)")) as err:
+        load_policy(tmp_path)
+    assert "safetensors" in str(err.value) and "weights_only" not in str(err.value)
+
+
+def test_a_model_name_that_is_not_local_offline_fails_in_base_policy(xi_project):
+    params = yaml.safe_load((xi_project / "params.yaml").read_text())
+    params["base_policy"]["model"] = "no-such-org/no-such-model-relbudget"
+    (xi_project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    r = _stage("base_policy", xi_project, env=_env(
+        MLFLOW_TRACKING_URI=f"sqlite:///{xi_project}/m.db", HF_HUB_OFFLINE="1"))
+    line = _one_error_line(r)
+    assert "no-such-org/no-such-model-relbudget" in line and "hf download" in line
+    assert not [f for f in (xi_project / "data").rglob("*") if f.is_file() and "models" in f.parts]
+
+
+def test_vllm_backend_without_vllm_is_one_line_before_any_load():
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.sampling import resolve_backend
+
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vLLM is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ModelError, match="vLLM cannot be imported"):
+        resolve_backend("vllm")
+    assert resolve_backend("auto") == "hf"
+
+
+# ---------------------------------------------------------------- local prompt files
+
+
+def _src(path: Path):
+    from relbudget.core.params import HFSource
+
+    return HFSource(path=str(path), name=None, train_split="train", eval_split=None,
+                    prompt_column="question", answer_column="answer", id_column=None,
+                    answer_format="int", prompt_template="{prompt}")
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b'{"question": "1+1=", "answer": "2"}\n\x00\x00\n', "line 2 holds a NUL byte"),
+    (b'{"question": "1+1=", "answer": "2"}\n{"question": "2\xff+2=", "answer": "4"}\n',
+     "line 2 is not UTF-8 (byte 0xff"),
+    (b'{"question": "1+1=", "answer": "2"}\n{"question": "2+2="}\n', "train row 1 (id 'train-1'): missing answer"),
+    (b"\n \n", "is empty: it holds no prompt rows"),
+])
+def test_a_bad_local_jsonl_names_the_file_and_line(tmp_path, data, needle):
+    from relbudget.core.errors import DataError
+    from relbudget.measure.datasets import load_hf_prompts
+
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=re.escape(needle)) as err:
+        load_hf_prompts(_src(path), 8, 1, 0)
+    assert str(path) in str(err.value)
+
+
+def test_measure_uses_every_row_of_a_local_file(tmp_path, capsys):
+    """`relbudget measure` on a 4-row file measures 4 prompts (it used to carve one out as an
+    eval row it never used)."""
+    import pandas as pd
+
+    from relbudget.cli import main
+    from tests.helpers import pretrained
+
+    pretrained(tmp_path / "policy")
+    path = tmp_path / "four.jsonl"
+    path.write_text("".join(f'{{"question": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(4)))
+    out = tmp_path / "r.parquet"
+    assert main(["measure", "--model", str(tmp_path / "policy"), "--dataset", str(path),
+                 "--answer-format", "int", "--attempts", "2", "--max-tokens", "8",
+                 "--out", str(out), "--json"]) == 0
+    assert pd.read_parquet(out)["prompt_id"].nunique() == 4

@@ -579,6 +579,15 @@ class Params(Section):
                 raise ValueError(f"base_policy.trace_tokens ({b.trace_tokens}) is below "
                                  f"sampling.max_tokens ({self.sampling.max_tokens}): the policy "
                                  "would be sampled at positions it never saw in pre-training")
+        if b.model == "builtin" and self.evaluate.h_eval >= b.max_position:
+            raise ValueError(f"evaluate.h_eval ({self.evaluate.h_eval}) must be below "
+                             f"base_policy.max_position ({b.max_position}), as sampling.max_tokens "
+                             "must: the policy has no positions past it")
+        late = [x for x in self.arms.eval_at if x >= self.sweep.token_budget]
+        if late:
+            raise ValueError(f"arms.eval_at points {late} are at or past sweep.token_budget "
+                             f"({self.sweep.token_budget}), the arms' budget: they would be "
+                             "dropped; keep them below it (the final evaluation is at the budget)")
         if self.evaluate.h_eval > self.sampling.max_tokens * 4:
             raise ValueError("evaluate.h_eval is more than 4x sampling.max_tokens; raise the cap first")
         return self

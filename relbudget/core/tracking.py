@@ -141,8 +141,8 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
         import urllib.error
         import urllib.request
 
-        for path, what in (("/health", "is unreachable"), (API_PROBE, "answers /health but its "
-                                                          f"API did not answer in {timeout:.0f} s")):
+        for path, what in (("/health", "is unreachable"),
+                           (API_PROBE, f"answers /health but its API does not (timeout {timeout:.0f} s)")):
             try:
                 urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout)  # noqa: S310
                 continue

@@ -33,7 +33,7 @@ def analyse(inp: dict, params) -> dict:
         "regimes": {r["regime"]: r for r in rows},
         "sweep": table.to_dict(orient="records"),
         "sweep_by_xi": agg.to_dict(orient="records"),
-        "peak": {k: peak[k] for k in ("xi", "low", "high")},
+        "peak": {k: peak[k] for k in ("xi", "low", "high", "withheld") if k in peak},
         "peak_sentence": render.band_sentence(peak, band),
         **{k: arms[k] for k in ("target_accuracy", "arms", "arms_summary")}})
     gamma_png = os.path.relpath(params.paths.xi_plot(P.GAMMA_FIT_PNG), params.paths.report)
