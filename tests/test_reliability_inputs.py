@@ -9,7 +9,6 @@ import http.server
 import os
 import re
 import resource
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 
@@ -279,7 +279,6 @@ def test_a_chat_template_that_fails_is_one_line(template, needle):
 def test_prompts_longer_than_the_context_minus_H_are_refused_with_the_numbers():
     from relbudget.core.errors import ModelError
     from relbudget.measure.models import char_tokenizer, check_prompt_room
-    import pandas as pd
 
     tok = char_tokenizer()
     prompts = pd.DataFrame({"prompt_id": ["a", "long"], "prompt": ["1+2=", "1+" * 300 + "2="]})
@@ -384,8 +383,6 @@ def test_a_bad_local_jsonl_names_the_file_and_line(tmp_path, data, needle):
 def test_measure_uses_every_row_of_a_local_file(tmp_path, capsys):
     """`relbudget measure` on a 4-row file measures 4 prompts (it used to carve one out as an
     eval row it never used)."""
-    import pandas as pd
-
     from relbudget.cli import main
     from tests.helpers import pretrained
 
@@ -397,3 +394,20 @@ def test_measure_uses_every_row_of_a_local_file(tmp_path, capsys):
                  "--answer-format", "int", "--attempts", "2", "--max-tokens", "8",
                  "--out", str(out), "--json"]) == 0
     assert pd.read_parquet(out)["prompt_id"].nunique() == 4
+
+
+def test_the_p_inf_estimator_used_is_named():
+    """G = 8 with 2 attempts per prompt: the plug-in is used, and said (it used to be called the
+    unbiased estimate); with 8 attempts, the unbiased one."""
+    from relbudget.measure import estimators as est
+
+    few, many = make_rollouts(20, 2, seed=1), make_rollouts(20, 8, seed=1)
+    out = est.plan(few, 1.5, 8)
+    assert out["p_informative_estimator"] == "plug-in" and "20 of 20 prompts" in out["warning"]
+    s = est.summarize(few, None, 8, n_bootstrap=50)
+    assert s["p_informative_estimator"] == "plug-in" and "min 2" in s["p_informative_warning"]
+    mixed = pd.concat([few, many[many["prompt_id"] == many["prompt_id"].iloc[0]].assign(
+        prompt_id="extra")], ignore_index=True)
+    assert est.p_inf_estimator(mixed, 8)[0] == "mixed"
+    assert est.plan(many, 1.5, 8)["p_informative_estimator"] == "unbiased"
+    assert est.summarize(many, None, 8, n_bootstrap=50)["p_informative_warning"] is None
