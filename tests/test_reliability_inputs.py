@@ -390,9 +390,11 @@ def test_measure_uses_every_row_of_a_local_file(tmp_path, capsys):
     path = tmp_path / "four.jsonl"
     path.write_text("".join(f'{{"question": "{i}+1=", "answer": "{i + 1}"}}\n' for i in range(4)))
     out = tmp_path / "r.parquet"
-    assert main(["measure", "--model", str(tmp_path / "policy"), "--dataset", str(path),
-                 "--answer-format", "int", "--attempts", "2", "--max-tokens", "8",
-                 "--out", str(out), "--json"]) == 0
+    # the table is written before the plan; a plan without a hit (a tiny policy, 8 tokens)
+    # exits 2 after it, which is not what this checks
+    main(["measure", "--model", str(tmp_path / "policy"), "--dataset", str(path),
+          "--answer-format", "int", "--attempts", "2", "--max-tokens", "8", "--out", str(out),
+          "--json"])
     assert pd.read_parquet(out)["prompt_id"].nunique() == 4
 
 

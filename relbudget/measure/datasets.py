@@ -100,7 +100,8 @@ def load_hf_prompts(src: HFSource, n_train: int, n_eval: int, seed: int, *,
     train = _frame([train_rows[i] for i in train_idx], src, keep_raw)
     evals = _frame([eval_rows[i] for i in eval_idx], src, keep_raw)
     train = validate(train, PROMPTS, f"train prompts from {where}")
-    evals = validate(evals, PROMPTS, f"eval prompts from {where}")
+    if n_eval:  # n_eval = 0 (relbudget measure): no eval rows, an empty frame
+        evals = validate(evals, PROMPTS, f"eval prompts from {where}")
     return train, evals
 
 
