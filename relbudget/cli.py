@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from relbudget.measure import estimators as est
 from relbudget.measure import predict as pred
+from relbudget.core.errors import DatasetLoadError
 from relbudget.core.params import XiParams, check_xi, defaults, error_lines
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, read_rollouts, read_table, validate
 
@@ -111,6 +112,8 @@ def cmd_xi(args: argparse.Namespace) -> int:
     s = est.summarize(df, horizons, group_size=xp.group_size, n_bootstrap=xp.n_bootstrap,
                       ci_level=xp.ci_level, seed=xp.seed, deficient_below=xp.deficient_below,
                       ample_above=xp.ample_above, reward=args.reward)
+    if s["p_informative_warning"]:
+        print(f"relbudget xi: warning: {s['p_informative_warning']}", file=sys.stderr)
     if args.json:
         print(json.dumps(s, allow_nan=False))
         return 0
@@ -143,7 +146,8 @@ def cmd_xi(args: argparse.Namespace) -> int:
               f"{r['p_informative_pooled']:>9.4f}  {r['regime']}")
     print(f"\nxi = H / E[T] (restart); xi_wthn = H / E[T] within one completion; "
           f"E[R], Var[R]: mean and variance of the {args.reward} reward over attempts; "
-          "P_inf: unbiased per-prompt share of GRPO groups whose rewards are not all equal; "
+          f"P_inf ({s['p_informative_estimator']} estimator): per-prompt share of GRPO groups "
+          "whose rewards are not all equal; "
           "P_inf(p): 1 - p^G - (1-p)^G from pooled p")
     return 0
 
@@ -176,7 +180,8 @@ def cmd_plan(args: argparse.Namespace, extra=None) -> int:
     else:
         print(f"predicted at H: p = {out['p']:.4f}; {out['reward']} reward: mean "
               f"{out['reward_mean']:.4f}, variance {out['reward_var']:.4f}, "
-              f"P_inf(G={out['group_size']}) = {out['p_informative']:.4f} "
+              f"P_inf(G={out['group_size']}, {out['p_informative_estimator']}) = "
+              f"{out['p_informative']:.4f} "
               f"(pooled-p formula {out['p_informative_pooled']:.4f})")
     if extra is not None:
         print(out["grpo_config"])
@@ -282,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
     try:
         return args.func(args)
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, DatasetLoadError) as err:
         # ValueError covers TableError (its message lists failing checks and rows), bad numbers,
         # H above the cap and unreadable parquet; OSError a missing or unreadable file.
         msg = str(err).strip() or type(err).__name__

@@ -45,15 +45,15 @@ def sample(args: argparse.Namespace):
     import torch
 
     from relbudget.measure.datasets import load_hf_prompts
-    from relbudget.measure.models import load_policy, render_prompts
-    from relbudget.measure.sampling import (fingerprint, hf_generate_fn, requests_from, sample_table,
-                                    set_threads)
+    from relbudget.measure.models import check_prompt_room, context_of, load_policy, render_prompts
+    from relbudget.measure.sampling import (fingerprint, hf_generate_fn, requests_from,
+                                            resolve_backend, sample_table, set_threads)
     from relbudget.core.schemas import ROLLOUTS, write_table
 
     set_threads(args.threads)
-    # one row is carved out as "eval" by the loader; the rest (up to --n-prompts) is measured
-    prompts, _ = load_hf_prompts(source_of(args), args.n_prompts, 1, args.seed)
-    if args.backend == "vllm":
+    # every row (up to --n-prompts) is measured: no eval rows are carved out of the file
+    prompts, _ = load_hf_prompts(source_of(args), args.n_prompts, 0, args.seed)
+    if resolve_backend(args.backend) == "vllm":  # not installed: one line before any load
         from relbudget.measure.sampling.vllm_backend import vllm_generate_fn
 
         gen, tok = vllm_generate_fn(args.model, args.max_tokens, args.temperature, 1.0, True,
@@ -64,6 +64,8 @@ def sample(args: argparse.Namespace):
         gen = hf_generate_fn(model, tok, args.max_tokens, args.temperature, 1.0, True,
                              args.batch_size)
     prompts = render_prompts(prompts, tok, args.chat_template)
+    if args.backend != "vllm":  # vLLM checks the length against its own engine
+        check_prompt_room(prompts, tok, args.max_tokens, context_of(model), "measure")
     out = Path(args.out)
     chunk_dir = out.parent / f".{out.stem}.chunks"
     fp = fingerprint(args.model, args.backend, args.attempts, args.max_tokens, args.temperature,

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relbudget.core.errors import BudgetError
+from relbudget.core.errors import BudgetError, DataError, DatasetLoadError, ModelError
 from relbudget.core.io import (NotWritable, OutputSetError, ProjectBusy, WorkLocked, umask,
                                check_inside, check_writable, project_lock, remove_stale_temps)
 from relbudget.core.schemas import TableError
 from relbudget.core.params import (Params, ParamsError, dump_sections, key_sections, load_params,
                                    params_hash)
-from relbudget.core.tracking import PipelineRun, TrackingError, stage_run
+from relbudget.core.tracking import INTERRUPTED, PipelineRun, TrackingError, stage_run
 
 log = logging.getLogger("relbudget")
+# Out of room: a full disk or quota, or a file-size limit (ulimit -f; Python ignores SIGXFSZ, so
+# the write fails with EFBIG instead of the process dying).
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 REGIME_STAGES = ("train", "evaluate")  # their argument names a regime of params.yaml
 
 
@@ -49,7 +54,14 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
         check_inside(outputs, Path.cwd())
     check_writable(outputs)  # a read-only data/ fails here, not after the compute
     remove_stale_temps(outputs)
-    with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline):
+    started = time.time()
+
+    def committed() -> bool:  # every output renamed into place by this execution
+        return bool(outputs) and all(Path(o).exists() and Path(o).stat().st_mtime >= started
+                                     for o in outputs)
+
+    with stage_run(stage, dumped, params_hash(params, sections), regime=regime, pipeline=pipeline,
+                   committed=committed):
         with _killable():
             result = fn(params, regime) if regime is not None else fn(params)
     apply_umask(outputs)
@@ -154,8 +166,11 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
     ap.add_argument("--params", default="params.yaml")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    folders = "its output folders"  # named in a disk-full error once params say where
     try:
         params = load_params(args.params)  # validated before any compute
+        folders = ", ".join(sorted({str(Path(o).parent) for o in
+                                    _outputs(params, stage, getattr(args, "regime", None))}))
         # shared: other stage processes may run beside it, never the flow on these outputs
         with project_lock(".", exclusive=False):
             execute(stage, fn, params, sections, getattr(args, "regime", None))
@@ -163,8 +178,21 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
         _end_progress_bars()
         print(f"error: {err}; temporary files removed, MLflow run FAILED", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)
-    except (ParamsError, TrackingError, BudgetError, TableError, WorkLocked, NotWritable,
-            ProjectBusy, OutputSetError, FileNotFoundError) as err:
+    except KeyboardInterrupt as err:
+        _end_progress_bars()
+        outcome = getattr(err, "outcome", "before it started: nothing was written")
+        print(f"error: {stage} {INTERRUPTED} {outcome}", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except (ParamsError, TrackingError, BudgetError, ModelError, DataError, DatasetLoadError,
+            TableError, WorkLocked, NotWritable, ProjectBusy, OutputSetError,
+            FileNotFoundError) as err:
         # user errors (params, a damaged or missing input file): one message, no traceback
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # after NotWritable and FileNotFoundError, also OSErrors
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"error: {stage} cannot write {err.filename or folders}: {err.strerror}; free "
+              "disk space (or raise the file-size limit, ulimit -f) and rerun; the previous "
+              "outputs are kept", file=sys.stderr)
         sys.exit(2)

@@ -12,8 +12,8 @@ import pandas as pd
 import torch
 
 from relbudget.core.io import atomic_dir
-from relbudget.measure.models import (REFERENCE_FILE, SMOLLM2_GGUF, char_tokenizer, load_policy, n_params,
-                              save_policy, tiny_llama)
+from relbudget.measure.models import (REFERENCE_FILE, SMOLLM2_GGUF, char_tokenizer, check_loadable,
+                                      load_policy, n_params, save_policy, tiny_llama)
 from relbudget.core.params import Params
 from relbudget.train.pretrain import pretrain
 from relbudget.measure.task import trace_corpus
@@ -50,6 +50,7 @@ def convert_gguf(params: Params, folder: Path) -> dict:
 
 
 def record_reference(params: Params, folder: Path) -> dict:
+    check_loadable(params.base_policy.model)  # here, not in sample_t after a minute of retries
     (folder / REFERENCE_FILE).write_text(json.dumps({"model": params.base_policy.model}) + "\n")
     return {}
 

@@ -10,7 +10,7 @@ import mlflow
 import pandas as pd
 
 from relbudget.core.io import work_lock
-from relbudget.measure.models import render_prompts
+from relbudget.measure.models import check_prompt_room, policy_context, render_prompts
 from relbudget.measure.sampling import fingerprint, load_generator, requests_from, sample_table, set_threads
 from relbudget.core.schemas import PROMPTS, ROLLOUTS, read_table, write_table
 
@@ -29,6 +29,8 @@ def run(params) -> dict:
                                        s.temperature, s.top_p, s.early_exit, s.batch_size,
                                        params.base_policy.trust_remote_code)
     prompts = render_prompts(prompts, tok, params.base_policy.chat_template)
+    check_prompt_room(prompts, tok, s.max_tokens, policy_context(
+        params.paths.base_model, params.base_policy.trust_remote_code), "sample_t")
     # Chunks live beside the output, hidden; they let an interrupted run resume where it stopped.
     chunk_dir = out.parent / f".{out.stem}.chunks"
     fp = fingerprint(s.model_dump(), backend, prompts[["prompt_id", "prompt"]].values.tolist(),

@@ -12,6 +12,7 @@ import pandas as pd
 from relbudget.core import params as P
 from relbudget.measure import estimators as est
 from relbudget.measure import predict as pred
+from relbudget.core.errors import BudgetError
 from relbudget.measure.budgets import plan_budgets, write_budgets
 from relbudget.core.io import output_set, write_json, write_parquet
 from relbudget.core.params import XI_PLOTS
@@ -31,11 +32,32 @@ def per_prompt_table(df: pd.DataFrame, budgets: dict[str, dict]) -> pd.DataFrame
     return pp
 
 
+def gamma_of(df: pd.DataFrame, where: str) -> dict:
+    """The Gamma model of T; a table it cannot be fitted to (every T the same: no spread) is one
+    line naming the table, not scipy's FitError."""
+    from scipy.stats import FitError
+
+    try:
+        return est.fit_gamma(df)
+    except FitError as err:
+        T, _ = est.restart_T(df)
+        raise BudgetError(f"{where}: the Gamma model of T cannot be fitted ({str(err)[:120]}); the "
+                          f"observed T take {len(set(T.tolist()))} distinct value(s) "
+                          f"({len(T)} observed): sample more attempts or a longer cap") from None
+
+
 def run(params) -> dict:
     x, p = params.xi, params.paths
     df = read_table(params.paths.rollouts, ROLLOUTS)
+    if df["first_correct_token"].isna().all():  # E[T] is infinite: no budget can be planned
+        raise BudgetError(f"{params.paths.rollouts}: none of its {len(df)} attempts is correct, so "
+                          "E[T] is infinite and no H can be planned; raise sampling.max_tokens "
+                          "or pre-train the base policy longer (base_policy.steps), then rerun "
+                          "sample_t")
     summary = est.summarize(df, None, x.group_size, x.n_bootstrap, x.ci_level, x.seed,
                             x.deficient_below, x.ample_above)
+    if summary["p_informative_warning"]:
+        log.warning(summary["p_informative_warning"])
     typed = plan_budgets(df, params.regimes, x)
     budgets = {k: b.model_dump(mode="json") for k, b in typed.items()}
     # xi_within: the same H over E[T] read within one completion (docs/definitions.md)
@@ -44,7 +66,7 @@ def run(params) -> dict:
                           for k, b in budgets.items()}
     curves = est.curves(df, est.default_horizons(summary["max_tokens"]), x.group_size)
     curves["regime"] = [est.regime_of(v, x.deficient_below, x.ample_above) for v in curves["xi"]]
-    summary["gamma"] = est.to_json_safe(est.fit_gamma(df))  # ValueError on a table without a hit
+    summary["gamma"] = est.to_json_safe(gamma_of(df, params.paths.rollouts))
     # On the sweep's grid, with the GRPO batch the sweep trains with, so the report can lay the
     # prediction over the measured curve.
     summary["predicted"] = est.to_json_safe(pred.predict(

@@ -80,9 +80,28 @@ def test_peak_with_bootstrap_interval_over_seeds():
     far = t.assign(gain_per_100k=t["gain_per_100k"] + np.where(t["xi"] == 2.0, 1.0, 0.0))
     p = analysis.peak_xi(far)
     assert (p["xi"], p["low"], p["high"]) == (2.0, 2.0, 2.0)
-    # one seed per xi: nothing to resample
-    one = t[t["seed"] == 0]
-    assert (analysis.peak_xi(one)["low"], analysis.peak_xi(one)["high"]) == (2.0, 2.0)
+    # one seed per xi resamples to itself, two xi values bound nothing: no interval (it used to
+    # print "95% interval [2, 2]") and no verdict on the paper's band
+    for few, needle in ((t[t["seed"] == 0], "1 seed(s) and 4 xi"),
+                        (t[t["xi"].isin([1.0, 2.0])], "3 seed(s) and 2 xi")):
+        p = analysis.peak_xi(few)
+        assert p["xi"] == 2.0 and (p["low"], p["high"]) == (None, None) and needle in p["withheld"]
+        sentence = render.band_sentence(p, (1.5, 2.0))
+        assert "no interval can be given" in sentence and "says nothing about the paper's band" in sentence
+        assert "inside" not in sentence and "[2, 2]" not in sentence
+
+
+def test_cells_that_are_not_compute_matched_get_no_peak_verdict():
+    """Cells trained on 8k and 300k tokens (one stopped early by max_steps) cannot be compared
+    per token: the report says so, with the numbers, instead of naming an interval."""
+    t = grid().assign(generated_tokens=40_000)
+    assert analysis.not_compute_matched(t) is None and analysis.peak_xi(t)["low"] is not None
+    t.loc[(t["xi"] == 4.0) & (t["seed"] == 1), "generated_tokens"] = 300_000
+    t.loc[(t["xi"] == 0.5) & (t["seed"] == 2), "generated_tokens"] = 8_000
+    p = analysis.peak_xi(t)
+    assert p["low"] is None and p["withheld"].startswith("NOT COMPUTE-MATCHED")
+    assert "8,000 (xi 0.5, seed 2) to 300,000" in p["withheld"]
+    assert "NOT COMPUTE-MATCHED" in render.band_sentence(p, (1.5, 2.0))
 
 
 @pytest.mark.parametrize("peak,where,overlap", [

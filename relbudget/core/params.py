@@ -686,6 +686,15 @@ class Params(Section):
                 raise ValueError(f"base_policy.trace_tokens ({b.trace_tokens}) is below "
                                  f"sampling.max_tokens ({self.sampling.max_tokens}): the policy "
                                  "would be sampled at positions it never saw in pre-training")
+        if b.model == "builtin" and self.evaluate.h_eval >= b.max_position:
+            raise ValueError(f"evaluate.h_eval ({self.evaluate.h_eval}) must be below "
+                             f"base_policy.max_position ({b.max_position}), as sampling.max_tokens "
+                             "must: the policy has no positions past it")
+        late = [x for x in self.arms.eval_at if x >= self.sweep.token_budget]
+        if late:
+            raise ValueError(f"arms.eval_at points {late} are at or past sweep.token_budget "
+                             f"({self.sweep.token_budget}), the arms' budget: they would be "
+                             "dropped; keep them below it (the final evaluation is at the budget)")
         if self.evaluate.h_eval > self.sampling.max_tokens * 4:
             raise ValueError("evaluate.h_eval is more than 4x sampling.max_tokens; raise the cap first")
         return self
@@ -760,6 +769,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` (DVC accepts it too);
+                continue  # keys it brings in may be overridden, as YAML says
             key = self.construct_object(key_node, deep=True)
             try:
                 dup = key in seen
@@ -779,14 +790,60 @@ def yaml_problem(err: yaml.YAMLError) -> str:
     return where + (getattr(err, "problem", None) or str(err).splitlines()[0])
 
 
+# A params or budgets file is a few hundred values a few levels deep. Far above that, a file is
+# an alias bomb (a few lines whose aliases expand to billions of values, which anything that walks
+# the result, the error formatter included, would allocate) or nested past Python's recursion.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+
+
+def yaml_size_problem(text: str) -> str | None:
+    """Why `text` is too deep or expands to too many values, or None. Depth is read from the
+    parser's events (no recursion), size from the composed nodes with each anchor counted once
+    per use (memoised, so a bomb is measured without being expanded)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                mark = event.start_mark
+                return (f"line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                        "a params file is a few levels of sections")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:  # values once the aliases are expanded
+        if id(node) not in sizes:
+            kids = node.value if isinstance(node, yaml.CollectionNode) else []
+            flat = [n for pair in kids for n in (pair if isinstance(pair, tuple) else (pair,))]
+            sizes[id(node)] = 1 + sum(size(k) for k in flat)
+        return sizes[id(node)]
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    try:
+        total = size(root) if root is not None else 0
+    except RecursionError:  # aliases chained past the depth the text shows
+        total = MAX_YAML_VALUES + 1
+    if total > MAX_YAML_VALUES:
+        return (f"its aliases expand to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                "write the values out or use fewer aliases")
+    return None
+
+
 def read_yaml(path: str | Path, error: type[Exception], missing: str) -> Any:
-    """The YAML document in `path`, duplicate keys refused; `error` with one line (`missing`
-    when there is no such file) when it cannot be read or parsed."""
+    """The YAML document in `path`, duplicate keys, alias bombs and absurd nesting refused;
+    `error` with one line (`missing` when there is no such file) when it cannot be read or
+    parsed."""
     path = Path(path)
     if not path.is_file():
         raise error(missing)
     try:
-        return yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+        text = path.read_text()
+        too_big = yaml_size_problem(text)
+        if too_big:
+            raise error(f"{path} is refused: {too_big}")
+        return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise error(f"{path} is not valid YAML: {yaml_problem(err)}") from None
     except (OSError, UnicodeDecodeError) as err:

@@ -29,18 +29,25 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 # Offline by design: MLflow's usage telemetry would only time out here. Set before the import,
 # which is when mlflow starts its telemetry client.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# A tracking server that stops answering mid-run: MLflow's defaults (120 s per request, 7 retries
+# with exponential back-off) would leave a stage silent for many minutes per call. 15 s and 2
+# retries bound one call to under a minute. An explicit setting in the environment wins.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 import mlflow  # noqa: E402
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "relbudget"
 PIPELINE_ENV = "RELBUDGET_PIPELINE_RUN"
 PIPELINE_STAGE = "pipeline"  # the `stage` tag of a parent run
+INTERRUPTED = "interrupted by Ctrl-C (SIGINT)"
 
 
 def metric_name(name: str) -> str:
@@ -121,17 +128,32 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast on a tracking server that does not answer, instead of hanging in retries."""
+# What a stage asks a tracking server first, and so what the check asks too: /health alone can
+# answer while the API behind it hangs (a proxy in front, a server whose store is locked).
+API_PROBE = f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast on a tracking server whose /health or API does not answer within `timeout`
+    seconds each, instead of hanging in MLflow's retries."""
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
+        import urllib.error
         import urllib.request
 
-        try:
-            urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout)  # noqa: S310
-        except Exception as err:  # any network failure means the same thing to the user
-            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({err}); "
-                                "unset MLFLOW_TRACKING_URI to use the local SQLite store") from None
+        for path, what in (("/health", "is unreachable"),
+                           (API_PROBE, f"answers /health but its API does not (timeout {timeout:.0f} s)")):
+            try:
+                urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout)  # noqa: S310
+                continue
+            except urllib.error.HTTPError as err:
+                if path == API_PROBE and err.code < 500:  # the API answered (404: no experiment)
+                    continue
+                cause = err
+            except Exception as err:  # any network failure means the same thing to the user
+                cause = err
+            raise TrackingError(f"MLflow tracking server {uri} {what} ({cause}); unset "
+                                "MLFLOW_TRACKING_URI to use the local SQLite store")
     elif parsed.scheme == "sqlite":
         folder = Path(parsed.path).parent if parsed.path else Path.cwd()
         if not folder.exists():
@@ -164,6 +186,7 @@ def check_sqlite_store(uri: str) -> None:
     except sqlite3.DatabaseError as err:  # file is not a database, disk image is malformed
         bad = err
     else:
+        check_sqlite_writable(db)
         return
     import shlex
 
@@ -190,6 +213,27 @@ def check_artifact_location(location: str, uri: str) -> None:
                         "moved from another clone, whose mlruns/ every stage would write into; "
                         "move mlflow.db and mlruns/ aside to start a new store here, or set "
                         "MLFLOW_TRACKING_URI")
+
+
+def check_sqlite_writable(db: str) -> None:
+    """A store that cannot be written (chmod a-w, chattr +i, a read-only mount) is one line, not
+    MLflow's logged SQLAlchemy traceback when the run starts. The probe creates a table inside
+    a transaction and rolls it back: the file is never changed."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=10, isolation_level=None)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("CREATE TABLE relbudget_write_probe (x)")
+        con.execute("ROLLBACK")
+    except sqlite3.OperationalError as err:
+        if getattr(err, "sqlite_errorname", "") == "SQLITE_READONLY":
+            raise TrackingError(f"the MLflow store {db} is read-only ({err}); make it writable "
+                                "(chmod u+w, chattr -i, or a writable mount), or set "
+                                "MLFLOW_TRACKING_URI to another store") from None
+        # locked or busy: left to MLflow's own connection, as above
+    finally:
+        con.close()
 
 
 def git_commit() -> str:
@@ -291,9 +335,11 @@ def parent_run_id(client: Any, experiment_id: str, pipe: PipelineRun) -> str:
 
 
 def _mark_parent(client: Any, parent_id: str, status: str) -> None:
-    """RUNNING while a stage runs, FINISHED after it; FAILED, once a stage failed, stays."""
+    """RUNNING while a stage runs, FINISHED after it; FAILED (or KILLED), once a stage failed
+    (or was interrupted), stays."""
     try:
-        if client.get_run(parent_id).info.status == "FAILED" and status != "FAILED":
+        if client.get_run(parent_id).info.status in ("FAILED", "KILLED") \
+                and status not in ("FAILED", "KILLED"):
             return
         if status == "RUNNING":
             client.update_run(parent_id, status="RUNNING")
@@ -309,41 +355,76 @@ def run_label(stage: str, key: str | None = None) -> str:
     return f"{stage}@{key}" if key else stage
 
 
-@contextmanager
-def stage_run(stage: str, params: dict[str, Any], params_hash: str,
-              regime: str | None = None, pipeline: PipelineRun | None = None) -> Iterator[Any]:
-    """Open an MLflow run for one stage execution; end it FAILED (error logged) on exception.
-    It is nested under the parent run of `pipeline` (default: `pipeline_run()`), if any."""
-    uri = tracking_uri()
-    check_reachable(uri)
+def root_cause(err: BaseException) -> str:
+    """The first line of the innermost error under `err` (SQLAlchemy's `orig`, or the cause):
+    `attempt to write a readonly database`, not SQLAlchemy's advice on autoflush."""
+    while isinstance(nxt := getattr(err, "orig", None) or err.__cause__, BaseException):
+        err = nxt
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _open_run(uri: str, name: str, tags: dict[str, str], pipe: PipelineRun | None):
+    """Start a stage's run (and find or make its pipeline's parent): (client, parent id, run)."""
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(EXPERIMENT)
     check_artifact_location(experiment.artifact_location, uri)
-    name = run_label(stage, regime)
-    tags = {"stage": stage, "regime": regime or "", "params_hash": params_hash,
-            "git_commit": git_commit()}
-    pipe = pipeline or pipeline_run()
     client, parent = mlflow.MlflowClient(uri), None
     if pipe is not None:
         parent = parent_run_id(client, experiment.experiment_id, pipe)
-        tags.update({**pipe.tags, "pipeline_run": pipe.id, "mlflow.parentRunId": parent})
+        tags = {**tags, **pipe.tags, "pipeline_run": pipe.id, "mlflow.parentRunId": parent}
         _mark_parent(client, parent, "RUNNING")
     # The parent comes from its tag only, never from a run active in this process (nested=False).
-    run = mlflow.start_run(run_name=name, tags=tags)
+    return client, parent, mlflow.start_run(run_name=name, tags=tags)
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], params_hash: str,
+              regime: str | None = None, pipeline: PipelineRun | None = None,
+              committed: Callable[[], bool] | None = None) -> Iterator[Any]:
+    """Open an MLflow run for one stage execution; end it FAILED (error logged) on exception,
+    KILLED on Ctrl-C, or FINISHED with a note on a Ctrl-C once `committed()` says every output
+    is written. It is nested under the parent run of `pipeline` (default: `pipeline_run()`)."""
+    uri = tracking_uri()
+    check_reachable(uri)
+    tags = {"stage": stage, "regime": regime or "", "params_hash": params_hash,
+            "git_commit": git_commit()}
+    pipe = pipeline or pipeline_run()
+    try:
+        client, parent, run = _open_run(uri, run_label(stage, regime), tags, pipe)
+    except Exception as err:  # nothing computed yet: a store that cannot take a run is one line
+        raise TrackingError(f"the MLflow store {uri} cannot record a run ({root_cause(err)}); "
+                            "make it writable (chmod u+w, chattr -i) with free space, or set "
+                            "MLFLOW_TRACKING_URI to another store") from None
+
+    def end(status: str) -> None:
+        mlflow.end_run(status=status)
+        if parent:
+            _mark_parent(client, parent, status)
+
     try:
         mlflow.log_params({k: str(v)[:500] for k, v in flatten(params).items()})
         yield run
+    except KeyboardInterrupt as err:
+        # Ctrl-C: KILLED, with the reason, unless the outputs were all written already (then
+        # the work is done and a rerun would skip it: FINISHED, with a note). The outcome rides
+        # on the exception, for the one line the entry point prints.
+        if committed is not None and committed():
+            err.outcome = "after its outputs were written: they are complete, MLflow run FINISHED"
+            mlflow.set_tag("note", f"{INTERRUPTED} {err.outcome}")
+            end("FINISHED")
+        else:
+            err.outcome = ("before its outputs were written: the previous outputs are kept, "
+                           "MLflow run KILLED")
+            mlflow.set_tag("error", f"KeyboardInterrupt: {INTERRUPTED} {err.outcome}")
+            end("KILLED")
+        raise
     except BaseException as err:
         mlflow.set_tag("error", f"{type(err).__name__}: {err}"[:5000])
         mlflow.log_text("".join(traceback.format_exception(err)), "error.txt")
         failures = getattr(err, "failures", None)  # a TableError carries every schema failure
         if failures is not None and hasattr(failures, "to_csv"):
             mlflow.log_text(failures.to_csv(index=False), "schema_failures.csv")
-        mlflow.end_run(status="FAILED")
-        if parent:
-            _mark_parent(client, parent, "FAILED")
+        end("FAILED")
         raise
     else:
-        mlflow.end_run(status="FINISHED")
-        if parent:
-            _mark_parent(client, parent, "FINISHED")
+        end("FINISHED")

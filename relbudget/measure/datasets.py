@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from relbudget.core.errors import DataError, DatasetLoadError
 from relbudget.core.params import HFSource
 from relbudget.core.schemas import PROMPTS, validate
 from relbudget.measure.verify import extract_gold
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 MAX_LISTED = 10
+NL = b"\n"
 OFFLINE_HINT = (
     "hint: this machine may not reach the HF hub. Download the dataset where it can be reached "
     "and point data.hf.path at a local .jsonl/.json/.parquet/.csv file (or a saved dataset "
@@ -43,25 +45,12 @@ OFFLINE_HINT = (
     "(and fail fast instead of retrying).")
 
 
-class DataError(ValueError):
-    """Bad rows in a prompt dataset. `problems` lists (split, row index, prompt_id or None,
-    reason) for every bad row; the message names the first 10 and the total count."""
-
-    def __init__(self, message: str, problems: list[tuple[str, int, str | None, str]]):
-        super().__init__(message)
-        self.problems = problems
-
-
-class DatasetLoadError(RuntimeError):
-    """The dataset could not be loaded through HF `datasets` (the message carries a hint)."""
-
-
 def load_hf_prompts(src: HFSource, n_train: int, n_eval: int, seed: int, *,
                     keep_raw: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, eval) prompt frames from `src`, n_train / n_eval rows each (fewer, with a warning,
     when the data has fewer). keep_raw adds the raw_prompt / raw_answer columns."""
-    if n_train < 1 or n_eval < 1:
-        raise ValueError(f"n_train and n_eval must be >= 1, got {n_train} and {n_eval}")
+    if n_train < 1 or n_eval < 0:
+        raise ValueError(f"n_train must be >= 1 and n_eval >= 0, got {n_train} and {n_eval}")
     _check_template(src.prompt_template)
     builder = LOCAL_BUILDERS.get(Path(src.path).suffix.lower())
     if builder is not None:
@@ -87,9 +76,11 @@ def load_hf_prompts(src: HFSource, n_train: int, n_eval: int, seed: int, *,
 
     train_rows = _rows(train_ds, src, train_name, where)
     if eval_ds is None:
-        if len(train_rows) < 2:
+        if n_eval and len(train_rows) < 2:
             raise DataError(f"{where}: {len(train_rows)} row(s); carving an eval set out of the "
                             f"train split needs at least 2", [])
+        if not train_rows:
+            raise DataError(f"{where}: the file has no rows", [])
         perm = np.random.default_rng([seed, 2]).permutation(len(train_rows))
         k = min(n_eval, len(train_rows) - 1)
         eval_idx, train_idx = perm[:k], perm[k:k + n_train]
@@ -109,7 +100,8 @@ def load_hf_prompts(src: HFSource, n_train: int, n_eval: int, seed: int, *,
     train = _frame([train_rows[i] for i in train_idx], src, keep_raw)
     evals = _frame([eval_rows[i] for i in eval_idx], src, keep_raw)
     train = validate(train, PROMPTS, f"train prompts from {where}")
-    evals = validate(evals, PROMPTS, f"eval prompts from {where}")
+    if n_eval:  # n_eval = 0 (relbudget measure): no eval rows, an empty frame
+        evals = validate(evals, PROMPTS, f"eval prompts from {where}")
     return train, evals
 
 
@@ -122,10 +114,30 @@ def _load_local(path: str, field: str) -> Any:
     if not p.is_file():
         raise FileNotFoundError(f"data.hf.{field}: local dataset file not found: {p}")
     builder = LOCAL_BUILDERS[p.suffix.lower()]
+    if builder != "parquet":
+        _check_text(p)
     try:
         return datasets.load_dataset(builder, data_files=str(p), split="train")
     except Exception as err:  # noqa: BLE001 - a malformed file: say which one
         raise DataError(f"cannot read {p} as {builder}: {type(err).__name__}: {err}", []) from err
+
+
+def _check_text(path: Path) -> None:
+    """A local text file (JSON lines, JSON, CSV) is UTF-8 without NUL bytes: else one line that
+    names its line and byte, instead of a parse error deep in Arrow that names neither."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path} is empty: it holds no prompt rows", [])
+    if (nul := data.find(b"\x00")) >= 0:
+        raise DataError(f"{path}: line {data.count(NL, 0, nul) + 1} holds a NUL byte (offset "
+                        f"{nul}); a damaged or binary file? Remove the NUL bytes "
+                        "(tr -d '\\000' < IN > OUT)", [])
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: line {data.count(NL, 0, err.start) + 1} is not UTF-8 (byte "
+                        f"0x{data[err.start]:02x} at offset {err.start}); re-encode the file as "
+                        "UTF-8, e.g. iconv -f latin1 -t utf-8", []) from None
 
 
 def _load_hub(src: HFSource, split: str) -> Any:
@@ -234,7 +246,7 @@ def _rows(ds: Any, src: HFSource, split: str, where: str) -> list[dict]:
 
 
 def _describe(problems: list[tuple[str, int, str | None, str]], where: str) -> str:
-    lines = [f"{len(problems)} bad row(s) in {where}:"]
+    lines = [f"{len(problems)} bad row(s) in {where} (fix or remove them; rows count from 0):"]
     for split, i, pid, why in problems[:MAX_LISTED]:
         name = f"{split} row {i}" + (f" (id {pid!r})" if pid is not None else "")
         lines.append(f"  {name}: {why}")

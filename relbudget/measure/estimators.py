@@ -322,6 +322,21 @@ def p_mixed(hits: np.ndarray, k: np.ndarray, group_size: int) -> np.ndarray:
     return np.where(k >= G, 1.0 - all_hit - all_miss, plug_in)
 
 
+def p_inf_estimator(df: pd.DataFrame, group_size: int) -> tuple[str, str | None]:
+    """The P_inf estimator p_mixed uses on this table, and a warning unless it is the unbiased
+    one: `unbiased` (every prompt has K >= G attempts), `plug-in` (none has), or `mixed`."""
+    codes, _ = _prompt_codes(df)
+    k = np.bincount(codes)
+    short = int((k < group_size).sum())
+    if short == 0:
+        return "unbiased", None
+    name = "plug-in" if short == len(k) else "mixed"
+    return name, (f"P_inf uses the plug-in 1 - p^G - (1-p)^G for {short} of {len(k)} prompts: "
+                  f"they have fewer attempts (min {int(k.min())}) than the group size G = "
+                  f"{group_size}, so P_inf is understated there; sample at least {group_size} "
+                  "attempts per prompt for the unbiased estimate")
+
+
 def curves(df: pd.DataFrame, horizons: Iterable[int], group_size: int,
            E_T: float | None = None) -> pd.DataFrame:
     """p(H), p(1-p), P_inf(H, G) (unbiased, per prompt, averaged), the pooled-p P_inf, and xi(H).
@@ -672,6 +687,7 @@ def plan(df: pd.DataFrame, target_xi: float, group_size: int,
     row = _reward_columns(curves(df, [H], G, E_T=E_T), df, G, reward).iloc[0]
     out.update({c: float(row[c]) for c in ("p", "reward_mean", "reward_var", "p_informative",
                                            "p_informative_pooled")})
+    out["p_informative_estimator"], out["warning"] = p_inf_estimator(df, G)
     return out
 
 
@@ -698,6 +714,7 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
     solved = pp["solved"].to_numpy()
     cv = _reward_columns(curves(df, H, group_size, E_T=E_T), df, group_size, reward)
     within = within_summary(df, n_bootstrap, ci_level, seed)
+    estimator, warning = p_inf_estimator(df, group_size)
     rows = []
     for c in cv.itertuples(index=False):
         rows.append({"H": int(c.H), "xi": c.xi, "xi_within": float(c.H / within["E_T_within"]),
@@ -718,6 +735,8 @@ def summarize(df: pd.DataFrame, horizons: Iterable[int] | None = None, group_siz
         "horizons": rows,
         "max_tokens": cap,
         "group_size": int(group_size),
+        "p_informative_estimator": estimator,
+        "p_informative_warning": warning,
         "reward": reward,
         "ci_level": float(ci_level),
         "ci_method": CI_METHOD,

@@ -112,7 +112,7 @@ def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[st
     measure it at every named horizon. `e` is the evaluate params section, `base_policy` gives
     trust_remote_code and chat_template; `attempts` overrides e.attempts (pass@k above it is
     skipped). Returns (rollout table, result); the result holds no timings."""
-    from relbudget.measure.models import render_prompts
+    from relbudget.measure.models import check_prompt_room, policy_context, render_prompts
     from relbudget.measure.sampling import load_generator, requests_from, sample_table, set_threads
 
     attempts = attempts or e.attempts
@@ -121,6 +121,8 @@ def evaluate_policy(folder: str | Path, prompts: pd.DataFrame, horizons: dict[st
     gen, tok, used = load_generator(backend, folder, cap, e.temperature, 1.0, True, e.batch_size,
                                     base_policy.trust_remote_code)
     prompts = render_prompts(prompts, tok, base_policy.chat_template)
+    check_prompt_room(prompts, tok, cap, policy_context(folder, base_policy.trust_remote_code),
+                      f"evaluate@{policy}")
     table = sample_table(gen, tok, requests_from(prompts), attempts, cap, e.seed, policy=policy,
                          chunk_prompts=max(1, len(prompts)), desc=f"evaluate@{policy}")
     pass_k = [k for k in e.pass_k if k <= attempts]

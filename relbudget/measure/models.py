@@ -6,13 +6,19 @@ interface. Remote code stays off unless params turn it on.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
+
+from relbudget.core.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +84,74 @@ def load_tokenizer(ref: str | Path, trust_remote_code: bool = False, **kw):
     return tok
 
 
+def check_loadable(ref: str) -> None:
+    """Refuse, in one line, a policy that cannot be loaded as configured, before anything loads:
+    a folder whose weights are only a pickle (loading one can run code: relbudget never does),
+    or a name that is neither a local folder nor on the HF hub (offline: not in the cache)."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        pickles = sorted(f.name for f in folder.iterdir() if f.suffix in (".bin", ".pt", ".pth"))
+        safe = any(folder.glob("*.safetensors")) or any(folder.glob("*.gguf"))
+        if not pickles and not safe and not (folder / REFERENCE_FILE).exists():
+            raise ModelError(f"{folder} holds no model weights (*.safetensors); point "
+                             "base_policy.model at a saved model folder, or rerun base_policy")
+        if pickles and not safe:
+            raise ModelError(f"{folder} holds its weights only as a pickle ({', '.join(pickles)}), "
+                             "which relbudget does not load (unpickling can run code); convert "
+                             "them to safetensors where you trust the file (load it and call "
+                             "save_pretrained(folder, safe_serialization=True)) and point "
+                             "base_policy.model at that folder")
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError) as err:
+        raise ModelError(f"base_policy.model {ref!r} is neither a local folder nor a model the "
+                         f"HF hub (or its offline cache) holds ({str(err).splitlines()[0][:200]}); "
+                         f"download it where the hub is reachable (hf download {ref} --local-dir "
+                         "DIR) and set base_policy.model to DIR") from None
+
+
+def check_prompt_room(prompts, tokenizer, H: int, context: int | None, what: str) -> None:
+    """Refuse prompts that leave fewer than H positions of the model's context, naming the
+    longest and the numbers: past max_position a model samples garbage that counts as unsolved
+    (inflating E[T]) instead of failing."""
+    if not context or prompts.empty:
+        return
+    lengths = [len(tokenizer(str(p), add_special_tokens=False)["input_ids"]) for p in prompts["prompt"]]
+    worst = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[worst] + H > context:
+        over = sum(n + H > context for n in lengths)
+        name = repr(prompts["prompt_id"].iloc[worst]) if "prompt_id" in prompts else f"#{worst}"
+        raise ModelError(f"{what}: prompt {name} is {lengths[worst]} "
+                         f"tokens; with H = {H} it needs {lengths[worst] + H} positions, but the "
+                         f"model holds {context} (max_position_embeddings); {over} prompt(s) too "
+                         f"long: shorten or drop them, or lower H to at most "
+                         f"{max(context - lengths[worst], 0)}")
+
+
+def context_of(model) -> int | None:
+    """The positions a model holds (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def policy_context(folder: str | Path, trust_remote_code: bool = False) -> int | None:
+    """The positions the policy saved in `folder` holds, from its config alone."""
+    from transformers import AutoConfig
+
+    ref = policy_ref(folder)
+    if ref == SMOLLM2_GGUF:
+        return None  # base_policy converts it to a folder; a GGUF reference is not sampled
+    cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+    return getattr(cfg, "max_position_embeddings", None)
+
+
 def load_policy(ref: str | Path, trust_remote_code: bool = False, dtype=torch.float32):
     """Load (model, tokenizer) from a saved folder, an HF name, or the SmolLM2 GGUF file."""
     ref = str(ref)
+    if ref != SMOLLM2_GGUF:
+        check_loadable(ref)
     if ref == SMOLLM2_GGUF:
         gguf = smollm2_gguf_file()
         tok = load_tokenizer(gguf.parent, gguf_file=gguf.name)
@@ -105,6 +176,43 @@ def forget_gguf_quantizer(model) -> None:
         model.is_quantized = False
 
 
+# A chat template is a program shipped with the model folder: one that loops (a Jinja loop over
+# range(10**5) nested in another) would hang every stage that renders prompts. A real template
+# renders a prompt in well under a millisecond.
+RENDER_SECONDS = 10.0
+
+
+class RenderTimeout(Exception):
+    """Raised into the rendering thread when a chat template runs past its time."""
+
+
+@contextmanager
+def time_bound(seconds: float) -> Iterator[None]:
+    """Raise RenderTimeout in this thread if the block runs past `seconds`. A timer thread raises
+    it at the block's next Python instruction (Jinja templates are compiled to Python, so a loop
+    in one is reached); signals would work in the main thread only (the flow renders in others)."""
+    target, lock, state = threading.get_ident(), threading.Lock(), {"done": False, "fired": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target),
+                                                           ctypes.py_object(RenderTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()
+        if state["fired"]:  # raised, or about to be: never let it land after the block
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), None)
+
+
 def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:
     """The exact text a policy is given for a prompt: one user turn through the tokenizer's chat
     template (generation prompt added) when `chat_template` is 'on', or 'auto' and the tokenizer
@@ -119,8 +227,21 @@ def render_prompt(tokenizer, text: str, chat_template: str = "auto") -> str:
     if not tokenizer.chat_template:
         raise ValueError("base_policy.chat_template is 'on' but the policy's tokenizer has no chat "
                          "template; use 'auto' or 'off'")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    from jinja2 import TemplateError
+
+    owner = tokenizer.name_or_path or "the policy"
+    try:
+        with time_bound(RENDER_SECONDS):
+            return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                 tokenize=False, add_generation_prompt=True)
+    except RenderTimeout:
+        raise ModelError(f"the chat template of {owner} did not render a prompt within "
+                         f"{RENDER_SECONDS:.0f} s (a loop in chat_template?); set "
+                         "base_policy.chat_template: off, or fix the template") from None
+    except TemplateError as err:  # a syntax error, or the template's own raise_exception
+        raise ModelError(f"the chat template of {owner} fails on a user turn "
+                         f"({type(err).__name__}: {str(err)[:200]}); set "
+                         "base_policy.chat_template: off, or fix the template") from None
 
 
 def render_prompts(prompts, tokenizer, chat_template: str = "auto"):

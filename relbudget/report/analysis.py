@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from relbudget.core.errors import DataError
 from relbudget.core.params import cell_name
 from relbudget.core.schemas import HISTORY, read_table
 from relbudget.measure.metrics import efficiency, final_xi_t
@@ -94,13 +95,24 @@ def cell_row(ev: dict, history: pd.DataFrame, base_eval: dict) -> dict:
             "E_T": at["E_T"], **train}
 
 
+def read_eval(path: Path) -> dict:
+    """An eval.json; a truncated or hand-edited one is one line naming it and the stage to rerun."""
+    try:
+        ev = json.loads(path.read_text())
+        float(ev["xi"]), int(ev["seed"]), ev["at"]["H_eval"]
+        return ev
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path} is damaged ({type(err).__name__}: {str(err)[:100]}); rerun the "
+                        f"stage that writes it (dvc repro sweep@{path.parent.name})", []) from None
+
+
 def load_cells(paths, sweep) -> list[tuple[dict, pd.DataFrame]]:
     """(eval.json, history) of every cell of the grid; a folder named as the cell wins over
     another one with the same xi and seed (e.g. `xi1-s0` beside `xi1.0-s0`)."""
     root = Path(paths.sweep)
     found: dict[tuple[float, int], tuple[str, dict]] = {}
     for f in sorted(map(Path, glob.glob(paths.cell_eval("*")))):
-        ev = json.loads(f.read_text())
+        ev = read_eval(f)
         key = (float(ev["xi"]), int(ev["seed"]))
         if key not in found or f.parent.name == cell_name(*key):
             found[key] = (f.parent.name, ev)
@@ -134,6 +146,26 @@ def by_xi(table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+MIN_SEEDS, MIN_XI = 2, 3  # below these the report gives the peak without an interval
+MATCH_RATIO = 2.0  # cells whose generated tokens differ more than this are not compute-matched
+
+
+def not_compute_matched(table: pd.DataFrame) -> str | None:
+    """Why the sweep's cells cannot be compared per token (None when they can): the most and the
+    fewest generated tokens of a cell differ by more than MATCH_RATIO (a cell stopped early by
+    max_steps, or cells from runs with another token budget)."""
+    if "generated_tokens" not in table:  # a table of figures only (no training history)
+        return None
+    tokens = table["generated_tokens"].astype(float)
+    lo, hi = tokens.min(), tokens.max()
+    if lo > 0 and hi <= MATCH_RATIO * lo:
+        return None
+    few = table.loc[tokens.idxmin()]
+    return (f"NOT COMPUTE-MATCHED: cells trained on {lo:,.0f} (xi {few['xi']:g}, seed "
+            f"{int(few['seed'])}) to {hi:,.0f} generated tokens; rerun the short cells with "
+            "sweep.token_budget reachable (raise train.max_steps)")
+
+
 def peak_xi(table: pd.DataFrame, col: str = "gain_per_100k", n_resamples: int = PEAK_RESAMPLES,
             level: float = PEAK_LEVEL, seed: int = PEAK_SEED) -> dict:
     """The xi of the highest mean `col` over seeds, with a bootstrap interval over seeds.
@@ -142,6 +174,7 @@ def peak_xi(table: pd.DataFrame, col: str = "gain_per_100k", n_resamples: int = 
     of the resampled means is recorded; the interval is the (1-level)/2 and (1+level)/2 quantiles
     of those argmaxes (inverted CDF, so its ends are xi values of the grid). Ties go to the smaller
     xi. Fixed seed: the same table gives the same interval."""
+    unmatched = not_compute_matched(table)
     groups = [(float(x), g[col].astype(float).to_numpy()) for x, g in table.groupby("xi")]
     groups = [(x, v[np.isfinite(v)]) for x, v in groups]
     groups = [(x, v) for x, v in groups if len(v)]
@@ -153,6 +186,15 @@ def peak_xi(table: pd.DataFrame, col: str = "gain_per_100k", n_resamples: int = 
     means = np.stack([v[rng.integers(0, len(v), size=(n_resamples, len(v)))].mean(axis=1)
                       for _, v in groups], axis=1)  # (resamples, xi)
     draws = xis[np.argmax(means, axis=1)]
+    seeds = min(len(v) for _, v in groups)
+    if seeds < MIN_SEEDS or len(groups) < MIN_XI:
+        # one seed resamples to itself and two xi values bound nothing: an "interval" [x, x]
+        # would read as certainty. No interval, and so no verdict on the paper's band.
+        unmatched = unmatched or (f"{seeds} seed(s) and {len(groups)} xi value(s); an interval "
+                                  f"needs at least {MIN_SEEDS} seeds per xi and {MIN_XI} xi values")
+    if unmatched:
+        return {"xi": float(best), "low": None, "high": None, "level": level,
+                "n_resamples": n_resamples, "share_at_peak": None, "withheld": unmatched}
     low, high = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return {"xi": float(best), "low": float(low), "high": float(high), "level": level,
             "n_resamples": n_resamples, "share_at_peak": float(np.mean(draws == best))}

@@ -89,7 +89,7 @@ def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] =
                             xytext=(4, 4), textcoords="offset points")
         if peak is not None and ax is a:
             ax.axvline(peak["xi"], color="tab:green", lw=1, label=f"peak xi = {peak['xi']:g}")
-            if peak["high"] > peak["low"]:
+            if peak["high"] is not None and peak["high"] > peak["low"]:
                 ax.axvspan(peak["low"], peak["high"], color="tab:green", alpha=0.08)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xscale("log")

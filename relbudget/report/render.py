@@ -45,6 +45,10 @@ def band_sentence(peak: dict, band: tuple[float, float]) -> str:
     """One plain sentence comparing the measured peak with the paper's band, whatever it is."""
     lo, hi = band
     x = peak["xi"]
+    if peak.get("withheld"):
+        return (f"The highest mean gain in this run is at xi = {x:g}, but no interval can be "
+                f"given ({peak['withheld']}), so this run says nothing about the paper's band "
+                f"[{lo:g}, {hi:g}].")
     where = "inside" if lo <= x <= hi else ("below" if x < lo else "above")
     overlaps = peak["low"] <= hi and peak["high"] >= lo
     return (f"The most efficient xi in this run is {x:g} (bootstrap {100 * peak['level']:.0f}% "
@@ -200,9 +204,12 @@ def _sweep_section(agg: pd.DataFrame, peak: dict, band: tuple[float, float], bas
             f"{e('frac_informative_mean', 2, False)} | {e('clipped_ratio_mean', 3, False)} | "
             f"{e('attempts_per_completion', 2, False)} | {e('tokens_after_correct_mean', 1, False)} | "
             f"{e('xi_t_slope_per_10k', 3)} |")
-    lines += ["", f"Peak: xi = {peak['xi']:g}, bootstrap {100 * peak['level']:.0f}% interval over "
-              f"seeds [{peak['low']:g}, {peak['high']:g}] (the argmax in "
-              f"{100 * peak['share_at_peak']:.0f}% of {peak['n_resamples']} resamples).", ""]
+    if peak.get("withheld"):
+        lines += ["", f"Peak: xi = {peak['xi']:g}; NO INTERVAL: {peak['withheld']}.", ""]
+    else:
+        lines += ["", f"Peak: xi = {peak['xi']:g}, bootstrap {100 * peak['level']:.0f}% interval "
+                  f"over seeds [{peak['low']:g}, {peak['high']:g}] (the argmax in "
+                  f"{100 * peak['share_at_peak']:.0f}% of {peak['n_resamples']} resamples).", ""]
     flags = candidate_flags(agg)
     lines += [f"- {f}" for f in flags] or ["No xi raised accuracy within H_eval without raising "
                                            "first-answer accuracy."]

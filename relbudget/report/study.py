@@ -37,7 +37,7 @@ def analyse(inp: dict, params) -> dict:
         "regimes": {r["regime"]: r for r in rows},
         "sweep": table.to_dict(orient="records"),
         "sweep_by_xi": agg.to_dict(orient="records"),
-        "peak": {k: peak[k] for k in ("xi", "low", "high")},
+        "peak": {k: peak[k] for k in ("xi", "low", "high", "withheld") if k in peak},
         "peak_sentence": render.band_sentence(peak, band),
         "prediction": predicted,
         "robustness": robust,

@@ -47,12 +47,11 @@ def check_length(model, tokenizer, prompts, H: int, train) -> int:
     """The context a rollout needs (longest prompt + H), refused before training when the model or
     TRL's colocated vLLM engine (`train.vllm_max_model_len`) cannot hold it. Returns the engine's
     context to use."""
+    from relbudget.measure.models import check_prompt_room, context_of
+
+    check_prompt_room(prompts, tokenizer, H, context_of(model), "train")
     longest = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts["prompt"])
     need = longest + H
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and need > limit:
-        raise ValueError(f"H = {H} plus the longest prompt ({longest} tokens) exceeds the model's "
-                         f"max_position_embeddings ({limit}); lower the regime's xi or the prompts")
     if train.use_vllm and train.vllm_max_model_len is not None and train.vllm_max_model_len < need:
         raise ValueError(f"train.vllm_max_model_len = {train.vllm_max_model_len} cannot hold the "
                          f"longest prompt ({longest} tokens) plus H = {H}; set it to at least {need} "
@@ -146,7 +145,12 @@ class EvalCurve(TrainerCallback):
     def _due(self, row: dict) -> bool:
         done = row["cum_generated_tokens"]
         before = done - row["generated_tokens"]
-        return done < self.budget and any(before < x <= done for x in self.at)
+        passed = [x for x in self.at if before < x <= done]
+        if len(passed) > 1:  # one policy state, so one evaluation: said, never silent
+            log.warning("eval_at points %s all fall in step %d (%d..%d tokens): one evaluation "
+                        "stands for them; space arms.eval_at wider than one step's tokens",
+                        passed, row["step"], before, done)
+        return done < self.budget and bool(passed)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         rows = self.history.rows

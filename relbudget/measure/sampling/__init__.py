@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from relbudget.core.errors import ModelError
 from relbudget.core.io import switch_work_dir, write_parquet
 from relbudget.measure.sampling.common import Generation, Request, score
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
@@ -38,11 +39,16 @@ def chunk_seed(seed: int, chunk: int) -> int:
 
 def resolve_backend(name: str) -> str:
     """auto: vLLM when it is importable (the GPU build with CUDA, or the CPU build)."""
-    if name != "auto":
+    if name == "hf":
         return name
     try:
         import vllm  # noqa: F401
-    except Exception:
+    except Exception as err:
+        if name == "vllm":  # asked for: refused before any model loads
+            raise ModelError(f"sampling backend 'vllm' was asked for (sampling.backend or "
+                             f"--backend) but vLLM cannot be imported ({type(err).__name__}: "
+                             f"{str(err)[:200]}); install it (docs/vllm.md) or use 'hf' or "
+                             "'auto'") from None
         return "hf"
     return "vllm"
 
