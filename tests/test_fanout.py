@@ -221,7 +221,7 @@ def test_a_worker_lost_mid_cell_is_redone_elsewhere(project, cluster, dask_run):
         killer.join()
     assert killed[0] != "stop", "the cell never ran"
     assert summary["states"][cell] == "Completed"
-    runs = [r for r in flow_runs(state) if r.data.tags["prefect.task"] == cell]
+    runs = [r for r in flow_runs(state) if r.data.tags.get("prefect.task") == cell]
     first, *rest = sorted(runs, key=lambda r: r.info.start_time)
     assert first.info.run_id == killed[0]
     assert first.info.status == "KILLED"  # not RUNNING forever
