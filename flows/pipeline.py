@@ -44,6 +44,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from prefect import allow_failure, flow, get_run_logger, task
@@ -60,14 +61,19 @@ from relbudget.core.params import Params, ParamsError, Paths, format_errors, loa
 from relbudget.core.paths import STAGES
 
 SAMPLING = frozenset({"sample_t", "evaluate", "task_t", "task_xi"})  # retried with exponential backoff
-# Stages that draw from torch's process-global RNG (and set its global thread count): two of them
-# running at once in threads of one process would interleave their random streams.
-TORCH_STAGES = frozenset({"base_policy", "sample_t", "train", "evaluate", "sweep", "arm",
-                          "fixed_best", "task_t", "task_xi", "task_sweep"})
+# What one execution of each stage module needs from a worker, by the module of its dvc.yaml cmd:
+# the GPUs it claims when the flow runs with `gpu` (Dask worker resource "GPU").
+# The stages that load a policy want one each; the others run on any CPU.
+GPUS = {"check_params": 0, "prepare": 0, "base_policy": 1, "sample_t": 1, "xi": 0, "train": 1,
+        "evaluate": 1, "sweep": 1, "arm": 1, "fixed_best": 1, "report": 0,
+        "task_t": 1, "task_xi": 1, "task_sweep": 1, "tasks_report": 0}
+# The same stages draw from torch's process-global RNG (and set its global thread count): two of
+# them running at once in threads of one process would interleave their random streams.
+TORCH_STAGES = frozenset(m for m, n in GPUS.items() if n)
 DEFAULT_OUT_ROOT = "runs/prefect"
 RESULTS_DIR = ".prefect-results"
 STATE_DIR = ".flow"
-RUNNERS = ("threads", "processes", "dask", "ray")
+RUNNERS = ("threads", "processes", "dask")
 REPORT_ARTIFACT = "relbudget-report"  # Prefect artifact keys: lowercase letters, digits, dashes
 SWEEP_ARTIFACT = "relbudget-sweep"
 
@@ -115,6 +121,8 @@ class FlowConfig(BaseModel):
                                  description="first retry delay; doubles on each retry")
     reproducible: bool = Field(True, description="thread runner: never run two torch stages at "
                                "once, so outputs match dvc repro bit for bit")
+    gpu: bool = Field(False, description="each torch stage claims GPUS[stage] from the runner "
+                      "(Dask worker resource GPU); for workers with GPUs")
 
     @field_validator("params_file", "out_root")
     @classmethod
@@ -150,10 +158,10 @@ def flow_plan(params: Params, dvc_yaml: Path = DVC_YAML) -> list[Step]:
     starts if one runs a stage module the flow cannot run (no files declared, no timeout)."""
     steps = plan(params, dvc_yaml)
     for s in steps:
-        if s.module not in STAGES or s.module not in Timeouts.model_fields:
+        if s.module not in STAGES or s.module not in Timeouts.model_fields or s.module not in GPUS:
             raise DagError(f"dvc.yaml stage {s.label} runs stages.{s.module}, which the flow does "
-                           "not know: declare its files in relbudget.core.paths and its timeout "
-                           "in flows/pipeline.py (Timeouts)")
+                           "not know: declare its files in relbudget.core.paths, its timeout "
+                           "in flows/pipeline.py (Timeouts) and its GPUs (GPUS)")
     return steps
 
 
@@ -191,10 +199,14 @@ def retry_if_transient(task_, task_run, state) -> bool:
 
 
 def _tag_mlflow_run(label: str) -> None:
+    import socket
+
     import mlflow
     from prefect.runtime import task_run
 
-    mlflow.set_tags({"prefect.task_run_id": str(task_run.id), "prefect.task": label})
+    # `worker`: the process that ran the stage, to find it after a lost node or a slow cell
+    mlflow.set_tags({"prefect.task_run_id": str(task_run.id), "prefect.task": label,
+                     "worker": f"{socket.gethostname()}:{os.getpid()}"})
 
 
 def flow_pipeline_run():
@@ -250,7 +262,9 @@ def run_stage(stage: str, regime: str | None, params: Params, state_dir: str,
 
 
 def make_task_runner(kind: str | None = None, max_workers: int | None = None) -> TaskRunner:
-    """threads (default) | processes | dask | ray; from RELBUDGET_TASK_RUNNER when kind is None."""
+    """threads (default) | processes | dask; from RELBUDGET_TASK_RUNNER when kind is None. No
+    Ray: its raylet did not start on the 2 shared cores the runners are tested on (docs/scale_out.md),
+    and an untested runner stays out."""
     kind = kind or os.environ.get("RELBUDGET_TASK_RUNNER") or "threads"
     env_workers = os.environ.get("RELBUDGET_MAX_WORKERS")
     max_workers = max_workers or (int(env_workers) if env_workers else None)
@@ -269,13 +283,22 @@ def make_task_runner(kind: str | None = None, max_workers: int | None = None) ->
         # One thread per worker process: torch's RNG is per process, so stages never share one.
         return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers or 2, "threads_per_worker": 1,
                                               "processes": True})
-    if kind == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise RuntimeError("task runner 'ray' needs prefect-ray: pip install -e '.[ray]'") from None
-        return RayTaskRunner(address=os.environ.get("RELBUDGET_RAY_ADDRESS"))
     raise ValueError(f"unknown task runner {kind!r}; choose one of {', '.join(RUNNERS)}")
+
+
+@contextmanager
+def claiming(runner: TaskRunner, gpus: int) -> Iterator[None]:
+    """Tasks submitted inside claim `gpus` GPUs through Dask's own mechanism, a task annotation:
+    such a task runs only on a worker started with `--resources GPU=1`, one at a time per worker
+    (which sees only its GPU through CUDA_VISIBLE_DEVICES, docs/scale_out.md). The thread and
+    process runners live on one machine and place nothing."""
+    if gpus and type(runner).__name__ == "DaskTaskRunner":  # prefect-dask stays optional
+        import dask
+
+        with dask.annotate(resources={"GPU": gpus}):
+            yield
+    else:
+        yield
 
 
 # --------------------------------------------------------------------------- the flow
@@ -406,11 +429,12 @@ def _failure_text(state) -> str:
                   "report) with dvc.yaml's DAG, cached per task")
 def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
              timeouts: dict[str, float] | None = None, retries: int = 2,
-             retry_delay_s: float = 30.0, reproducible: bool = True) -> dict:
+             retry_delay_s: float = 30.0, reproducible: bool = True, gpu: bool = False) -> dict:
     """The dvc.yaml pipeline. Parameters: see FlowConfig; timeouts maps stage module -> seconds."""
     logger = get_run_logger()
     cfg = flow_config(params_file=params_file, out_root=out_root, timeouts=timeouts,
-                      retries=retries, retry_delay_s=retry_delay_s, reproducible=reproducible)
+                      retries=retries, retry_delay_s=retry_delay_s, reproducible=reproducible,
+                      gpu=gpu)
     params = rooted(load_params(cfg.params_file), cfg.out_root)  # validated before any compute
     steps = flow_plan(params)  # dvc.yaml's stages and edges, for these params
     root = Path(cfg.out_root)
@@ -422,7 +446,8 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
     storage = results_dir.resolve()  # a Path: Prefect makes it a LocalFileSystem, nothing saved
 
     ctx = FlowRunContext.get()
-    serial = cfg.reproducible and isinstance(getattr(ctx, "task_runner", None), ThreadPoolTaskRunner)
+    runner = getattr(ctx, "task_runner", None)
+    serial = cfg.reproducible and isinstance(runner, ThreadPoolTaskRunner)
     logger.info("%d stages of dvc.yaml, writing under %s (params %s); torch stages %s", len(steps),
                 root.resolve(), cfg.params_file,
                 "one at a time (reproducible)" if serial else "concurrent")
@@ -444,8 +469,9 @@ def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
         torch_serial = serial and step.module in TORCH_STAGES
         if torch_serial:
             wait += [allow_failure(f) for f in last_torch]
-        futures[step.label] = t.submit(step.module, step.key, params, str(state_dir), step.label,
-                                       wait_for=wait)
+        with claiming(runner, GPUS[step.module] if cfg.gpu else 0):
+            futures[step.label] = t.submit(step.module, step.key, params, str(state_dir),
+                                           step.label, wait_for=wait)
         if torch_serial:
             last_torch[:] = [futures[step.label]]
 
@@ -553,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--retry-delay", type=float, default=30.0, help="first retry delay (s)")
     ap.add_argument("--no-reproducible", action="store_true",
                     help="threads: let torch stages run at once (outputs may then differ from dvc repro)")
+    ap.add_argument("--gpu", action="store_true",
+                    help="dask: each torch stage claims one GPU (workers declare GPU=1 each)")
     ap.add_argument("--task-runner", choices=RUNNERS, default=None,
                     help="default: $RELBUDGET_TASK_RUNNER or threads")
     ap.add_argument("--max-workers", type=int, default=None)
@@ -566,7 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         kwargs = dict(params_file=args.params, out_root=args.out_root,
                       timeouts=_timeouts_arg(args.timeout), retries=args.retries,
-                      retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible)
+                      retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible,
+                      gpu=args.gpu)
         # fail fast, before Prefect starts: bad params, flow parameters or dvc.yaml
         flow_plan(rooted(load_params(args.params), flow_config(**kwargs).out_root))
         check_reachable(tracking_uri())  # a damaged mlflow.db: one line here, not in every task
@@ -601,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's flow, not this __main__ copy: the process, dask and ray runners
+    # Run the importable module's flow, not this __main__ copy: the process and dask runners
     # then pickle the task by reference instead of by value.
     from flows.pipeline import main as _main
 

@@ -349,6 +349,21 @@ def _mark_parent(client: Any, parent_id: str, status: str) -> None:
         log.warning("could not update the pipeline's parent run %s: %s", parent_id, err)
 
 
+def _end_orphans(client: Any, experiment_id: str, pipe: PipelineRun, stage: str,
+                 regime: str | None) -> None:
+    """End KILLED the runs of this stage execution in this pipeline execution still RUNNING: one
+    stage execution runs once at a time in a pipeline, so such a run lost its process (a worker
+    killed mid-stage, a preempted node) and would show RUNNING forever."""
+    query = (f"tags.pipeline_run = '{pipe.id}' and tags.stage = '{stage}' and "
+             f"tags.regime = '{regime or ''}' and attributes.status = 'RUNNING'")
+    try:
+        for run in client.search_runs([experiment_id], query, max_results=100):
+            client.set_tag(run.info.run_id, "error", "its process was lost; the stage ran again")
+            client.set_terminated(run.info.run_id, "KILLED")
+    except Exception as err:  # bookkeeping: never fail a stage over it
+        log.warning("could not end the lost runs of %s: %s", run_label(stage, regime), err)
+
+
 def run_label(stage: str, key: str | None = None) -> str:
     """`stage@KEY` (or the stage alone): the one name of a stage execution, as MLflow runs and
     the Prefect flow's tasks and cache manifests spell it."""
@@ -372,6 +387,7 @@ def _open_run(uri: str, name: str, tags: dict[str, str], pipe: PipelineRun | Non
     if pipe is not None:
         parent = parent_run_id(client, experiment.experiment_id, pipe)
         tags = {**tags, **pipe.tags, "pipeline_run": pipe.id, "mlflow.parentRunId": parent}
+        _end_orphans(client, experiment.experiment_id, pipe, tags["stage"], tags["regime"] or None)
         _mark_parent(client, parent, "RUNNING")
     # The parent comes from its tag only, never from a run active in this process (nested=False).
     return client, parent, mlflow.start_run(run_name=name, tags=tags)
