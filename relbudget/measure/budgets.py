@@ -47,6 +47,8 @@ class Budget(BaseModel):
     reward_var: float | None = Field(None, ge=0)
     p_informative: float | None = Field(None, ge=0, le=1)
     p_informative_pooled: float | None = Field(None, ge=0, le=1)
+    p_informative_estimator: Literal["unbiased", "mixed", "plug-in"] | None = Field(
+        None, description="how P_inf was estimated (plug-in when prompts have fewer than G attempts)")
     regime: Literal["deficient", "balanced", "ample"] = Field(
         description="the class of the achieved xi; written last, so a cut file misses it")
 
