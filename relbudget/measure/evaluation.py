@@ -92,9 +92,9 @@ def check_cap(folder: str | Path, prompts: pd.DataFrame, cap: int, base_policy) 
     """Refuse, before any compute, an evaluation cap that the policy's context cannot hold after
     the longest eval prompt (as the policy is given it): BudgetError naming the fix."""
     from relbudget.core.errors import BudgetError
-    from relbudget.measure.models import context_of, render_prompts
+    from relbudget.measure.models import render_prompts, saved_context
 
-    tok, limit = context_of(folder, base_policy.trust_remote_code)
+    tok, limit = saved_context(folder, base_policy.trust_remote_code)
     rendered = render_prompts(prompts, tok, base_policy.chat_template)["prompt"]
     longest = max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in rendered)
     if limit and cap + longest > limit:

@@ -272,7 +272,7 @@ def policy_ref(folder: str | Path) -> str:
     return str(folder)
 
 
-def context_of(folder: str | Path, trust_remote_code: bool = False):
+def saved_context(folder: str | Path, trust_remote_code: bool = False):
     """(tokenizer, max_position_embeddings or None) of a saved policy, without its weights: what
     a check of prompt + cap against the context needs before any compute."""
     from transformers import AutoConfig
