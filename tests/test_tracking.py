@@ -53,8 +53,10 @@ with stage_run(sys.argv[1], {}, "h"):
 """
 
 
-def test_two_stages_at_once_share_the_sqlite_store(mlflow_uri, tmp_path):
-    # Create the schema once first, as the first stage of a pipeline does.
+def test_two_stages_at_once_share_the_sqlite_store(mlflow_uri, tmp_path, monkeypatch):
+    # Create the schema once first, as the first stage of a pipeline does, from the same project
+    # folder as the writers (the experiment's artifact folder is made there).
+    monkeypatch.chdir(tmp_path)
     with stage_run("init", {}, "h"):
         pass
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, name], cwd=tmp_path,
