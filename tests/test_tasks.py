@@ -116,7 +116,7 @@ def test_the_flow_runs_each_task_after_its_own_stages():
     steps = {s.label: s for s in plan(load_params(ROOT / "params" / "tasks.yaml"))}
     cell = steps["task_sweep@carry2-1.75-0"]
     assert (cell.module, cell.key) == ("task_sweep", "carry2-xi1.75-s0")
-    assert cell.upstream == ("base_policy", "task_t@carry2", "task_xi@carry2")
+    assert cell.upstream == ("check_params", "base_policy", "task_t@carry2", "task_xi@carry2")
     cells = {n for n in steps if n.startswith("task_sweep@")}
     assert len(cells) == 3 * 6 * 3  # tasks x xi x seeds
     assert cells <= set(steps["tasks_report@universality"].upstream)

@@ -36,14 +36,17 @@ def task_result(name: str, E_T: float, table: pd.DataFrame) -> dict:
     peak = analysis.peak_xi(table)
     return {"task": name, "E_T": E_T,
             "peak": {k: peak[k] for k in ("xi", "low", "high")},
-            "peak_H": {h: horizon_for(peak[k], E_T) for h, k in (("H", "xi"), ("low", "low"),
-                                                                  ("high", "high"))},
+            # None where the peak gives no interval (too few seeds or xi, cells not compute-matched)
+            "peak_H": {h: None if peak[k] is None else horizon_for(peak[k], E_T)
+                       for h, k in (("H", "xi"), ("low", "low"), ("high", "high"))},
             "sweep": [{"xi": float(r.xi), "H": int(r.H), "gain_per_100k": float(r.gain_per_100k)}
                       for r in agg.itertuples(index=False)]}
 
 
-def common(intervals: list[tuple[float, float]]) -> bool:
-    """Whether one value lies in every closed interval."""
+def common(intervals: list[tuple[float, float]]) -> bool | None:
+    """Whether one value lies in every closed interval (None when a task has no interval)."""
+    if any(lo is None or hi is None for lo, hi in intervals):
+        return None
     return max(lo for lo, _ in intervals) <= min(hi for _, hi in intervals)
 
 
@@ -55,6 +58,9 @@ def universality(tasks: list[dict]) -> dict:
 
 def verdict(tasks: list[dict], u: dict) -> str:
     """The universality answer in one sentence, with every task's intervals."""
+    if None in u.values():
+        return ("No answer on alignment: at least one task's peak has no interval (fewer than 2 "
+                "seeds or 3 xi, or cells that are not compute-matched).")
     xs = "; ".join(f"{t['task']} (E[T] {t['E_T']:.1f}): xi {t['peak']['xi']:g} "
                    f"[{t['peak']['low']:g}, {t['peak']['high']:g}], H {t['peak_H']['H']} "
                    f"[{t['peak_H']['low']}, {t['peak_H']['high']}]" for t in tasks)
@@ -73,15 +79,15 @@ def headline(tasks: list[dict], u: dict) -> dict:
     return {"task_E_T": numbers({t["task"]: t["E_T"] for t in tasks}),
             "task_peak_xi": numbers({f"{t['task']}{s}": t["peak"][k] for t in tasks
                                      for k, s in (("xi", ""), ("low", "_low"), ("high", "_high"))}),
-            "universality": {k: int(v) for k, v in u.items()}}
+            "universality": {k: int(v) for k, v in u.items() if v is not None}}
 
 
 def markdown(tasks: list[dict], u: dict, sweep_png: str, h_png: str) -> str:
     lines = ["# Across tasks: one xi or one H?", "", verdict(tasks, u), "",
              "| task | E[T] | peak xi | interval | peak H | interval |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | [{t['peak']['low']:g}, "
-              f"{t['peak']['high']:g}] | {t['peak_H']['H']} | [{t['peak_H']['low']}, "
+    lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | [{t['peak']['low']}, "
+              f"{t['peak']['high']}] | {t['peak_H']['H']} | [{t['peak_H']['low']}, "
               f"{t['peak_H']['high']}] |" for t in tasks]
     lines += ["", f"![efficiency against xi, every task]({sweep_png})", "",
               f"![efficiency against H, every task]({h_png})", ""]
