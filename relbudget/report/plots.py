@@ -106,7 +106,7 @@ def predicted(curve: pd.DataFrame, peak: dict, path: str | Path) -> None:
     """Measured efficiency against xi (log) with the curves predicted before training, each
     normalised to its own maximum; the measured peak's interval shaded."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    if peak["high"] > peak["low"]:
+    if peak["high"] is not None and peak["low"] is not None and peak["high"] > peak["low"]:
         ax.axvspan(peak["low"], peak["high"], color="tab:green", alpha=0.08,
                    label=f"measured peak interval [{peak['low']:g}, {peak['high']:g}]")
     for col, style, label in (("measured", "o-", "measured (sweep mean over seeds)"),
@@ -199,7 +199,8 @@ def tasks_efficiency(tasks: list[dict], x: str, path: str | Path) -> None:
         line, = ax.plot(rows[x], rows["gain_per_100k"], marker="o",
                         label=f"{t['task']} (E[T] {t['E_T']:.1f})")
         peak = t["peak"] if x == "xi" else t["peak_H"]
-        ax.axvspan(peak["low"], peak["high"], color=line.get_color(), alpha=0.08)
+        if peak["low"] is not None and peak["high"] is not None:  # no interval: nothing shaded
+            ax.axvspan(peak["low"], peak["high"], color=line.get_color(), alpha=0.08)
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
