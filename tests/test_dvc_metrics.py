@@ -169,6 +169,12 @@ def write_report_inputs(params) -> None:
     Path(p.xi).mkdir(parents=True, exist_ok=True)
     summary = {"E_T": 45.0312, "E_T_ci": [42.1, 48.1], "unsolved_share": 0.0, "n_prompts": 8,
                "n_attempts": 32, "max_tokens": 24, "gamma": None}
+    # the predicted curve on the sweep's grid, as the xi stage writes it (relbudget.measure.predict)
+    curve = [{"xi": x, "H": round(45 * x), "p_informative": 0.5, "tokens": 20.0,
+              "predicted": 1.0 / (1 + abs(x - 1)), "static": 1.0 / (1 + x)}
+             for x in params.sweep.xi]
+    summary["predicted"] = {"E_T": 45.0312, "best_xi": 1.0, "static_best_xi": min(params.sweep.xi),
+                            "prediction_tokens": 640, "curve": curve}
     Path(p.xi_summary).write_text(json.dumps(summary))
     budgets = {name: {"target_xi": t, "H": round(45 * t), "xi": round(45 * t) / 45.0312,
                       "E_T": 45.0312, "regime": "balanced"}

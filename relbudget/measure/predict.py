@@ -111,5 +111,7 @@ def score(predicted: Iterable[float], measured: Iterable[float], predicted_best_
                          "same xi grid of at least 2 points")
     low, high = interval
     return {"spearman": float(stats.spearmanr(pred, meas).statistic),
-            "peak_inside": bool(low <= predicted_best_xi <= high),
+            # None where the measured peak has no interval (too few seeds or xi)
+            "peak_inside": None if low is None or high is None
+            else bool(low <= predicted_best_xi <= high),
             "mae_normalised": float(np.mean(np.abs(pred / pred.max() - meas / meas.max())))}
