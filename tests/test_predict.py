@@ -16,6 +16,7 @@ from scipy import special
 from relbudget.cli import main
 from relbudget.core.params import load_params
 from relbudget.measure import predict as pred
+from relbudget.report import prediction
 from stages import xi
 from stages._cli import execute
 from tests.helpers import pretrained
@@ -97,6 +98,19 @@ def test_score_of_a_perfect_and_of_an_inverted_prediction():
     assert flipped["spearman"] == pytest.approx(-1.0) and not flipped["peak_inside"]
     with pytest.raises(ValueError, match="same xi grid"):
         pred.score([1.0], [1.0, 2.0], 1.0, (0.5, 1.0))
+
+
+def test_score_withholds_what_one_xi_or_no_interval_cannot_say():
+    # a smoke sweep at one xi with one seed: no rank correlation, no interval, so no verdict
+    one = pred.score([1.0], [0.3], 1.0, (None, None))
+    assert one == {"spearman": None, "peak_inside": None, "mae_normalised": pytest.approx(0.0)}
+    lines = "\n".join(prediction.markdown(
+        {"curve": [{"xi": 1.0, "H": 45, "measured": 1.0, "predicted": 1.0, "static": 1.0}],
+         "predictor": one, "static": one, "predicted_peak_xi": 1.0, "static_peak_xi": 1.0,
+         "prediction_tokens": 10, "sweep_tokens": 100, "cost_share": 0.1},
+        {"xi": 1.0, "low": None, "high": None}))
+    assert "| Spearman over the grid | n/a | n/a |" in lines
+    assert "no interval (too few seeds or xi)" in lines and "1 (no verdict)" in lines
 
 
 def test_a_table_without_a_correct_answer_is_refused():

@@ -217,3 +217,15 @@ def test_a_peak_that_holds_under_every_choice_is_said_to():
     assert ("Under all 2 choices: the xi range [1, 1] lies in the interval of every horizon; the "
             "peak is below the paper's band [1.5, 2]." in sentence)
     assert "Not under all" not in sentence
+
+
+def test_one_seed_per_xi_gives_peaks_without_intervals_and_no_range_claim():
+    cells = [c for c in choice_cells({0.5: (0.70, 0.80), 1.0: (0.65, 0.85), 2.0: (0.60, 0.95)})
+             if c[0]["seed"] == 0]
+    rows = analysis.robustness(cells, BASE_AT, E_T_within=20.0)
+    assert {(r["h_eval"], r["reading"]): (r["peak_xi"], r["low"], r["high"]) for r in rows} == {
+        ("H_eval", "restart"): (0.5, None, None), ("x3", "restart"): (2.0, None, None),
+        ("H_eval", "within"): (1.0, None, None), ("x3", "within"): (4.0, None, None)}
+    assert "No xi range is claimed" in render.robustness_sentence(rows, (1.5, 2.0))
+    assert "| x3 | 120 | 2 [no interval] | 4 [no interval] |" in render.robustness_section(
+        rows, (1.5, 2.0))

@@ -106,11 +106,13 @@ def score(predicted: Iterable[float], measured: Iterable[float], predicted_best_
     absolute error of the two curves each divided by its own maximum."""
     pred = np.asarray(list(predicted), dtype=float)
     meas = np.asarray(list(measured), dtype=float)
-    if len(pred) != len(meas) or len(pred) < 2:
+    if len(pred) != len(meas):
         raise ValueError(f"predicted ({len(pred)}) and measured ({len(meas)}) curves need the "
-                         "same xi grid of at least 2 points")
+                         "same xi grid")
     low, high = interval
-    return {"spearman": float(stats.spearmanr(pred, meas).statistic),
+    # a rank correlation needs two points that differ; a one-xi sweep (a smoke run) has none
+    rho = stats.spearmanr(pred, meas).statistic if len(pred) >= 2 else float("nan")
+    return {"spearman": None if np.isnan(rho) else float(rho),
             # None where the measured peak has no interval (too few seeds or xi)
             "peak_inside": None if low is None or high is None
             else bool(low <= predicted_best_xi <= high),

@@ -235,5 +235,6 @@ def robustness(cells: list[tuple[dict, pd.DataFrame]], base_eval: dict,
         if E_T_within:
             H_of = table.groupby("xi")["H"].first()  # the grid xi -> the cell's H
             rows.append({"choice": f"{name} / within", **at, "reading": "within",
-                         **{k: float(H_of[v] / E_T_within) for k, v in ends.items()}})
+                         **{k: None if v is None else float(H_of[v] / E_T_within)
+                            for k, v in ends.items()}})
     return rows

@@ -50,14 +50,16 @@ def markdown(cmp: dict, peak: dict) -> list[str]:
     lines += [f"| {r['xi']:g} | {r['H']} | {r['measured']:+.2f} | {r['predicted']:.2f} | "
               f"{r['static']:.2f} |" for r in cmp["curve"]]
     lines += ["", "| figure | predictor | static baseline | goal |", "|---|---|---|---|"]
-    inside = {True: "inside", False: "outside"}
     p, s = cmp["predictor"], cmp["static"]
-    lines += [f"| Spearman over the grid | {p['spearman']:.2f} | {s['spearman']:.2f} | >= 0.8 |",
-              f"| predicted peak xi vs measured [{peak['low']:g}, {peak['high']:g}] | "
-              f"{cmp['predicted_peak_xi']:g} ({inside[p['peak_inside']]}) | "
-              f"{cmp['static_peak_xi']:g} ({inside[s['peak_inside']]}) | inside |",
-              f"| mean absolute error, normalised curves | {p['mae_normalised']:.2f} | "
-              f"{s['mae_normalised']:.2f} | <= 0.15 |"]
+    interval = ("no interval (too few seeds or xi)" if peak["low"] is None or peak["high"] is None
+                else f"[{peak['low']:g}, {peak['high']:g}]")
+    lines += [f"| Spearman over the grid | {_fig(p['spearman'])} | {_fig(s['spearman'])} | "
+              ">= 0.8 |",
+              f"| predicted peak xi vs measured {interval} | "
+              f"{cmp['predicted_peak_xi']:g} ({_inside(p['peak_inside'])}) | "
+              f"{cmp['static_peak_xi']:g} ({_inside(s['peak_inside'])}) | inside |",
+              f"| mean absolute error, normalised curves | {_fig(p['mae_normalised'])} | "
+              f"{_fig(s['mae_normalised'])} | <= 0.15 |"]
     share = cmp["cost_share"]
     lines += [f"| cost: generated tokens (share of the sweep's {cmp['sweep_tokens']:,}) | "
               f"{cmp['prediction_tokens']:,} ({'n/a' if share is None else f'{share:.1%}'}) | "
@@ -65,3 +67,11 @@ def markdown(cmp: dict, peak: dict) -> list[str]:
               "The cost is what sampling the base rollouts generated; no training run is needed.",
               ""]
     return lines
+
+
+def _fig(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _inside(flag: bool | None) -> str:
+    return {True: "inside", False: "outside", None: "no verdict"}[flag]

@@ -73,12 +73,16 @@ def robustness_sentence(rows: list[dict], band: tuple[float, float]) -> str:
     else:
         first = (f"The peak is xi = {restart[0]['peak_xi']:g} at every evaluation horizon read "
                  f"({', '.join(r['h_eval'] for r in restart)}).")
-    held, not_held = [], []
-    lo, hi = max(r["low"] for r in restart), min(r["high"] for r in restart)
-    if lo <= hi:
-        held.append(f"the xi range [{lo:g}, {hi:g}] lies in the interval of every horizon")
+    held, not_held, unknown = [], [], ""
+    if any(r["low"] is None or r["high"] is None for r in restart):
+        # the report withholds a peak's interval for too few seeds or xi: no range is claimed
+        unknown = " No xi range is claimed: a peak has no interval (too few seeds or xi)."
     else:
-        not_held.append("no xi lies in the interval of every horizon")
+        lo, hi = max(r["low"] for r in restart), min(r["high"] for r in restart)
+        if lo <= hi:
+            held.append(f"the xi range [{lo:g}, {hi:g}] lies in the interval of every horizon")
+        else:
+            not_held.append("no xi lies in the interval of every horizon")
     where = {r["choice"]: _where(r["peak_xi"], band) for r in rows}
     places = [w for w in ("below", "inside", "above") if w in where.values()]
     paper = f"the paper's band [{band[0]:g}, {band[1]:g}]"
@@ -89,7 +93,7 @@ def robustness_sentence(rows: list[dict], band: tuple[float, float]) -> str:
             f"{w}: {', '.join(c for c in where if where[c] == w)}" for w in places) + ")")
     text = (f"{first} Under all {len(rows)} choices: "
             f"{'; '.join(held) or 'none of these conclusions'}.")
-    return text + (f" Not under all: {'; '.join(not_held)}." if not_held else "")
+    return text + (f" Not under all: {'; '.join(not_held)}." if not_held else "") + unknown
 
 
 def robustness_section(rows: list[dict], band: tuple[float, float]) -> list[str]:
@@ -99,7 +103,11 @@ def robustness_section(rows: list[dict], band: tuple[float, float]) -> list[str]
     by = {(r["h_eval"], r["reading"]): r for r in rows}
 
     def cell(r: dict | None) -> str:
-        return "n/a" if r is None else f"{r['peak_xi']:.3g} [{r['low']:.3g}, {r['high']:.3g}]"
+        if r is None:
+            return "n/a"
+        if r["low"] is None or r["high"] is None:
+            return f"{r['peak_xi']:.3g} [no interval]"
+        return f"{r['peak_xi']:.3g} [{r['low']:.3g}, {r['high']:.3g}]"
 
     lines = ["## Peak xi (interval) under each choice", "",
              robustness_sentence(rows, band), "",
