@@ -136,14 +136,22 @@ def context_of(model) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-def policy_context(folder: str | Path, trust_remote_code: bool = False) -> int | None:
-    """The positions the policy saved in `folder` holds, from its config alone."""
-    from transformers import AutoConfig
-
+def _saved_config_ref(folder: str | Path) -> tuple[str | Path, dict]:
+    """Where a saved policy's config and tokenizer are read from, and the keyword that selects the
+    GGUF file when the reference is the packaged SmolLM2."""
     ref = policy_ref(folder)
     if ref == SMOLLM2_GGUF:
-        return None  # base_policy converts it to a folder; a GGUF reference is not sampled
-    cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code)
+        gguf = smollm2_gguf_file()
+        return gguf.parent, {"gguf_file": gguf.name}
+    return ref, {}
+
+
+def policy_context(folder: str | Path, trust_remote_code: bool = False) -> int | None:
+    """The positions the policy saved in `folder` holds, from its config alone (no weights)."""
+    from transformers import AutoConfig
+
+    ref, kw = _saved_config_ref(folder)
+    cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code, **kw)
     return getattr(cfg, "max_position_embeddings", None)
 
 
@@ -275,15 +283,9 @@ def policy_ref(folder: str | Path) -> str:
 def saved_context(folder: str | Path, trust_remote_code: bool = False):
     """(tokenizer, max_position_embeddings or None) of a saved policy, without its weights: what
     a check of prompt + cap against the context needs before any compute."""
-    from transformers import AutoConfig
-
-    ref, kw = policy_ref(folder), {}
-    if ref == SMOLLM2_GGUF:
-        gguf = smollm2_gguf_file()
-        ref, kw = gguf.parent, {"gguf_file": gguf.name}
-    cfg = AutoConfig.from_pretrained(ref, trust_remote_code=trust_remote_code, **kw)
-    return load_tokenizer(ref, trust_remote_code, **kw), getattr(cfg, "max_position_embeddings",
-                                                                 None)
+    ref, kw = _saved_config_ref(folder)
+    return (load_tokenizer(ref, trust_remote_code, **kw),
+            policy_context(folder, trust_remote_code))
 
 
 def load_saved(folder: str | Path, trust_remote_code: bool = False):
