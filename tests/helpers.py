@@ -106,14 +106,15 @@ def no_outside_pipeline(monkeypatch) -> None:
 # ---------------------------------------------------------------- a tiny policy, training
 
 
-def pretrained(folder, after_answer: str = ""):
+def pretrained(folder, after_answer: str = "", steps: int = 200):
     """A tiny policy pre-trained on one-digit sums (about 3 s), saved in HF format in folder;
-    `after_answer` is text it learns to write after its answer, before EOS."""
+    `after_answer` is text it learns to write after its answer, before EOS (a longer text needs
+    more `steps` to keep the answers right)."""
     from relbudget.measure.task import trace_corpus
     from relbudget.testing import tiny_policy
 
     corpus = [(q, c + after_answer, eos) for q, c, eos in trace_corpus(60, [1], 2, seed=0)]
-    return tiny_policy(folder, corpus)
+    return tiny_policy(folder, corpus, steps=steps)
 
 
 def killed_at_step_3(monkeypatch, model, tok, prompts, t, H, work) -> None:

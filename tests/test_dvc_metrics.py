@@ -282,6 +282,8 @@ def sh(*cmd: str, cwd: Path) -> str:
 def set_token_budget(repo: Path, value: int) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["sweep"]["token_budget"] = value
+    # the arms are evaluated below their budget (the sweep's): drop the points a smaller one cuts
+    params["arms"]["eval_at"] = [t for t in params["arms"]["eval_at"] if t < value]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -149,8 +149,9 @@ def test_peak_when_every_resample_agrees(n_resamples):
 
 
 def test_peak_ties_go_to_the_smaller_xi_and_non_finite_values_are_skipped():
-    t = _table({0.5: [math.nan], 1.0: [0.4, 0.2], 2.0: [0.3, 0.3], 4.0: [math.inf, 0.1]})
-    t.loc[t["xi"] == 4.0, "gain_per_100k"] = [math.nan, 0.1]
+    # xi 4 keeps two finite seeds (0.1, 0.0) besides a NaN, so the interval is not withheld
+    t = _table({0.5: [math.nan], 1.0: [0.4, 0.2], 2.0: [0.3, 0.3], 4.0: [math.inf, 0.1, 0.0]})
+    t.loc[t["xi"] == 4.0, "gain_per_100k"] = [math.nan, 0.1, 0.0]
     peak = analysis.peak_xi(t, n_resamples=200)
     assert peak["xi"] == 1.0  # 1.0 and 2.0 both mean 0.3
     assert peak["low"] == 1.0 and peak["high"] == 2.0
@@ -163,7 +164,8 @@ def test_peak_ties_go_to_the_smaller_xi_and_non_finite_values_are_skipped():
 
 
 def test_peak_interval_quantiles_are_grid_values():
-    t = _table({1.0: [0.0, 1.0], 2.0: [0.5, 0.5]})
+    # xi 4 never wins; it is there because an interval needs three xi values
+    t = _table({1.0: [0.0, 1.0], 2.0: [0.5, 0.5], 4.0: [-1.0, -1.0]})
     # xi 1 resamples: 0 (1/4), 0.5 (1/2, a tie -> 1.0), 1 (1/4): xi 2 wins a quarter of them
     peak = analysis.peak_xi(t, n_resamples=4000, level=0.6)
     assert peak["xi"] == 1.0 and peak["share_at_peak"] == pytest.approx(0.75, abs=0.03)
@@ -171,7 +173,7 @@ def test_peak_interval_quantiles_are_grid_values():
     narrow = analysis.peak_xi(t, n_resamples=4000, level=0.4)
     assert (narrow["low"], narrow["high"]) == (1.0, 1.0)  # 30% and 70%: both xi 1
     # xi 2 at 0.6 beats xi 1's resamples 0 and 0.5 (3/4 of them): the 30% quantile is xi 2
-    flip = _table({1.0: [0.0, 1.0], 2.0: [0.6, 0.6]})
+    flip = _table({1.0: [0.0, 1.0], 2.0: [0.6, 0.6], 4.0: [-1.0, -1.0]})
     assert analysis.peak_xi(flip, n_resamples=4000, level=0.4)["low"] == 2.0
     # two resamples that disagree: the ends are grid values, not interpolated between them
     two = analysis.peak_xi(flip, n_resamples=2)

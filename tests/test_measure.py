@@ -40,7 +40,7 @@ def test_measure_end_to_end(policy_dir, jsonl, tmp_path, capsys):
     assert main(_argv(policy_dir, jsonl, out)) == 0
     text = capsys.readouterr().out
     table = read_table(out, ROLLOUTS)
-    assert table["prompt_id"].nunique() == 8 and len(table) == 32  # 9 rows, 1 carved out
+    assert table["prompt_id"].nunique() == 9 and len(table) == 36  # every row, 4 attempts each
     assert (table["max_tokens"] == 40).all() and table["first_correct_token"].notna().any()
     assert not (tmp_path / ".rollouts.chunks").exists()
     m = re.search(r"^GRPOConfig\(max_completion_length=(\d+)\)$", text, re.M)
