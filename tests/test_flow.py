@@ -285,17 +285,21 @@ def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
     assert {s for lb, s in summary["states"].items() if lb not in rerun} == {"Cached"}
 
     # back to the original params: their cached results exist, but the outputs on disk now come
-    # from the changed params, so exactly the same tasks execute again (but check_params: its mark on
-    # disk is the same bytes under any valid params)
+    # from the changed params, so exactly the same tasks execute again (check_params too: its mark
+    # was last written under the changed params' key; it costs a second)
     state, summary = run_flow()
-    assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun - {"check_params"}, \
+    assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, \
         summary["states"]
 
 
 def test_failing_stage_fails_the_flow_and_its_mlflow_run(project, harness):
-    # an invalid input: a base model that does not exist; base_policy records the reference,
-    # sample_t fails to load it (an OSError, so retried once)
-    write_params(project, "broken.yaml", base_policy={"model": "/nonexistent/model"})
+    # an invalid input that passes base_policy's check (a folder with a weights file) but not a
+    # load: base_policy records the reference, sample_t fails to read the folder (transformers'
+    # OSError, which may be the file system: retried once)
+    broken = project / "broken-model"
+    broken.mkdir(exist_ok=True)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    write_params(project, "broken.yaml", base_policy={"model": str(broken)})
     state, _ = run_flow(params_file="broken.yaml", out_root="runs/broken")
     assert state.is_failed()
     assert "stage sample_t failed: OSError" in state.message
@@ -303,6 +307,17 @@ def test_failing_stage_fails_the_flow_and_its_mlflow_run(project, harness):
     failed = stage_runs(project, "sample_t", state)
     assert [r.info.status for r in failed] == ["FAILED", "FAILED"]  # first try and one retry
     assert "OSError" in failed[-1].data.tags["error"]
+
+
+def test_a_model_that_does_not_exist_fails_base_policy_once(project, harness):
+    # a wrong input, not the environment: one line from base_policy, no retry, nothing after it
+    write_params(project, "missing.yaml", base_policy={"model": "/nonexistent/model"})
+    state, _ = run_flow(params_file="missing.yaml", out_root="runs/missing")
+    assert state.is_failed()
+    assert "stage base_policy failed: ModelError: base_policy.model '/nonexistent/model'" \
+        in state.message
+    assert "not run: sample_t" in state.message
+    assert [r.info.status for r in stage_runs(project, "base_policy", state)] == ["FAILED"]
 
 
 def test_timeout_fails_the_task_and_names_the_stage(project, harness):
