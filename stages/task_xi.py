@@ -1,5 +1,6 @@
 """task_xi@TASK: one task's E[T] (with its bootstrap interval) from its base rollouts, and the
-base policy evaluated on the task's eval prompts at the task's H_eval.
+base policy evaluated on the task's eval prompts at the task's H_eval; and the task's learning
+efficiency predicted over the sweep's grid before any training (summary key `predicted`).
 
     python -m stages.task_xi TASK
 
@@ -17,11 +18,13 @@ from relbudget.core.io import output_set, write_json
 from relbudget.core.schemas import ROLLOUTS, PROMPTS, read_table, write_table
 from relbudget.core.tracking import log_metrics
 from relbudget.measure import estimators as est
+from relbudget.measure import predict as pred
 from relbudget.measure.evaluation import evaluate_policy
 
 log = logging.getLogger("relbudget.task_xi")
 SECTIONS = ["tasks.family.{task}", "tasks.h_eval_xi", "xi", "evaluate", "sampling.backend",
-            "base_policy.trust_remote_code", "base_policy.chat_template", "paths"]
+            "base_policy.trust_remote_code", "base_policy.chat_template", "sweep.xi",
+            "train.num_generations", "train.prompts_per_step", "paths"]
 
 
 def run(params, task: str) -> dict:
@@ -35,6 +38,10 @@ def run(params, task: str) -> dict:
                          "E[T]; make the task easier (fewer levels or carries)")
     h_eval = est.horizon_for(params.tasks.h_eval_xi, summary["E_T"])
     summary = {"task": task, "H_eval": h_eval, **summary}
+    # the task's efficiency predicted over the sweep's grid from its base rollouts alone, as the
+    # xi stage does for the study: tasks_report lays it over the task's measured sweep
+    summary["predicted"] = est.to_json_safe(pred.predict(
+        df, params.sweep.xi, params.train.num_generations, params.train.prompts_per_step))
     prompts = read_table(p.prompts("eval"), PROMPTS)
     table, base = evaluate_policy(p.base_model, prompts, {"H_eval": h_eval}, tp.evaluate,
                                   tp.base_policy, tp.sampling.backend, "base")

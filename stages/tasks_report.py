@@ -28,7 +28,8 @@ def run(params, _name: str) -> dict:
     for name in params.tasks.family:
         inp = T.load_task(p.task(name), params.sweep)
         table = analysis.sweep_table(inp["cells"], inp["base_eval"])
-        results.append(T.task_result(name, inp["summary"]["E_T"], table))
+        results.append(T.task_result(name, inp["summary"]["E_T"], table,
+                                     inp["summary"].get("predicted")))
     u = T.universality(results)
     pngs = [p.tasks_plot(n) for n in TASKS_PLOTS]
     with output_set():  # the cross-task files replaced together, or none

@@ -105,6 +105,26 @@ def test_peaks_at_one_H_align_in_H_not_in_xi():
     assert h["task_peak_xi"]["easy"] == 4.0 and h["task_E_T"]["hard"] == 40.0
 
 
+def test_a_tasks_prediction_is_scored_against_its_own_sweep():
+    # predicted before training: the peak at xi 1, the curve a tent over log2 xi, like the sweep
+    E_T, grid = 10.0, [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    table = sweep(E_T, lambda xi, H: np.log2(xi)).assign(generated_tokens=1000)
+    predicted = {"best_xi": 1.0, "static_best_xi": 0.5, "prediction_tokens": 900,
+                 "curve": [{"xi": x, "H": max(1, round(x * E_T)),
+                            "predicted": 1.0 - abs(np.log2(x)) / 3, "static": 1.0}
+                           for x in grid]}
+    t = T.task_result("easy", E_T, table, predicted)
+    assert t["predicted_peak_xi"] == 1.0 and t["peak_inside"] is True
+    assert t["spearman"] == pytest.approx(1.0)  # the same order over the grid
+    assert (t["prediction_tokens"], t["sweep_tokens"]) == (900, 18 * 1000)
+    assert [r["predicted"] for r in t["sweep"]] == [c["predicted"] for c in predicted["curve"]]
+    md = "\n".join(T.prediction_table([t]))
+    assert "| easy | 1 (inside) | 1 [1.0, 1.0] | 1.00 |" in md and "900 (5.0%)" in md
+    # a task_xi output from before the prediction: the keys are there, empty
+    old = T.task_result("easy", E_T, table)
+    assert all(old[k] is None for k in T.PREDICTION_KEYS) and T.prediction_table([old]) == []
+
+
 def test_overlapping_intervals_share_a_value():
     assert T.common([(0.5, 1.0), (1.0, 2.0)]) and not T.common([(0.5, 1.0), (1.75, 2.0)])
 

@@ -110,8 +110,10 @@ def score(predicted: Iterable[float], measured: Iterable[float], predicted_best_
         raise ValueError(f"predicted ({len(pred)}) and measured ({len(meas)}) curves need the "
                          "same xi grid")
     low, high = interval
-    # a rank correlation needs two points that differ; a one-xi sweep (a smoke run) has none
-    rho = stats.spearmanr(pred, meas).statistic if len(pred) >= 2 else float("nan")
+    # a rank correlation needs two points that differ on both curves; a one-xi sweep (a smoke
+    # run) or a flat curve has none
+    defined = len(pred) >= 2 and np.ptp(pred) > 0 and np.ptp(meas) > 0
+    rho = stats.spearmanr(pred, meas).statistic if defined else float("nan")
     return {"spearman": None if np.isnan(rho) else float(rho),
             # None where the measured peak has no interval (too few seeds or xi)
             "peak_inside": None if low is None or high is None

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from relbudget.measure.estimators import horizon_for
-from relbudget.report import analysis
+from relbudget.report import analysis, prediction
 from relbudget.report.headline import numbers
 
 
@@ -29,18 +29,33 @@ def load_task(paths, sweep) -> dict:
             "cells": analysis.load_cells(paths, sweep)}
 
 
-def task_result(name: str, E_T: float, table: pd.DataFrame) -> dict:
+PREDICTION_KEYS = ("predicted_peak_xi", "spearman", "mae_normalised", "peak_inside",
+                   "prediction_tokens", "sweep_tokens")
+
+
+def task_result(name: str, E_T: float, table: pd.DataFrame, predicted: dict | None = None) -> dict:
     """A task's row of metrics.json from its sweep table (one row per cell: xi, seed, H,
-    gain_per_100k): the mean over seeds per xi and the peak with its interval, in xi and H."""
+    gain_per_100k, and generated_tokens when a prediction is scored): the mean over seeds per
+    xi and the peak with its interval, in xi and H; with the task's `predicted` (its xi summary's,
+    relbudget.measure.predict), the prediction made before training scored against the sweep
+    (relbudget.report.prediction) and each xi's predicted value beside the measured gain."""
     agg = analysis.by_xi(table)
     peak = analysis.peak_xi(table)
-    return {"task": name, "E_T": E_T,
-            "peak": {k: peak[k] for k in ("xi", "low", "high")},
-            # None where the peak gives no interval (too few seeds or xi, cells not compute-matched)
-            "peak_H": {h: None if peak[k] is None else horizon_for(peak[k], E_T)
-                       for h, k in (("H", "xi"), ("low", "low"), ("high", "high"))},
-            "sweep": [{"xi": float(r.xi), "H": int(r.H), "gain_per_100k": float(r.gain_per_100k)}
-                      for r in agg.itertuples(index=False)]}
+    row = {"task": name, "E_T": E_T,
+           "peak": {k: peak[k] for k in ("xi", "low", "high")},
+           # None where the peak gives no interval (too few seeds or xi, cells not compute-matched)
+           "peak_H": {h: None if peak[k] is None else horizon_for(peak[k], E_T)
+                      for h, k in (("H", "xi"), ("low", "low"), ("high", "high"))},
+           "sweep": [{"xi": float(r.xi), "H": int(r.H), "gain_per_100k": float(r.gain_per_100k)}
+                     for r in agg.itertuples(index=False)]}
+    if predicted is None:  # a task_xi output from before the prediction: scored as missing
+        return {**row, **dict.fromkeys(PREDICTION_KEYS)}
+    cmp = prediction.compare(predicted, agg, peak, int(table["generated_tokens"].sum()))
+    for r, c in zip(row["sweep"], cmp["curve"]):
+        r["predicted"] = c["predicted"]
+    return {**row, "predicted_peak_xi": cmp["predicted_peak_xi"],
+            **{k: cmp["predictor"][k] for k in ("spearman", "mae_normalised", "peak_inside")},
+            "prediction_tokens": cmp["prediction_tokens"], "sweep_tokens": cmp["sweep_tokens"]}
 
 
 def common(intervals: list[tuple[float, float]]) -> bool | None:
@@ -89,6 +104,35 @@ def markdown(tasks: list[dict], u: dict, sweep_png: str, h_png: str) -> str:
     lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | [{t['peak']['low']}, "
               f"{t['peak']['high']}] | {t['peak_H']['H']} | [{t['peak_H']['low']}, "
               f"{t['peak_H']['high']}] |" for t in tasks]
+    lines += prediction_table(tasks)
     lines += ["", f"![efficiency against xi, every task]({sweep_png})", "",
               f"![efficiency against H, every task]({h_png})", ""]
     return "\n".join(lines)
+
+
+def prediction_table(tasks: list[dict]) -> list[str]:
+    """Per task, the peak predicted from its base rollouts before training against the measured
+    one, with the figures that judge the prediction (goals: inside, >= 0.8, <= 0.15, <= 10%)."""
+    if all(t.get("predicted_peak_xi") is None for t in tasks):
+        return []
+    lines = ["", "Predicted before training (from each task's base rollouts alone) against the "
+             "measured sweep (goals: inside the interval, Spearman >= 0.8, normalised MAE <= 0.15, "
+             "cost <= 10% of the sweep's tokens):", "",
+             "| task | predicted peak xi | measured peak xi [interval] | Spearman | normalised MAE "
+             "| cost in tokens (share of the task's sweep) |", "|---|---|---|---|---|---|"]
+    for t in tasks:
+        if t.get("predicted_peak_xi") is None:
+            lines.append(f"| {t['task']} | n/a | | | | |")
+            continue
+        share = t["prediction_tokens"] / t["sweep_tokens"] if t["sweep_tokens"] else None
+        inside = {True: "inside", False: "outside", None: "no verdict"}[t["peak_inside"]]
+        lines.append(
+            f"| {t['task']} | {t['predicted_peak_xi']:g} ({inside}) | {t['peak']['xi']:g} "
+            f"[{t['peak']['low']}, {t['peak']['high']}] | {_fig(t['spearman'])} | "
+            f"{_fig(t['mae_normalised'])} | {t['prediction_tokens']:,} "
+            f"({'n/a' if share is None else f'{share:.1%}'}) |")
+    return lines
+
+
+def _fig(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
