@@ -15,7 +15,8 @@ Both UIs are JavaScript single-page apps, so each page is loaded in headless Chr
 read the page's visible text. Every page is also saved as a screenshot (1400 pixels wide) in
 the module's temporary folder (`screenshots0/`); a failing check names its screenshot, and each
 test prints all of them.
-The module skips where no `chromium` (or `chromium-browser`) is on PATH.
+The module skips where no `chromium` (or `chromium-browser`) is on PATH, and fails there instead
+when RELBUDGET_REQUIRE_BROWSER=1 (.ci/run sets it: CI must run these tests).
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ class Stack:
 def browser(tmp_path_factory) -> Browser:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
-        pytest.skip("headless Chromium not found: neither `chromium` nor `chromium-browser` is on "
-                    "PATH (Debian: apt-get install chromium)")
+        why = ("headless Chromium not found: neither `chromium` nor `chromium-browser` is on PATH "
+               "(Debian: apt-get install chromium)")
+        if os.environ.get("RELBUDGET_REQUIRE_BROWSER") == "1":  # CI: a skip here is a failure
+            pytest.fail(why)
+        pytest.skip(why)
     return Browser(exe, tmp_path_factory.mktemp("screenshots"))
 
 
