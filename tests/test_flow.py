@@ -294,25 +294,33 @@ def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
 
 def test_failing_stage_fails_the_flow_and_its_mlflow_run(project, harness):
     # an invalid input that passes base_policy's check (a folder with a weights file) but not a
-    # load: base_policy records the reference, sample_t fails to read the folder (transformers'
-    # OSError, which may be the file system: retried once)
+    # load: base_policy records the reference, sample_t fails to read the folder (no tokenizer:
+    # transformers' ValueError, a wrong input, so not retried) and nothing after it runs
     broken = project / "broken-model"
     broken.mkdir(exist_ok=True)
     (broken / "model.safetensors").write_bytes(b"not weights")
     write_params(project, "broken.yaml", base_policy={"model": str(broken)})
     state, _ = run_flow(params_file="broken.yaml", out_root="runs/broken")
     assert state.is_failed()
-    assert "stage sample_t failed: OSError" in state.message
+    assert "stage sample_t failed: ValueError" in state.message
     assert "not run: xi" in state.message
     failed = stage_runs(project, "sample_t", state)
-    assert [r.info.status for r in failed] == ["FAILED", "FAILED"]  # first try and one retry
-    assert "OSError" in failed[-1].data.tags["error"]
+    assert [r.info.status for r in failed] == ["FAILED"]  # one try: the input is wrong
+    assert "ValueError" in failed[-1].data.tags["error"]
+
+
+def test_what_the_flow_retries():
+    # the environment (I/O, a timeout, memory, an engine error) is retried; wrong inputs are not
+    assert all(fp.is_transient(e) for e in (OSError("disk"), TimeoutError(), MemoryError(),
+                                            RuntimeError("engine"), ConnectionError()))
+    assert not any(fp.is_transient(e) for e in (ValueError(), FileNotFoundError(),
+                                                PermissionError(), KeyError("x")))
 
 
 def test_a_model_that_does_not_exist_fails_base_policy_once(project, harness):
     # a wrong input, not the environment: one line from base_policy, no retry, nothing after it
-    write_params(project, "missing.yaml", base_policy={"model": "/nonexistent/model"})
-    state, _ = run_flow(params_file="missing.yaml", out_root="runs/missing")
+    write_params(project, "no-model.yaml", base_policy={"model": "/nonexistent/model"})
+    state, _ = run_flow(params_file="no-model.yaml", out_root="runs/no-model")
     assert state.is_failed()
     assert "stage base_policy failed: ModelError: base_policy.model '/nonexistent/model'" \
         in state.message

@@ -118,4 +118,6 @@ def score(predicted: Iterable[float], measured: Iterable[float], predicted_best_
             # None where the measured peak has no interval (too few seeds or xi)
             "peak_inside": None if low is None or high is None
             else bool(low <= predicted_best_xi <= high),
-            "mae_normalised": float(np.mean(np.abs(pred / pred.max() - meas / meas.max())))}
+            # None where a curve has no positive maximum to divide by (nothing learned)
+            "mae_normalised": None if pred.max() <= 0 or meas.max() <= 0
+            else float(np.mean(np.abs(pred / pred.max() - meas / meas.max())))}
