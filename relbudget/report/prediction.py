@@ -53,13 +53,13 @@ def markdown(cmp: dict, peak: dict) -> list[str]:
     p, s = cmp["predictor"], cmp["static"]
     interval = ("no interval (too few seeds or xi)" if peak["low"] is None or peak["high"] is None
                 else f"[{peak['low']:g}, {peak['high']:g}]")
-    lines += [f"| Spearman over the grid | {_fig(p['spearman'])} | {_fig(s['spearman'])} | "
+    lines += [f"| Spearman over the grid | {figure(p['spearman'])} | {figure(s['spearman'])} | "
               ">= 0.8 |",
               f"| predicted peak xi vs measured {interval} | "
-              f"{cmp['predicted_peak_xi']:g} ({_inside(p['peak_inside'])}) | "
-              f"{cmp['static_peak_xi']:g} ({_inside(s['peak_inside'])}) | inside |",
-              f"| mean absolute error, normalised curves | {_fig(p['mae_normalised'])} | "
-              f"{_fig(s['mae_normalised'])} | <= 0.15 |"]
+              f"{cmp['predicted_peak_xi']:g} ({inside_word(p['peak_inside'])}) | "
+              f"{cmp['static_peak_xi']:g} ({inside_word(s['peak_inside'])}) | inside |",
+              f"| mean absolute error, normalised curves | {figure(p['mae_normalised'])} | "
+              f"{figure(s['mae_normalised'])} | <= 0.15 |"]
     share = cmp["cost_share"]
     lines += [f"| cost: generated tokens (share of the sweep's {cmp['sweep_tokens']:,}) | "
               f"{cmp['prediction_tokens']:,} ({'n/a' if share is None else f'{share:.1%}'}) | "
@@ -69,9 +69,11 @@ def markdown(cmp: dict, peak: dict) -> list[str]:
     return lines
 
 
-def _fig(x: float | None) -> str:
+def figure(x: float | None) -> str:
+    """A figure to two decimals, or n/a where it is withheld."""
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _inside(flag: bool | None) -> str:
+def inside_word(flag: bool | None) -> str:
+    """inside / outside the measured interval, or no verdict where it has none."""
     return {True: "inside", False: "outside", None: "no verdict"}[flag]

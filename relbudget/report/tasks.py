@@ -125,14 +125,11 @@ def prediction_table(tasks: list[dict]) -> list[str]:
             lines.append(f"| {t['task']} | n/a | | | | |")
             continue
         share = t["prediction_tokens"] / t["sweep_tokens"] if t["sweep_tokens"] else None
-        inside = {True: "inside", False: "outside", None: "no verdict"}[t["peak_inside"]]
         lines.append(
-            f"| {t['task']} | {t['predicted_peak_xi']:g} ({inside}) | {t['peak']['xi']:g} "
-            f"[{t['peak']['low']}, {t['peak']['high']}] | {_fig(t['spearman'])} | "
-            f"{_fig(t['mae_normalised'])} | {t['prediction_tokens']:,} "
+            f"| {t['task']} | {t['predicted_peak_xi']:g} "
+            f"({prediction.inside_word(t['peak_inside'])}) | {t['peak']['xi']:g} "
+            f"[{t['peak']['low']}, {t['peak']['high']}] | {prediction.figure(t['spearman'])} | "
+            f"{prediction.figure(t['mae_normalised'])} | {t['prediction_tokens']:,} "
             f"({'n/a' if share is None else f'{share:.1%}'}) |")
     return lines
 
-
-def _fig(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
