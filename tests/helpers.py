@@ -172,6 +172,19 @@ def sh(*cmd: str, cwd: Path) -> str:
     return out.stdout + out.stderr
 
 
+def ran_stages(log: str) -> set[str]:
+    """The stages a `dvc repro` log says it ran."""
+    return {line.split("'")[1] for line in log.splitlines() if line.startswith("Running stage")}
+
+
+def git_dvc_init(project: Path) -> Path:
+    """`project` made a git + DVC repo (no analytics)."""
+    sh("git", "init", "-q", cwd=project)
+    sh("dvc", "init", "-q", cwd=project)
+    sh("dvc", "config", "core.analytics", "false", cwd=project)
+    return project
+
+
 def stale(repo: Path, *targets: str) -> set[str]:
     """The stages `dvc status` lists as changed (of `targets`, stage names: all when none)."""
     status = sh("dvc", "status", *targets, cwd=repo)
