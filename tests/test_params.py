@@ -37,6 +37,14 @@ BAD = [
     ({"train": {"min_p_informative": 2}}, "train.min_p_informative"),
     ({"base_policy": {"slip_carry": 1.0}}, "base_policy.slip_carry"),
     ({"base_policy": {"continue_rate": 1.5}}, "base_policy.continue_rate"),
+    # YAML booleans are not numbers (pydantic alone would read `steps: true` as 1 step)
+    ({"base_policy": {"steps": True}}, "steps = True: a boolean where a number is expected"),
+    ({"data": {"n_train": False}}, "n_train = False: a boolean"),
+    ({"regimes": {"balanced": True}}, "a boolean where a number is expected"),
+    ({"sweep": {"seeds": [0, True]}}, "a boolean where a number is expected"),
+    # DVC names the cells by the values as written: xi 1 would be folder xi1-s0, seed 0.0 s0.0
+    ({"sweep": {"xi": [0.5, 1]}}, "sweep.xi: write each value as a decimal (1.0, not 1), got 1"),
+    ({"sweep": {"seeds": [0.0, 1.0]}}, "sweep.seeds: write each value as an integer (0, not 0.0)"),
     ({"base_policy": {"trace_tokens": 100}, "sampling": {"max_tokens": 200}},
      "trace_tokens (100) is below sampling.max_tokens (200)"),
     ({"base_policy": {"trace_tokens": 510, "max_position": 512}}, "must be below base_policy.max_position"),

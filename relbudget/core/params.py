@@ -14,18 +14,47 @@ import json
 import math
 import os
 from pathlib import Path
+import typing
 from typing import Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 
 
 class ParamsError(ValueError):
     """A params file that does not validate; the message names every bad field."""
 
 
+def _takes(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """Whether a field's type is, or holds (list, dict, Optional), one of `kinds`."""
+    return annotation in kinds or any(_takes(a, kinds) for a in typing.get_args(annotation))
+
+
+def _bools_in(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(isinstance(v, bool) for v in value)
+    return isinstance(value, dict) and any(isinstance(v, bool) for v in value.values())
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, data: Any) -> Any:
+        """`steps: true` is a typo, not 1: pydantic would read a YAML boolean as 1 or 0 in a
+        numeric field (found by a hostile probe: `base_policy.steps: true` pre-trained 1 step)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                ann = field.annotation
+                if (name in data and _bools_in(data[name]) and _takes(ann, (int, float))
+                        and not _takes(ann, (bool,))):
+                    raise ValueError(f"{name} = {data[name]!r}: a boolean where a number is "
+                                     "expected (YAML reads true/false/yes/no/on/off as booleans)")
+        return data
 
     @classmethod
     def of_project(cls, **changes: Any) -> "Section":
@@ -419,6 +448,23 @@ class SweepParams(Section):
     token_budget: int = Field(
         gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per cell")
     eval_attempts: int = Field(gt=0, le=4096, description="samples per eval prompt in each cell")
+
+    @field_validator("xi", "seeds", mode="before")
+    @classmethod
+    def _as_dvc_names_them(cls, v: Any, info: ValidationInfo) -> Any:
+        """DVC names each cell by the values as written (`xi${item.xi}-s${item.seed}`), and the
+        code by the parsed values (cell_name): `xi: [1]` would make DVC write data/sweep/xi1-s0
+        while the report read a stale xi1.0-s0, and `seeds: [0.0]` a cell `xi0.5-s0.0` that no
+        stage can parse. So each xi is written as a decimal (1.0) and each seed as an integer."""
+        if isinstance(v, list):
+            want, what = (float, "a decimal (1.0, not 1)") if info.field_name == "xi" else \
+                (int, "an integer (0, not 0.0)")
+            bad = [x for x in v if isinstance(x, (int, float)) and not isinstance(x, bool)
+                   and type(x) is not want]
+            if bad:
+                raise ValueError(f"write each value as {what}, got {bad[0]!r}: DVC names the "
+                                 "cells by the values as written")
+        return v
 
     @field_validator("xi")
     @classmethod
