@@ -209,3 +209,27 @@ def test_load_cells_prefers_the_folder_named_as_the_cell(tmp_path):
     where = re.escape(str(tmp_path / "sw"))
     with pytest.raises(FileNotFoundError, match=f"under {where}: xi5.0-s0, xi4.0-s0; run their"):
         analysis.load_cells(p, missing.sweep)
+
+
+def test_an_empty_cell_history_is_damage_not_a_rate(tmp_path):
+    """Found by a hostile probe: a history.parquet with no row counted as 1 token, and the
+    headline read a gain of 2344 per 100k tokens. The report now refuses the file by name, and
+    a run without tokens has no per-100k rate at all."""
+    from relbudget.core.errors import DataError
+    from relbudget.measure.metrics import efficiency
+
+    params = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
+                          "sweep": {"xi": [1.0], "seeds": [0]}})
+    p = params.paths
+    Path(p.cell_eval("xi1.0-s0")).parent.mkdir(parents=True)
+    Path(p.cell_eval("xi1.0-s0")).write_text(json.dumps(
+        {"xi": 1.0, "seed": 0, "H": 40, "at": {"H_eval": {"accuracy": 0.9}}}))
+    write_table(history([100]).iloc[:0], HISTORY, p.cell_history("xi1.0-s0"))
+    with pytest.raises(DataError, match=r"xi1.0-s0/history.parquet holds no training step; "
+                                        r"rerun .* \(dvc repro sweep@xi1.0-s0\)"):
+        analysis.load_cells(p, params.sweep)
+    base = {"accuracy": 0.5, "E_T": 40.0}
+    assert efficiency({"accuracy": 0.6, "E_T": 30.0}, base, 0) == {
+        "gain": pytest.approx(0.1), "gain_per_100k": None, "E_T_fall_per_100k": None}
+    one = efficiency({"accuracy": 0.6, "E_T": 30.0}, base, 1)  # one token: the rate is defined
+    assert one["gain_per_100k"] == pytest.approx(0.1 * 1e5) and one["E_T_fall_per_100k"] == 1e6

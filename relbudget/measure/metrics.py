@@ -22,9 +22,13 @@ def _num(v: Any) -> float:
 
 
 def efficiency(at: dict, base_at: dict, tokens: int) -> dict:
-    """Gain in accuracy and fall in E[T] at H_eval against the base, per 100k generated tokens."""
-    per = PER / max(int(tokens), 1)
+    """Gain in accuracy and fall in E[T] at H_eval against the base, per 100k generated tokens.
+    A run that generated no token has no rate: its per-100k figures are None (dividing by 1
+    instead once put a gain of 2344 per 100k into the headline, from an empty history)."""
     gain = at["accuracy"] - base_at["accuracy"]
+    if int(tokens) <= 0:
+        return {"gain": gain, "gain_per_100k": None, "E_T_fall_per_100k": None}
+    per = PER / int(tokens)
     fall = _num(base_at.get("E_T")) - _num(at.get("E_T"))  # nan where either is infinite
     return {"gain": gain, "gain_per_100k": gain * per,
             "E_T_fall_per_100k": fall * per if math.isfinite(fall) else None}

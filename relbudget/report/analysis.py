@@ -122,7 +122,11 @@ def load_cells(paths, sweep) -> list[tuple[dict, pd.DataFrame]]:
             missing.append(cell_name(xi, seed))
             continue
         folder, ev = found[(xi, seed)]
-        cells.append((ev, read_table(paths.cell_history(folder), HISTORY)))
+        history = read_table(paths.cell_history(folder), HISTORY)
+        if history.empty:  # a cell trains at least one step: an empty history is damage
+            raise DataError(f"{paths.cell_history(folder)} holds no training step; rerun the "
+                            f"stage that writes it (dvc repro sweep@{folder})", [])
+        cells.append((ev, history))
     if missing:
         raise FileNotFoundError(f"sweep cells without results under {root}: {', '.join(missing)}; "
                                 "run their sweep stages first")
