@@ -18,7 +18,7 @@ from relbudget.core.io import (NotWritable, OutputSetError, ProjectBusy, WorkLoc
                                check_inside, check_writable, project_lock, remove_stale_temps)
 from relbudget.core.schemas import TableError
 from relbudget.core.params import (Params, ParamsError, dump_sections, key_sections, load_params,
-                                   params_hash)
+                                   params_hash, parse_arm, parse_cell, parse_task_cell)
 from relbudget.core.tracking import INTERRUPTED, PipelineRun, TrackingError, stage_run
 
 log = logging.getLogger("relbudget")
@@ -26,6 +26,18 @@ log = logging.getLogger("relbudget")
 # the write fails with EFBIG instead of the process dying).
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 REGIME_STAGES = ("train", "evaluate")  # their argument names a regime of params.yaml
+
+
+def _seed(key: str) -> int:
+    if not key.isdigit():
+        raise ValueError(f"{key!r} is not a seed of params sweep.seeds (a non-negative integer)")
+    return int(key)
+
+
+# The key's form, checked before the stage's MLflow run starts (a typo is a ParamsError, not a
+# traceback from inside the run): sweep@xi1.0-s0, arm@controller-s0, fixed_best@0, task cells.
+KEY_FORMS = {"sweep": parse_cell, "arm": parse_arm, "fixed_best": _seed,
+             "task_sweep": parse_task_cell}
 
 
 def setup_logging() -> None:
@@ -47,6 +59,11 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
             and regime not in params.regimes:
         raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: "
                           f"{', '.join(params.regimes)}")
+    if stage in KEY_FORMS and regime is not None:
+        try:
+            KEY_FORMS[stage](regime)
+        except ValueError as err:
+            raise ParamsError(f"{stage}: {err}") from None
     if KILLED.is_set():  # the flow got SIGTERM: no new stage starts
         raise StageKilled("killed by SIGTERM before it started")
     outputs = _outputs(params, stage, regime)
@@ -169,6 +186,13 @@ def main(stage: str, fn: Callable[..., object], sections: list[str], takes_regim
     folders = "its output folders"  # named in a disk-full error once params say where
     try:
         params = load_params(args.params)  # validated before any compute
+        # paths.* are relative to the folder a stage runs in: from data/ with ../params.yaml
+        # (or from another folder) the outputs would land in data/data/ or outside the project
+        here = Path.cwd().resolve()
+        if not Path(args.params).resolve().is_relative_to(here):
+            raise ParamsError(f"{args.params} lies outside {here}: run python -m stages.{stage} "
+                              "from the project folder (its paths are relative to the folder "
+                              "you run from)")
         folders = ", ".join(sorted({str(Path(o).parent) for o in
                                     _outputs(params, stage, getattr(args, "regime", None))}))
         # shared: other stage processes may run beside it, never the flow on these outputs

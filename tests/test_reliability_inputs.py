@@ -413,3 +413,92 @@ def test_the_p_inf_estimator_used_is_named():
     assert est.p_inf_estimator(mixed, 8)[0] == "mixed"
     assert est.plan(many, 1.5, 8)["p_informative_estimator"] == "unbiased"
     assert est.summarize(many, None, 8, n_bootstrap=50)["p_informative_warning"] is None
+
+
+# ---------------------------------------------------------------- found by the round-four probe
+
+
+def test_a_stage_run_from_another_folder_is_refused(xi_project):
+    """Before: `cd data && python -m stages.check_params --params ../params.yaml` wrote the mark
+    to data/data/params_ok.txt (and, from outside the project, mlflow.db and data/ there)."""
+    data = xi_project / "data"
+    r = _stage("check_params", data, "--params", "../params.yaml", env=_env())
+    line = _one_error_line(r)
+    assert "../params.yaml lies outside" in line and "from the project folder" in line
+    assert not (data / "data").exists() and not (data / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("stage,key,needle", [
+    ("sweep", "xi-s0", "sweep: sweep cell 'xi-s0' is not of the form xi<XI>-s<SEED>"),
+    ("sweep", "xi1.0-s0; rm -rf x", "is not of the form"),
+    ("arm", "bandit-s0", "arm: arm run 'bandit-s0' is not of the form ARM-s<SEED>"),
+    ("fixed_best", "zero", "fixed_best: 'zero' is not a seed of params sweep.seeds"),
+])
+def test_a_malformed_stage_key_is_one_line(xi_project, stage, key, needle):
+    """Before: a ValueError traceback from inside the stage's MLflow run."""
+    line = _one_error_line(_stage(stage, xi_project, key, env=_env()))
+    assert needle in line
+
+
+def test_a_fractional_token_count_is_a_schema_failure_not_a_traceback(xi_project, capsys):
+    """Before: `TypeError: cannot safely cast non-equivalent object to int64` (the cast to the
+    nullable int), in `relbudget xi` and the xi stage; a fractional n_tokens was truncated."""
+    from relbudget.cli import main
+
+    table = xi_project / "data" / "rollouts" / "base.parquet"
+    df = pd.read_parquet(table)
+    df["first_correct_token"] = df["first_correct_token"].astype(float) + 0.5
+    df.to_parquet(table, index=False)
+    assert main(["xi", "--rollouts", str(table)]) == 2
+    assert "schema failure(s)" in capsys.readouterr().err
+    r = _stage("xi", xi_project, env=_env())  # the schema's message: its failures, by row
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "error: rollouts table data/rollouts/base.parquet:" in r.stderr
+
+
+def test_a_fifo_as_the_rollout_table_is_refused_not_read(tmp_path, capsys):
+    """Before: `relbudget xi --rollouts FIFO` blocked forever, waiting for a writer."""
+    from relbudget.cli import main
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["xi", "--rollouts", str(fifo)]) == 2
+    assert "is not a regular file; give one parquet file" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_grid_without_any_signal(xi_project, capsys):
+    """Before: every predicted value 0, then "predicted best xi = 0.001"."""
+    from relbudget.cli import main
+
+    table = xi_project / "data" / "rollouts" / "base.parquet"
+    assert main(["plan", "--rollouts", str(table), "--predict", "--xi", "0.001", "--xi", "0.002"]) == 2
+    assert "predicts any learning signal" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["foo://bar", "/tmp/some/mlflow.db"])
+def test_a_tracking_uri_that_is_no_store_names_the_form(xi_project, uri):
+    """Before: `make it writable (chmod u+w, chattr -i)` for a typo in the scheme or a bare path."""
+    line = _one_error_line(_stage("check_params", xi_project, env=_env(MLFLOW_TRACKING_URI=uri)))
+    assert f"MLFLOW_TRACKING_URI={uri!r} is not a store" in line and "sqlite:///" in line
+    assert "chmod" not in line
+
+
+@pytest.mark.parametrize("env,args,needle", [
+    ({"RELBUDGET_MAX_WORKERS": "abc"}, [], "RELBUDGET_MAX_WORKERS must be a positive integer"),
+    ({"RELBUDGET_TASK_RUNNER": "ray"}, [], "unknown task runner 'ray'"),
+    ({}, ["--out-root", "afile"], "--out-root afile is a file"),
+    ({}, ["--out-root", "../escape"], "--out-root ../escape lies outside the project"),
+])
+def test_the_flow_refuses_bad_runner_variables_and_out_roots_before_prefect(project, env, args,
+                                                                           needle):
+    """Before: a traceback at import for the variables (even for --help), FileExistsError for a
+    file, and for a folder outside the project 7 tracebacks with the flow's lock and results
+    written there."""
+    (project / "afile").write_text("x")
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], cwd=project,
+                       env=_env(**env), capture_output=True, text=True, timeout=120)
+    assert needle in _one_error_line(r)
+    assert not (project.parent / "escape").exists()
+    help_ = subprocess.run([sys.executable, "-m", "flows.pipeline", "--help"], cwd=project,
+                           env=_env(**env), capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "Traceback" not in help_.stderr

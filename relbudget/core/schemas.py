@@ -156,11 +156,28 @@ def normalise_rollouts(df: pd.DataFrame) -> pd.DataFrame:
     # caller's frame is untouched without copying a multi-million-row table.
     df = df.copy(deep=False)
     for col in ("attempt", "n_tokens", "max_tokens", "seed"):
-        if col in df and df[col].dtype != "int64" and df[col].notna().all():
+        if col in df and df[col].dtype != "int64" and df[col].notna().all() and _integral(df[col]):
             df[col] = df[col].astype("int64")
-    if "first_correct_token" in df:
+    if "first_correct_token" in df and _integral(df["first_correct_token"]):
         df["first_correct_token"] = pd.array(df["first_correct_token"], dtype="Int64")
+    # a column left as it came (3.5 tokens, text) is the schema's to report, by column and row
     return df
+
+
+def _integral(col: pd.Series) -> bool:
+    """Whether a column's values are whole numbers (so a cast to int loses nothing): a token
+    count of 3.5 is refused by the schema, not truncated to 3 (or a TypeError, found by a
+    hostile probe)."""
+    if pd.api.types.is_integer_dtype(col) or pd.api.types.is_bool_dtype(col):
+        return True
+    values = col.dropna()
+    if not pd.api.types.is_numeric_dtype(values):  # object: Python ints and None, or text
+        try:
+            values = pd.to_numeric(values)
+        except (ValueError, TypeError):
+            return False
+    v = values.to_numpy(dtype=float)
+    return bool(np.all(np.isfinite(v) & (v == np.floor(v))))
 
 
 def write_table(df: pd.DataFrame, schema: pa.DataFrameSchema, path: str | Path) -> pd.DataFrame:
@@ -190,6 +207,8 @@ def read_table(path: str | Path, schema: pa.DataFrameSchema,
         raise FileNotFoundError(f"{schema.name} table not found: {path}")
     if path.is_dir():
         raise TableError(f"{schema.name} table {path} is a directory; give one parquet file")
+    if not path.is_file():  # a FIFO or a device: reading it would block or never end
+        raise TableError(f"{schema.name} table {path} is not a regular file; give one parquet file")
     try:
         df = _read_parquet(path, list(schema.columns) if schema_columns_only else None)
     except (pa_lib.ArrowException, OSError) as err:  # garbage, truncated or not parquet at all

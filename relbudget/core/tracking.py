@@ -133,10 +133,20 @@ def tracking_uri() -> str:
 API_PROBE = f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={EXPERIMENT}"
 
 
+# MLflow's tracking stores: a server, SQLite (the default), other SQL databases, Databricks, and
+# the file store (file://, which MLflow 3 accepts only with MLFLOW_ALLOW_FILE_STORE=true)
+STORE_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "file")
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
     """Fail fast on a tracking server whose /health or API does not answer within `timeout`
     seconds each, instead of hanging in MLflow's retries."""
     parsed = urlparse(uri)
+    if parsed.scheme not in STORE_SCHEMES:  # a typo or a bare path: not a permissions problem
+        raise TrackingError(f"MLFLOW_TRACKING_URI={uri!r} is not a store relbudget can record "
+                            "runs in: give sqlite:///PATH/mlflow.db (a bare path needs the "
+                            "sqlite:/// prefix) or http://HOST:PORT of an MLflow server, or "
+                            "unset it to use the project's mlflow.db")
     if parsed.scheme in ("http", "https"):
         import urllib.error
         import urllib.request

@@ -86,6 +86,9 @@ def predict(df: pd.DataFrame, xis: Iterable[float], group_size: int,
                      "predicted": signal_at(p_inf, prompts_per_step) / per_token,
                      "static": p_inf / c})
     curve = pd.DataFrame(rows)
+    if not curve["predicted"].max() > 0:  # a "best xi" of an all-zero curve would be a guess
+        raise ValueError(f"no xi of {curve['xi'].tolist()} predicts any learning signal (no "
+                         f"informative group at H = {curve['H'].tolist()}); give larger xi values")
     for col in ("predicted", "static"):
         top = curve[col].max()
         curve[col] = curve[col] / top if top > 0 else 0.0
