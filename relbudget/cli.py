@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # one line and 130, as the stages (a measure's chunks are kept)
+        kept = ("; the finished chunks are kept, so the same command resumes"
+                if args.command == "measure" else "")
+        print(f"relbudget {args.command}: error: interrupted by Ctrl-C (SIGINT){kept}",
+              file=sys.stderr)
+        return 128 + signal.SIGINT
     except (ValueError, OSError, DatasetLoadError) as err:
         # ValueError covers TableError (its message lists failing checks and rows), bad numbers,
         # H above the cap and unreadable parquet; OSError a missing or unreadable file.

@@ -117,10 +117,7 @@ def add_parser(sub, plan_printer) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
     def run(args: argparse.Namespace) -> int:
-        for flag, v in (("--attempts", args.attempts), ("--max-tokens", args.max_tokens),
-                        ("--n-prompts", args.n_prompts)):
-            if v < 1:
-                raise ValueError(f"{flag} must be >= 1, got {v}")
+        check_flags(args)  # before the model loads or anything is sampled
         sample(args)
         print(f"rollout table: {args.out}", file=sys.stderr if args.json else sys.stdout)
         args.rollouts = args.out
@@ -128,6 +125,30 @@ def add_parser(sub, plan_printer) -> None:
         return plan_printer(args, extra=_grpo_line)
 
     p.set_defaults(func=run)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Every numeric flag in the bounds params.yaml has for the same knob, and --out a file that
+    can be written, before any compute (a hostile probe found --threads 0 a traceback,
+    --attempts 10^8 growing memory without a check, and a folder --out refused after sampling)."""
+    import math
+
+    from relbudget.core.io import check_writable
+    from relbudget.core.params import MAX_BATCH, MAX_THREADS, MAX_TOKENS, check_xi
+
+    for flag, v, top in (("--attempts", args.attempts, 4096), ("--max-tokens", args.max_tokens,
+                          MAX_TOKENS), ("--n-prompts", args.n_prompts, 10**7),
+                         ("--batch-size", args.batch_size, MAX_BATCH),
+                         ("--chunk-prompts", args.chunk_prompts, 10**7),
+                         ("--threads", args.threads, MAX_THREADS)):
+        if not 1 <= v <= top:
+            raise ValueError(f"{flag} must be in 1..{top}, got {v}")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise ValueError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    check_xi(args.target_xi, "--target-xi")
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} is a folder; give the path of a parquet file")
+    check_writable([args.out])
 
 
 def _grpo_line(out: dict) -> str:

@@ -63,3 +63,72 @@ def test_measure_bad_column_map(policy_dir, jsonl, tmp_path, capsys):
     argv[argv.index("prompt=q,answer=gold")] = "question"
     assert main(argv) == 2
     assert "--column-map" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- found by the round-four probe
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (("--threads", "0"), "--threads must be in 1..1024, got 0"),
+    (("--attempts", "100000000"), "--attempts must be in 1..4096"),
+    (("--batch-size", "0"), "--batch-size must be in 1..65536, got 0"),
+    (("--chunk-prompts", "0"), "--chunk-prompts must be in 1.."),
+    (("--temperature", "nan"), "--temperature must be a finite number > 0"),
+    (("--target-xi", "0"), "--target-xi: target xi must be a finite number"),
+])
+def test_measure_flags_are_checked_before_the_model_loads(tmp_path, capsys, extra, needle):
+    """Before: --threads 0 a traceback, --attempts 10^8 memory growing without a check,
+    --batch-size 0 "range() arg 3 must not be zero" after the model loaded. The model path does
+    not exist: the flags are refused before anything is loaded."""
+    argv = ["measure", "--model", str(tmp_path / "no-model"), "--dataset", str(tmp_path / "x.jsonl"),
+            "--answer-format", "int", "--attempts", "2", "--max-tokens", "8",
+            "--out", str(tmp_path / "r.parquet")]
+    assert main(argv + list(extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"relbudget measure: error: {err.split('error: ', 1)[1]}" and needle in err
+
+
+def test_measure_refuses_a_folder_as_out_before_sampling(policy_dir, jsonl, tmp_path, capsys):
+    """Before: every prompt sampled, then `cannot replace ...: it is a folder`."""
+    (tmp_path / "rollouts").mkdir()
+    assert main(_argv(policy_dir, jsonl, tmp_path / "rollouts")) == 2
+    err = capsys.readouterr().err
+    assert "--out " in err and "is a folder" in err
+    assert not (tmp_path / ".rollouts.chunks").exists()  # nothing sampled
+
+
+def test_ctrl_c_during_measure_is_one_line_and_130(policy_dir, jsonl, tmp_path):
+    """A real SIGINT while it samples (before: a 108-line KeyboardInterrupt traceback, exit 1);
+    the finished chunks stay, so the same command resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "rollouts.parquet"
+    argv = _argv(policy_dir, jsonl, out, "--attempts", "4096", "--chunk-prompts", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "relbudget.cli", *argv], stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    seen = ""
+    while "measure" not in seen:  # its progress bar: sampling has started
+        ch = proc.stderr.read(1)
+        assert ch, seen
+        seen += ch
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, seen + rest
+    assert "Traceback" not in seen + rest
+    assert (seen + rest).rstrip().splitlines()[-1].endswith(
+        "relbudget measure: error: interrupted by Ctrl-C (SIGINT); the finished chunks are "
+        "kept, so the same command resumes")
+    assert not out.exists()
+
+
+def test_a_local_file_leaves_no_copy_in_the_hf_cache(jsonl):
+    """Before: every local CSV/JSONL was copied as Arrow (with lock files) into
+    ~/.cache/huggingface/datasets, outside the project. Now it is read through a temporary cache
+    into memory: the dataset has no cache file."""
+    from relbudget.measure.datasets import _load_local
+
+    ds = _load_local(str(jsonl), "train_split")
+    assert len(ds) == 9 and ds.cache_files == []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,11 @@ def _load_local(path: str, field: str) -> Any:
     if builder != "parquet":
         _check_text(p)
     try:
-        return datasets.load_dataset(builder, data_files=str(p), split="train")
+        # HF datasets would keep an Arrow copy (and lock files) of every local file under
+        # ~/.cache/huggingface, outside the project: a temporary cache, read into memory
+        with tempfile.TemporaryDirectory(prefix="relbudget-hf-") as cache:
+            return datasets.load_dataset(builder, data_files=str(p), split="train",
+                                         cache_dir=cache, keep_in_memory=True)
     except Exception as err:  # noqa: BLE001 - a malformed file: say which one
         raise DataError(f"cannot read {p} as {builder}: {type(err).__name__}: {err}", []) from err
 
