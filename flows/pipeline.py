@@ -267,7 +267,10 @@ def make_task_runner(kind: str | None = None, max_workers: int | None = None) ->
     and an untested runner stays out."""
     kind = kind or os.environ.get("RELBUDGET_TASK_RUNNER") or "threads"
     env_workers = os.environ.get("RELBUDGET_MAX_WORKERS")
-    max_workers = max_workers or (int(env_workers) if env_workers else None)
+    if not max_workers and env_workers:
+        if not env_workers.isdigit() or int(env_workers) < 1:
+            raise ValueError(f"RELBUDGET_MAX_WORKERS must be a positive integer, got {env_workers!r}")
+        max_workers = int(env_workers)
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=max_workers)
     if kind == "processes":
@@ -283,7 +286,29 @@ def make_task_runner(kind: str | None = None, max_workers: int | None = None) ->
         # One thread per worker process: torch's RNG is per process, so stages never share one.
         return DaskTaskRunner(cluster_kwargs={"n_workers": max_workers or 2, "threads_per_worker": 1,
                                               "processes": True})
-    raise ValueError(f"unknown task runner {kind!r}; choose one of {', '.join(RUNNERS)}")
+    raise ValueError(f"unknown task runner {kind!r} (RELBUDGET_TASK_RUNNER or --task-runner); "
+                     f"choose one of {', '.join(RUNNERS)}")
+
+
+def _import_time_runner() -> TaskRunner:
+    """The flow's default runner, from the environment; a bad variable must not break the import
+    (`python -m flows.pipeline --help` included): main() reports it in one line instead."""
+    try:
+        return make_task_runner()
+    except (ValueError, RuntimeError):
+        return ThreadPoolTaskRunner()
+
+
+def check_out_root(out_root: str, params: Params) -> None:
+    """--out-root is a folder (or not there yet) inside the project, before Prefect starts: a file
+    there failed in the project lock, and a folder outside got the flow's lock, results and
+    .gitignore (found by a hostile probe)."""
+    out, here = Path(out_root), Path.cwd().resolve()
+    if out.exists() and not out.is_dir():
+        raise FlowConfigError(f"--out-root {out_root} is a file; give a folder (it is created)")
+    if not params.allow_outside_paths and not out.resolve().is_relative_to(here):
+        raise FlowConfigError(f"--out-root {out_root} lies outside the project {here}; give a "
+                              "folder inside it, or set allow_outside_paths: true in the params")
 
 
 @contextmanager
@@ -423,7 +448,7 @@ def _failure_text(state) -> str:
     return str(exc) if isinstance(exc, BaseException) else (state.message or state.name)
 
 
-@flow(name="relbudget-pipeline", task_runner=make_task_runner(), validate_parameters=True,
+@flow(name="relbudget-pipeline", task_runner=_import_time_runner(), validate_parameters=True,
       description="The stages of dvc.yaml (prepare, base_policy, sample_t, xi, train@REGIME, "
                   "evaluate@REGIME, evaluate_base, sweep@XI-SEED, arm@ARM-SEED, fixed_best@SEED, "
                   "report) with dvc.yaml's DAG, cached per task")
@@ -596,17 +621,21 @@ def main(argv: list[str] | None = None) -> int:
                       timeouts=_timeouts_arg(args.timeout), retries=args.retries,
                       retry_delay_s=args.retry_delay, reproducible=not args.no_reproducible,
                       gpu=args.gpu)
-        # fail fast, before Prefect starts: bad params, flow parameters or dvc.yaml
-        flow_plan(rooted(load_params(args.params), flow_config(**kwargs).out_root))
+        # fail fast, before Prefect starts: bad params, flow parameters, dvc.yaml, runner
+        params = load_params(args.params)
+        check_out_root(flow_config(**kwargs).out_root, params)
+        flow_plan(rooted(params, flow_config(**kwargs).out_root))
+        try:
+            runner = make_task_runner(args.task_runner, args.max_workers)
+        except (ValueError, RuntimeError) as err:  # RELBUDGET_* variables, a missing extra
+            raise FlowConfigError(str(err)) from None
         check_reachable(tracking_uri())  # a damaged mlflow.db: one line here, not in every task
         with exclusive_root(Path(flow_config(**kwargs).out_root)):
             pass  # dvc repro or a stage on these outputs: refused here, before Prefect starts
     except (FlowConfigError, ParamsError, DagError, TrackingError, ProjectBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    flow_ = pipeline
-    if args.task_runner or args.max_workers:
-        flow_ = pipeline.with_options(task_runner=make_task_runner(args.task_runner, args.max_workers))
+    flow_ = pipeline.with_options(task_runner=runner)
     if args.command == "serve":
         flow_.serve(name=args.name, cron=args.cron, parameters=kwargs)
         return 0

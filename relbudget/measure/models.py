@@ -101,6 +101,8 @@ def check_loadable(ref: str) -> None:
                              "them to safetensors where you trust the file (load it and call "
                              "save_pretrained(folder, safe_serialization=True)) and point "
                              "base_policy.model at that folder")
+        if safe and not any(folder.glob("*.gguf")) and not (folder / REFERENCE_FILE).exists():
+            _check_config_and_tokenizer(folder)
         return
     from transformers import AutoConfig
 
@@ -111,6 +113,23 @@ def check_loadable(ref: str) -> None:
                          f"HF hub (or its offline cache) holds ({str(err).splitlines()[0][:200]}); "
                          f"download it where the hub is reachable (hf download {ref} --local-dir "
                          "DIR) and set base_policy.model to DIR") from None
+
+
+def _check_config_and_tokenizer(folder: Path) -> None:
+    """A model folder's config and tokenizer load (no weights: a second at most), so a broken
+    config.json or missing tokenizer files are refused by base_policy in one line, not by
+    sample_t in a traceback after base_policy passed (found by a hostile probe)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    for what, load in (("config", AutoConfig.from_pretrained),
+                       ("tokenizer", AutoTokenizer.from_pretrained)):
+        try:
+            load(str(folder))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ModelError(f"{folder}: its {what} does not load ({first}); point "
+                             "base_policy.model at a folder saved with save_pretrained (model and "
+                             "tokenizer)") from None
 
 
 def check_prompt_room(prompts, tokenizer, H: int, context: int | None, what: str) -> None:
