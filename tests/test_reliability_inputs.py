@@ -502,3 +502,29 @@ def test_the_flow_refuses_bad_runner_variables_and_out_roots_before_prefect(proj
     help_ = subprocess.run([sys.executable, "-m", "flows.pipeline", "--help"], cwd=project,
                            env=_env(**env), capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "Traceback" not in help_.stderr
+
+
+def test_a_model_folder_whose_config_or_tokenizer_does_not_load_is_refused_first(tmp_path):
+    """Before: base_policy passed (exit 0) with a local model folder whose config.json was not
+    JSON, or that had no tokenizer files; sample_t then failed in a 41-95 line traceback."""
+    from relbudget.core.errors import ModelError
+    from relbudget.measure.models import check_loadable
+    from tests.helpers import pretrained
+
+    good = tmp_path / "good"
+    pretrained(good, steps=1)
+    check_loadable(str(good))  # a saved model folder passes
+    bad_config = tmp_path / "bad_config"
+    no_tokenizer = tmp_path / "no_tokenizer"
+    for folder in (bad_config, no_tokenizer):
+        folder.mkdir()
+        for f in good.iterdir():
+            (folder / f.name).write_bytes(f.read_bytes())
+    (bad_config / "config.json").write_text("{not json")
+    for f in no_tokenizer.glob("tokenizer*"):
+        f.unlink()
+    with pytest.raises(ModelError, match=r"bad_config: its config does not load \(.*not a valid "
+                                         r"JSON file.*save_pretrained"):
+        check_loadable(str(bad_config))
+    with pytest.raises(ModelError, match="no_tokenizer: its tokenizer does not load"):
+        check_loadable(str(no_tokenizer))
