@@ -38,6 +38,9 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_report.py::test_cell_row_efficiency_and_xi_t_slope
                    tests/test_report.py::test_mean_and_standard_error_over_seeds
                    tests/test_report.py::test_peak_with_bootstrap_interval_over_seeds) ;;
+        relbudget/measure/predict.py)  # all but its stage test (a pipeline run per mutant)
+            tests=(tests/test_predict.py
+                   --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2
