@@ -139,6 +139,13 @@ def killed_at_step_3(monkeypatch, model, tok, prompts, t, H, work) -> None:
 # ---------------------------------------------------------------- processes and ports
 
 
+def sigint_default() -> None:
+    """preexec_fn for a child that must see Ctrl-C as a terminal sends it: a suite started in
+    the background (`cmd &` in a script, nohup) ignores SIGINT, and children inherit that, so
+    Python would never raise KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:

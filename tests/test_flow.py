@@ -23,7 +23,7 @@ from flows import pipeline as fp
 from flows.dag import DagError, Step
 from relbudget.core.params import Params, arm_name, load_params, merged, params_with
 from relbudget.core.paths import STAGES
-from tests.helpers import flow_params, free_port, stop_group
+from tests.helpers import flow_params, free_port, pretrained, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -293,20 +293,21 @@ def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
 
 
 def test_failing_stage_fails_the_flow_and_its_mlflow_run(project, harness):
-    # an invalid input that passes base_policy's check (a folder with a weights file) but not a
-    # load: base_policy records the reference, sample_t fails to read the folder (no tokenizer:
-    # transformers' ValueError, a wrong input, so not retried) and nothing after it runs
+    # an invalid input that passes base_policy's check (a saved model folder whose config and
+    # tokenizer load) but not a load of its weights (garbage in model.safetensors): base_policy
+    # records the reference, sample_t fails to read the weights (SafetensorError, a wrong input,
+    # so not retried) and nothing after it runs
     broken = project / "broken-model"
-    broken.mkdir(exist_ok=True)
+    pretrained(broken, steps=1)
     (broken / "model.safetensors").write_bytes(b"not weights")
     write_params(project, "broken.yaml", base_policy={"model": str(broken)})
     state, _ = run_flow(params_file="broken.yaml", out_root="runs/broken")
     assert state.is_failed()
-    assert "stage sample_t failed: ValueError" in state.message
+    assert "stage sample_t failed: SafetensorError" in state.message
     assert "not run: xi" in state.message
     failed = stage_runs(project, "sample_t", state)
     assert [r.info.status for r in failed] == ["FAILED"]  # one try: the input is wrong
-    assert "ValueError" in failed[-1].data.tags["error"]
+    assert "SafetensorError" in failed[-1].data.tags["error"]
 
 
 def test_what_the_flow_retries():

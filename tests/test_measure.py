@@ -11,7 +11,7 @@ import pytest
 from relbudget.cli import main
 from relbudget.core.schemas import ROLLOUTS, read_table
 from relbudget.measure.task import builtin_splits
-from tests.helpers import pretrained
+from tests.helpers import pretrained, sigint_default
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,8 @@ def test_ctrl_c_during_measure_is_one_line_and_130(policy_dir, jsonl, tmp_path):
     out = tmp_path / "rollouts.parquet"
     argv = _argv(policy_dir, jsonl, out, "--attempts", "4096", "--chunk-prompts", "1")
     proc = subprocess.Popen([sys.executable, "-m", "relbudget.cli", *argv], stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+                            text=True, env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
+                            preexec_fn=sigint_default)
     seen = ""
     while "measure" not in seen:  # its progress bar: sampling has started
         ch = proc.stderr.read(1)

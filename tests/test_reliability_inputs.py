@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from relbudget.core.params import ParamsError, load_params, read_yaml
-from tests.helpers import ROOT, tiny_params
+from tests.helpers import ROOT, sigint_default, tiny_params
 from tests.synth import make_rollouts
 
 
@@ -197,7 +197,7 @@ def test_ctrl_c_mid_stage_is_exit_130_and_a_killed_run(project):
     env = _env(MLFLOW_TRACKING_URI=os.environ["MLFLOW_TRACKING_URI"])
     assert _stage("prepare", project, env=env).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "stages.base_policy"], cwd=project, env=env,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default)
     seen = []
     for line in proc.stderr:  # wait until it trains
         seen.append(line)
@@ -233,8 +233,12 @@ def test_ctrl_c_after_the_outputs_are_written_leaves_the_run_finished(project, m
         os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C while the stage logs its artifacts
         time.sleep(5)
 
-    with pytest.raises(KeyboardInterrupt) as err:
-        execute("xi", stage, params, ["xi"])
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt) as err:
+            execute("xi", stage, params, ["xi"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert "complete" in err.value.outcome
     run = _runs(os.environ["MLFLOW_TRACKING_URI"]).iloc[0]
     assert run["status"] == "FINISHED" and "Ctrl-C" in run["tags.note"]
