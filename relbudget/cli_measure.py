@@ -134,9 +134,9 @@ def check_flags(args: argparse.Namespace) -> None:
     import math
 
     from relbudget.core.io import check_writable
-    from relbudget.core.params import MAX_BATCH, MAX_THREADS, MAX_TOKENS, check_xi
+    from relbudget.core.params import MAX_ATTEMPTS, MAX_BATCH, MAX_THREADS, MAX_TOKENS, check_xi
 
-    for flag, v, top in (("--attempts", args.attempts, 4096), ("--max-tokens", args.max_tokens,
+    for flag, v, top in (("--attempts", args.attempts, MAX_ATTEMPTS), ("--max-tokens", args.max_tokens,
                           MAX_TOKENS), ("--n-prompts", args.n_prompts, 10**7),
                          ("--batch-size", args.batch_size, MAX_BATCH),
                          ("--chunk-prompts", args.chunk_prompts, 10**7),

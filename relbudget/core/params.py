@@ -86,6 +86,7 @@ MAX_BATCH = 65_536
 MAX_STEPS = 10_000_000
 MAX_TOKEN_BUDGET = 10**11  # generated completion tokens of one run
 MAX_THREADS = 1024
+MAX_ATTEMPTS = 4096  # samples per prompt (sampling, evaluation, a sweep cell's evaluation)
 
 
 def check_xi(xi: float, what: str) -> float:
@@ -276,7 +277,7 @@ class BasePolicyParams(Section):
 
 class SamplingParams(Section):
     backend: Literal["hf", "vllm", "auto"]
-    attempts: int = Field(gt=0, le=4096, description="K attempts per prompt")
+    attempts: int = Field(gt=0, le=MAX_ATTEMPTS, description="K attempts per prompt")
     max_tokens: int = Field(gt=0, le=MAX_TOKENS, description="Hmax, the cap every attempt runs to")
     temperature: float = Field(gt=0, le=100)
     top_p: float = Field(gt=0, le=1)
@@ -393,7 +394,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    attempts: int = Field(gt=0, le=4096, description="n samples per prompt (pass@k needs k <= n)")
+    attempts: int = Field(gt=0, le=MAX_ATTEMPTS, description="n samples per prompt (pass@k needs k <= n)")
     h_eval: int = Field(gt=0, le=MAX_TOKENS, description="the common evaluation budget H_eval")
     h_multiples: list[float] = Field(
         description="more evaluation horizons, as multiples of the base policy's E[T], read from "
@@ -447,7 +448,7 @@ class SweepParams(Section):
     seeds: list[int] = Field(description="train seeds per xi")
     token_budget: int = Field(
         gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per cell")
-    eval_attempts: int = Field(gt=0, le=4096, description="samples per eval prompt in each cell")
+    eval_attempts: int = Field(gt=0, le=MAX_ATTEMPTS, description="samples per eval prompt in each cell")
 
     @field_validator("xi", "seeds", mode="before")
     @classmethod
