@@ -31,7 +31,9 @@ def best_fixed_xi(params) -> float:
 
 
 def run(params, seed: str) -> dict:
-    # the key's form (a seed) is checked before the MLflow run: stages/_cli.py KEY_FORMS
+    if not str(seed).isdigit():
+        raise ValueError(f"fixed_best@{seed}: the key is a seed of params sweep.seeds "
+                         "(a non-negative integer)")
     return run_arm(params, "fixed_best", int(seed), best_fixed_xi(params), f"fixed_best@{seed}")
 
 
