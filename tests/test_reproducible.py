@@ -71,3 +71,21 @@ def test_history_holds_no_timings():
     assert "wall_seconds" not in df
     pd.testing.assert_frame_equal(df, history_frame([{k: v for k, v in rows[0].items()
                                                        if k != "wall_seconds"}]))
+
+
+def test_a_saved_policy_does_not_record_how_it_was_loaded(tmp_path):
+    # A policy loaded offline (HF_HUB_OFFLINE=1 forces local_files_only) and saved again must
+    # have the bytes of the same policy saved from memory: dvc.lock may not depend on the shell.
+    from transformers import AutoTokenizer
+
+    from relbudget.measure.models import char_tokenizer, save_policy, tiny_llama
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok, hidden=16, layers=1, heads=2, intermediate=32, max_position=32)
+    save_policy(model, tok, tmp_path / "first")
+    loaded = AutoTokenizer.from_pretrained(tmp_path / "first", local_files_only=True)
+    assert loaded.init_kwargs["local_files_only"] is True  # what transformers would write back
+    save_policy(model, loaded, tmp_path / "second")
+    first = (tmp_path / "first" / "tokenizer_config.json").read_bytes()
+    assert (tmp_path / "second" / "tokenizer_config.json").read_bytes() == first
+    assert loaded.init_kwargs["local_files_only"] is True  # the caller's tokenizer is unchanged

@@ -278,9 +278,21 @@ def render_prompts(prompts, tokenizer, chat_template: str = "auto"):
     return out
 
 
+# transformers records how a tokenizer was loaded (from a folder, offline or not) in its init
+# kwargs and writes them back on save: with HF_HUB_OFFLINE=1 a saved policy would differ by one
+# byte from the same policy saved without it, and dvc.lock would depend on the shell.
+LOAD_TIME_KEYS = ("is_local", "local_files_only")
+
+
 def save_policy(model, tokenizer, folder: Path) -> None:
+    """Save a policy so that its bytes depend on the weights and tokenizer only."""
     model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
+    kept = {key: tokenizer.init_kwargs.pop(key) for key in LOAD_TIME_KEYS
+            if key in tokenizer.init_kwargs}
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.init_kwargs.update(kept)
 
 
 REFERENCE_FILE = "reference.json"
