@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,80 @@ def test_a_table_without_a_correct_answer_is_refused():
     df = tiny_table([("a", 12, None), ("a", 12, None)], 12)
     with pytest.raises(ValueError, match="no attempt .* is correct"):
         pred.predict(df, [1.0], group_size=2, prompts_per_step=1)
+
+
+def test_tokens_at_ends_an_episode_at_its_first_correct_answer():
+    # generation ran on past the answer at token 10 (no early exit): c(H) counts 10 tokens, not
+    # min(30, H); the miss that ended at EOS (8 tokens) stays 8; the one cut at the cap (40) grows
+    rows = [("a", 30, 10), ("a", 8, None), ("b", 40, None)]
+    df = tiny_table(rows, 40)
+    expected = {9: 9 + 8 + 9, 10: 10 + 8 + 10, 11: 10 + 8 + 11, 20: 10 + 8 + 20,
+                39: 10 + 8 + 39, 40: 10 + 8 + 40, 41: 10 + 8 + 41, 100: 10 + 8 + 100}
+    assert {H: pred.tokens_at(df, H) for H in expected} == {
+        H: pytest.approx(total / 3) for H, total in expected.items()}
+
+
+def test_predict_errors_say_why_in_full():
+    with pytest.raises(ValueError) as e:
+        pred.predict(tiny_table([("a", 12, None)], 12), [1.0], group_size=2, prompts_per_step=1)
+    assert str(e.value) == ("no attempt in the rollout table is correct, so E[T] is infinite and "
+                            "no efficiency over xi can be predicted")
+    # E[T] = 30: xi = 0.3 gives H = 9, one token short of the first answers (xi = 1/3, H = 10)
+    with pytest.raises(ValueError) as e:
+        pred.predict(tiny_table(half_right(), CAP), [0.3, 0.1], group_size=8, prompts_per_step=2)
+    assert str(e.value) == ("no xi of [0.1, 0.3] predicts any learning signal (no informative "
+                            "group at H = [3, 9]); give larger xi values")
+    with pytest.raises(ValueError) as e:
+        pred.score([1.0], [1.0, 2.0], 1.0, (0.5, 1.0))
+    assert str(e.value) == "predicted (1) and measured (2) curves need the same xi grid"
+
+
+def test_score_ranks_two_points_and_withholds_a_flat_curve_quietly():
+    # two points that differ on both curves are enough for a rank correlation
+    assert pred.score([1.0, 2.0], [3.0, 4.0], 1.0, (None, None))["spearman"] == pytest.approx(1.0)
+    assert pred.score([2.0, 1.0], [3.0, 4.0], 1.0, (None, None))["spearman"] == pytest.approx(-1.0)
+    # a flat curve (nothing learned anywhere, or one predicted value) has none: None, and scipy
+    # is not asked (it would warn that an input is constant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flat_pred = pred.score([0.5, 0.5], [0.1, 0.3], 1.0, (None, None))
+        flat_meas = pred.score([0.1, 0.3], [0.2, 0.2], 1.0, (None, None))
+        both = pred.score([0.5, 0.5, 0.5], [0.2, 0.2, 0.2], 1.0, (None, None))
+    # [1, 1] against [1/3, 1]; [1/3, 1] against [1, 1]; [1, 1, 1] against [1, 1, 1]
+    assert flat_pred == {"spearman": None, "peak_inside": None,
+                         "mae_normalised": pytest.approx(1 / 3)}
+    assert flat_meas == {"spearman": None, "peak_inside": None,
+                         "mae_normalised": pytest.approx(1 / 3)}
+    assert both == {"spearman": None, "peak_inside": None, "mae_normalised": 0.0}
+
+
+def test_score_peak_inside_at_the_interval_ends_and_without_one_end():
+    curve = [1.0, 2.0]
+    inside = {x: pred.score(curve, curve, x, (0.5, 1.0))["peak_inside"]
+              for x in (0.49, 0.5, 0.51, 0.99, 1.0, 1.01)}
+    assert inside == {0.49: False, 0.5: True, 0.51: True, 0.99: True, 1.0: True, 1.01: False}
+    # an interval with one end missing is no interval: no verdict either way
+    assert pred.score(curve, curve, 0.7, (0.5, None))["peak_inside"] is None
+    assert pred.score(curve, curve, 0.7, (None, 1.0))["peak_inside"] is None
+
+
+def test_score_mae_needs_a_positive_maximum_on_both_curves():
+    up = [1.0, 2.0]  # normalised [0.5, 1]
+    # a maximum of exactly 0 (nothing learned) gives no MAE, whichever curve has it
+    assert pred.score([-1.0, 0.0], up, 1.0, (None, None))["mae_normalised"] is None
+    assert pred.score(up, [-1.0, 0.0], 1.0, (None, None))["mae_normalised"] is None
+    assert pred.score([-2.0, -1.0], [-2.0, -1.0], 1.0, (None, None))["mae_normalised"] is None
+    # just above 0 it is defined: [0, 1] against [0.5, 1]
+    assert pred.score([0.0, 0.25], up, 1.0, (None, None))["mae_normalised"] == 0.25
+    assert pred.score(up, [0.0, 0.25], 1.0, (None, None))["mae_normalised"] == 0.25
+
+
+def test_score_reads_float32_curves_in_float64():
+    # a curve from a float32 array (as a parquet column may hold it) is scored in float64:
+    # 1/3 in float32 is not 1/3, so the same curve in both precisions would not match exactly
+    f32 = np.array([1.0, 3.0], dtype=np.float32)
+    assert pred.score(f32, [1.0, 3.0], 1.0, (None, None))["mae_normalised"] == 0.0
+    assert pred.score([1.0, 3.0], f32, 1.0, (None, None))["mae_normalised"] == 0.0
 
 
 # ---------------------------------------------------------------- on a real sampled table
