@@ -41,6 +41,20 @@ if [ ${#tests[@]} -eq 0 ]; then
         relbudget/measure/predict.py)  # all but its stage test (a pipeline run per mutant)
             tests=(tests/test_predict.py
                    --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
+        relbudget/measure/estimators.py)  # but three slow ones (a 300-replicate coverage run,
+            # a 1e6-attempt check of synth itself, and one that imports the GRPO trainer)
+            tests=(tests/test_exact_estimators.py tests/test_estimators.py tests/test_gamma.py
+                   tests/test_rewards.py
+                   --deselect tests/test_estimators.py::test_bootstrap_ci_coverage_and_runtime
+                   --deselect tests/test_estimators.py::test_truth_matches_big_monte_carlo
+                   --deselect tests/test_rewards.py::test_grpo_reward_of_budget) ;;
+        relbudget/train/prompt_budgets.py)  # test_adaptive_budgets.py trains a model: too slow
+            tests=(tests/test_exact_prompt_budgets.py) ;;
+        relbudget/train/controller.py)  # not the Gamma bias runs (5 s each) nor the GRPO run
+            tests=(tests/test_exact_controller.py
+                   tests/test_trl_plugin.py::test_estimator_edge_cases
+                   tests/test_trl_plugin.py::test_controller_clamps_and_smooths
+                   tests/test_properties.py::test_controller_H_stays_within_its_clamp) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2
