@@ -126,3 +126,18 @@ def tiny_table(rows: list[tuple], cap: int) -> pd.DataFrame:
                      "first_correct_token": fct, "stop_reason": stop,
                      "final_correct": fct is not None, "policy": "hand", "seed": 0})
     return validate(normalise_rollouts(pd.DataFrame(recs)), ROLLOUTS)
+
+
+# The hand-checked table of the exact estimator tests, at cap 10:
+# (prompt_id, n_tokens, first_correct_token)
+#   a: hit at 4 (early exit), miss cut at the cap, hit at 3 then more text to 6, miss EOS at 2
+#   b: never correct (unsolved)
+#   c: three hits, one exactly at the cap
+#   d: K=2 < G=3 (the plug-in branch of P_inf)
+# per prompt consumed_sum / hits = a 19/2, b 17/0, c 16/3, d 10/1; pooled E_T = 62/6 = 31/3
+TINY_ROWS = [
+    ("a", 4, 4), ("a", 10, None), ("a", 6, 3), ("a", 2, None),
+    ("b", 10, None), ("b", 7, None),
+    ("c", 5, 5), ("c", 1, 1), ("c", 10, 10),
+    ("d", 2, 2), ("d", 8, None),
+]

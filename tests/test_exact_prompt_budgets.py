@@ -18,15 +18,10 @@ import pytest
 
 from relbudget.core.params import PerPromptParams, PromptFilterParams
 from relbudget.train.prompt_budgets import filter_prompts, per_prompt_caps
-from tests.synth import tiny_table
+from tests.synth import TINY_ROWS, tiny_table
 
 CAP = 10
-ROWS = [
-    ("a", 4, 4), ("a", 10, None), ("a", 6, 3), ("a", 2, None),
-    ("b", 10, None), ("b", 7, None),
-    ("c", 5, 5), ("c", 1, 1), ("c", 10, 10),
-    ("d", 2, 2), ("d", 8, None),
-]
+ROWS = TINY_ROWS
 E_T = 31 / 3
 
 
