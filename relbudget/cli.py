@@ -20,6 +20,7 @@ above the cap) is a short message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import signal
@@ -287,13 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors: argparse exits 2 itself
     try:
-        return args.func(args)
+        return _run(args)
     except KeyboardInterrupt:  # one line and 130, as the stages (a measure's chunks are kept)
-        kept = ("; the finished chunks are kept, so the same command resumes"
-                if args.command == "measure" else "")
-        print(f"relbudget {args.command}: error: interrupted by Ctrl-C (SIGINT){kept}",
-              file=sys.stderr)
-        return 128 + signal.SIGINT
+        pass
+    # Out of the except block the interrupted frames are freed, and with them a progress bar
+    # they hold, which draws itself once more as it closes: the error must come after it.
+    gc.collect()
+    kept = ("; the finished chunks are kept, so the same command resumes"
+            if args.command == "measure" else "")
+    print(f"relbudget {args.command}: error: interrupted by Ctrl-C (SIGINT){kept}", file=sys.stderr)
+    return 128 + signal.SIGINT
+
+
+def _run(args) -> int:
+    """The subcommand, its expected failures as one line and exit 2."""
+    try:
+        return args.func(args)
     except (ValueError, OSError, DatasetLoadError) as err:
         # ValueError covers TableError (its message lists failing checks and rows), bad numbers,
         # H above the cap and unreadable parquet; OSError a missing or unreadable file.

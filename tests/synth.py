@@ -135,7 +135,7 @@ def tiny_table(rows: list[tuple], cap: int) -> pd.DataFrame:
 #   c: three hits, one exactly at the cap
 #   d: K=2 < G=3 (the plug-in branch of P_inf)
 # per prompt consumed_sum / hits = a 19/2, b 17/0, c 16/3, d 10/1; pooled E_T = 62/6 = 31/3
-TINY_ROWS = [
+HAND_ROWS = [
     ("a", 4, 4), ("a", 10, None), ("a", 6, 3), ("a", 2, None),
     ("b", 10, None), ("b", 7, None),
     ("c", 5, 5), ("c", 1, 1), ("c", 10, 10),

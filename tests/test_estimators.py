@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from relbudget.measure import estimators as est
-from tests.synth import TINY_ROWS, make_rollouts, tiny_table, true_E_T
+from tests.synth import HAND_ROWS, make_rollouts, tiny_table, true_E_T
 
 CAP = 10
 # (prompt_id, n_tokens, first_correct_token); cap 10.
@@ -21,7 +21,7 @@ CAP = 10
 #   b: never correct (unsolved)
 #   c: three hits, one exactly at the cap
 #   d: K=2 < G=3 (the plug-in branch of P_inf)
-ROWS = TINY_ROWS
+ROWS = HAND_ROWS
 FCT = [4, 3, 5, 1, 10, 2]  # every first_correct_token above
 CONSUMED = {"a": 4 + 10 + 3 + 2, "b": 10 + 7, "c": 5 + 1 + 10, "d": 2 + 8}
 HITS = {"a": 2, "b": 0, "c": 3, "d": 1}

@@ -19,12 +19,12 @@ import pytest
 from scipy import stats
 
 from relbudget.measure import estimators as est
-from tests.synth import TINY_ROWS, make_rollouts, tiny_table
+from tests.synth import HAND_ROWS, make_rollouts, tiny_table
 
 CAP = 10
 # as tests/test_estimators.py: per prompt consumed_sum / hits = a 19/2, b 17/0, c 16/3, d 10/1;
 # pooled E_T = 62/6 = 31/3; first correct tokens 4, 3, 5, 1, 10, 2
-ROWS = TINY_ROWS
+ROWS = HAND_ROWS
 E_T = 31 / 3
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from relbudget.core.params import PerPromptParams, PromptFilterParams
 from relbudget.train.prompt_budgets import filter_prompts, per_prompt_caps
-from tests.synth import TINY_ROWS, tiny_table
+from tests.synth import HAND_ROWS, tiny_table
 
 CAP = 10
-ROWS = TINY_ROWS
+ROWS = HAND_ROWS
 E_T = 31 / 3
 
 
