@@ -1,4 +1,4 @@
-"""Benchmark: the part of the flow after xi (regimes, sweep cells, arms, fixed_best, report) on
+"""Benchmark: the part of the flow after xi (sweep cells, arms, fixed_best, report) on
 2 Dask worker processes vs the thread runner, same machine, one run each (figures only).
 
     python benchmarks/bench_fanout.py [--params params.yaml] [--out-root runs/bench-fanout]

@@ -6,8 +6,9 @@ Reports, for the default sample_t settings: tokens generated with early exit div
 sum(min(T_i, Hmax)) (goal <= 1.1; T_i per attempt = first correct token, or the attempt's length
 when it never hits), the same ratio without early exit, and tokens/s of each. The denominator
 comes from the run without early exit, whose generations are the same (same seed: stopping a
-row does not change the others' samples). Pass a trained policy (data/models/ample) to see early
-exit on a policy that keeps writing after its answer.
+row does not change the others' samples). Pass a trained policy folder (any HF folder, e.g. one
+saved with relbudget.measure.models.save_policy) to see early exit on a policy that keeps writing
+after its answer.
 """
 
 from __future__ import annotations

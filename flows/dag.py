@@ -33,9 +33,9 @@ class DagError(ValueError):
 class Step(NamedTuple):
     """One stage execution of the flow."""
 
-    label: str  # DVC's stage name: train@balanced, evaluate_base, sweep@0.25-0
+    label: str  # DVC's stage name: evaluate_base, sweep@0.25-0, arm@controller-0
     module: str  # stages.<module> runs it
-    key: str | None  # the module's argument: a regime, 'base', a sweep cell, an arm run, a seed
+    key: str | None  # the module's argument: 'base', a sweep cell, an arm run, a seed, a task
     upstream: tuple[str, ...]  # labels of the stages whose outs its deps read
 
 

@@ -1,18 +1,18 @@
 """The pipeline of dvc.yaml as a Prefect 3 flow: same stages, same DAG, cached, scheduled.
 
 The DAG is dvc.yaml's, read through DVC's own loader (flows/dag.py) at each flow run, against the
-flow's params: one task per stage DVC expands from it, named as DVC names it (`train@balanced`,
-`evaluate_base`, `sweep@0.25-0`, `arm@controller-0`, `fixed_best@0`), each waiting for the stages
+flow's params: one task per stage DVC expands from it, named as DVC names it (`evaluate_base`,
+`sweep@0.25-0`, `arm@controller-0`, `fixed_best@0`), each waiting for the stages
 whose outs its deps read. With the stages of dvc.yaml today:
 
     check_params -> every stage                        params.yaml checked as a whole
     prepare -> base_policy -> sample_t -> xi
-    xi -> train@REGIME -> evaluate@REGIME              one per regime
-    xi -> evaluate_base -> evaluate@REGIME             the base policy's reference
+    xi -> evaluate_base                                the base policy's reference
     xi, evaluate_base -> sweep@XI-SEED                 one per cell of the xi x seed grid
+                                                       (a named regime: the cells at its xi)
     xi, sample_t, evaluate_base -> arm@ARM-SEED        adaptive budgets, per arm and seed
     every sweep cell -> fixed_best@SEED                the sweep's best xi again, per seed
-    xi, train@*, evaluate*, sweep@*, arm@*, fixed_best@* -> report
+    xi, evaluate_base, sweep@*, arm@*, fixed_best@* -> report
 
 A stage added to dvc.yaml (its cmd `python -m stages.NAME [KEY]`) is a task of the flow with no
 edit here; a new stage module also needs its files in relbudget.core.paths and a timeout below.
@@ -64,8 +64,7 @@ SAMPLING = frozenset({"sample_t", "evaluate", "task_t", "task_xi"})  # retried w
 # What one execution of each stage module needs from a worker, by the module of its dvc.yaml cmd:
 # the GPUs it claims when the flow runs with `gpu` (Dask worker resource "GPU").
 # The stages that load a policy want one each; the others run on any CPU.
-GPUS = {"check_params": 0, "prepare": 0, "base_policy": 1, "sample_t": 1, "xi": 0, "train": 1,
-        "evaluate": 1, "sweep": 1, "arm": 1, "fixed_best": 1, "report": 0,
+GPUS = {"check_params": 0, "prepare": 0, "base_policy": 1, "sample_t": 1, "xi": 0, "evaluate": 1, "sweep": 1, "arm": 1, "fixed_best": 1, "report": 0,
         "task_t": 1, "task_xi": 1, "task_sweep": 1, "tasks_report": 0}
 # The same stages draw from torch's process-global RNG (and set its global thread count): two of
 # them running at once in threads of one process would interleave their random streams.
@@ -96,7 +95,6 @@ class Timeouts(BaseModel):
     base_policy: float = Field(4 * 3600, gt=0)
     sample_t: float = Field(4 * 3600, gt=0)
     xi: float = Field(1800, gt=0)
-    train: float = Field(12 * 3600, gt=0)
     evaluate: float = Field(4 * 3600, gt=0)
     sweep: float = Field(12 * 3600, gt=0)
     arm: float = Field(12 * 3600, gt=0)
@@ -449,9 +447,9 @@ def _failure_text(state) -> str:
 
 
 @flow(name="relbudget-pipeline", task_runner=_import_time_runner(), validate_parameters=True,
-      description="The stages of dvc.yaml (prepare, base_policy, sample_t, xi, train@REGIME, "
-                  "evaluate@REGIME, evaluate_base, sweep@XI-SEED, arm@ARM-SEED, fixed_best@SEED, "
-                  "report) with dvc.yaml's DAG, cached per task")
+      description="The stages of dvc.yaml (prepare, base_policy, sample_t, xi, evaluate_base, "
+                  "sweep@XI-SEED (the regimes are cells at their xi), arm@ARM-SEED, "
+                  "fixed_best@SEED, report) with dvc.yaml's DAG, cached per task")
 def pipeline(params_file: str = "params.yaml", out_root: str = DEFAULT_OUT_ROOT,
              timeouts: dict[str, float] | None = None, retries: int = 2,
              retry_delay_s: float = 30.0, reproducible: bool = True, gpu: bool = False) -> dict:

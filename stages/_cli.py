@@ -25,7 +25,6 @@ log = logging.getLogger("relbudget")
 # Out of room: a full disk or quota, or a file-size limit (ulimit -f; Python ignores SIGXFSZ, so
 # the write fails with EFBIG instead of the process dying).
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-REGIME_STAGES = ("train", "evaluate")  # their argument names a regime of params.yaml
 
 
 def _seed(key: str) -> int:
@@ -34,9 +33,16 @@ def _seed(key: str) -> int:
     return int(key)
 
 
+def _base(key: str) -> str:
+    if key != "base":
+        raise ValueError(f"{key!r}: evaluate takes 'base' (the base policy's reference evaluation); "
+                         "a regime is read from the sweep cells at its xi")
+    return key
+
+
 # The key's form, checked before the stage's MLflow run starts (a typo is a ParamsError, not a
 # traceback from inside the run): sweep@xi1.0-s0, arm@controller-s0, fixed_best@0, task cells.
-KEY_FORMS = {"sweep": parse_cell, "arm": parse_arm, "fixed_best": _seed,
+KEY_FORMS = {"evaluate": _base, "sweep": parse_cell, "arm": parse_arm, "fixed_best": _seed,
              "task_sweep": parse_task_cell}
 
 
@@ -54,11 +60,6 @@ def execute(stage: str, fn: Callable[..., object], params: Params, sections: lis
     environment: see relbudget.core.tracking.pipeline_run)."""
     sections = key_sections(sections, regime)  # a task's stage: its own task's entry
     dumped = dump_sections(params, sections)
-    base_ok = stage == "evaluate"  # `evaluate base` is the reference; `train base` is no regime
-    if stage in REGIME_STAGES and regime is not None and not (base_ok and regime == "base") \
-            and regime not in params.regimes:
-        raise ParamsError(f"unknown regime {regime!r}; params.yaml regimes: "
-                          f"{', '.join(params.regimes)}")
     if stage in KEY_FORMS and regime is not None:
         try:
             KEY_FORMS[stage](regime)

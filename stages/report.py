@@ -1,8 +1,8 @@
-"""report: the study in one page: base curves, the named regimes, efficiency against xi from the
-sweep cells, its peak against the paper's band, the budget arms against the best fixed xi
-(analysis: relbudget.report.study, one call).
+"""report: the study in one page: base curves, the named regimes (the sweep's cells at their
+xi), efficiency against xi from the sweep cells, its peak against the paper's band, the budget
+arms against the best fixed xi (analysis: relbudget.report.study, one call).
 
-Reads the xi stage's outputs, the evaluations, the training histories, every sweep cell of params
+Reads the xi stage's outputs, the base policy's evaluation, every sweep cell of params
 `sweep` (found by the xi and seed in their eval.json) and every arm run; writes report.md,
 metrics.json, the plots and the git-tracked headline. None holds a timing: unchanged inputs give
 the same bytes.
@@ -23,7 +23,7 @@ from relbudget.report import analysis, render
 from relbudget.measure.budgets import read_budgets
 from relbudget.core.io import output_set, write_json, write_text
 from relbudget.core.params import REPORT_PLOTS
-from relbudget.core.schemas import HISTORY, read_table
+from relbudget.core.schemas import ROLLOUTS, read_table
 from relbudget.core.tracking import log_metrics
 
 log = logging.getLogger("relbudget.report")
@@ -38,8 +38,7 @@ def load_inputs(params) -> dict:
         "budgets": {k: b.model_dump() for k, b in read_budgets(p.xi).items()},
         "curves": pd.read_parquet(p.curves),
         "base_eval": json.loads(Path(p.eval_json("base")).read_text()),
-        "evals": {r: json.loads(Path(p.eval_json(r)).read_text()) for r in params.regimes},
-        "histories": {r: read_table(p.history(r), HISTORY) for r in params.regimes},
+        "base_rollouts": read_table(p.eval_rollouts("base"), ROLLOUTS),
         "cells": analysis.load_cells(p, params.sweep),
     }
 
@@ -47,7 +46,7 @@ def load_inputs(params) -> dict:
 def write_plots(params, inp: dict, st: dict) -> None:
     p = params.paths
     plots.xi_curves(inp["curves"], inp["budgets"], p.report_plot(P.XI_CURVES_PNG), st["band"])
-    plots.learning_curves(inp["histories"], p.report_plot(P.LEARNING_CURVES_PNG))
+    plots.learning_curves(st["regime_histories"], p.report_plot(P.LEARNING_CURVES_PNG))
     plots.efficiency(st["agg"], p.report_plot(P.EFFICIENCY_PNG), st["band"],
                      pd.DataFrame(st["rows"]), st["peak"])
     slopes = dict(zip(st["agg"]["xi"], st["agg"]["xi_t_slope_per_10k"]))

@@ -1,10 +1,11 @@
-"""sweep@XI-SEED: one cell of the xi x seed grid (params `sweep`), as one DVC matrix stage.
+"""sweep@XI-SEED: one cell of the xi x seed grid (params `sweep`), as one DVC matrix stage; a
+named regime (params `regimes`) is the cells at its xi.
 
     python -m stages.sweep xi1.75-s0
 
 Reads the base policy's E[T] from the xi stage's E_T.json (computed once for every cell),
 trains GRPO from the base policy at H = max(1, round(xi * E[T])) on `sweep.token_budget`
-generated completion tokens with train.seed = SEED (the rest of `train` as for the regimes), then
+generated completion tokens with train.seed = SEED (the rest of `train` as params say), then
 evaluates the trained policy on the eval prompts at H_eval and at `evaluate.h_multiples` x E[T]
 (named `x0.75`, ...; one sampling pass at the largest, which also answers its own H), with
 `sweep.eval_attempts` samples per prompt and early exit

@@ -34,7 +34,7 @@ TINY_PARAMS = {
                     "n_traces": 60},
     "sampling": {"attempts": 4, "max_tokens": 24, "batch_size": 32, "chunk_prompts": 4},
     "xi": {"n_bootstrap": 50},
-    "regimes": {"low": 0.5, "high": 2.0},
+    "regimes": {"low": 1.0, "high": 2.0},  # named xi of the sweep grid below
     "train": {"token_budget": 600, "max_steps": 6, "num_generations": 4, "prompts_per_step": 2,
               "checkpoint_every": 2, "controller": {"h_max": 64}, "per_prompt": {"h_max": 64}},
     # two multiples of E[T] keep the evaluation cap inside the tiny context (max_position 128)

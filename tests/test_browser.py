@@ -1,7 +1,7 @@
 """Browser check: the MLflow UI and the Prefect UI show a small pipeline run (issue 13).
 
-One Prefect flow run of flows/pipeline.py (tests/helpers.py's TINY_FLOW_PARAMS, two regimes
-`low` and `high`) runs in a subprocess against a real `prefect server start` on 127.0.0.1, whose API
+One Prefect flow run of flows/pipeline.py (tests/helpers.py's TINY_FLOW_PARAMS; two regimes
+`low` and `high`, i.e. two sweep cells) runs in a subprocess against a real `prefect server start` on 127.0.0.1, whose API
 database lives in a temporary PREFECT_HOME, with MLflow in the project's SQLite `mlflow.db`;
 `mlflow server` serves that store. No shared fixture leaves such stores behind (conftest.py has
 none that runs the flow; test_flow.py's flow runs against prefect_test_harness, a temporary API
@@ -45,8 +45,10 @@ from tests.helpers import flow_params, free_port, stop_group
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 VENV_BIN = Path(sys.executable).parent
-REGIMES = {"low": 0.5, "high": 1.0}
-HEADLINE = "acc_H_eval"  # relbudget.core.tracking.eval_headline: the column every evaluate run logs
+REGIMES = {"low": 0.5, "high": 1.0}  # each regime is the sweep's cell at its xi (one seed)
+CELL_RUNS = {r: f"sweep@xi{x}-s0" for r, x in REGIMES.items()}  # MLflow: stage@KEY
+CELL_TASKS = {r: f"sweep@{x}-0" for r, x in REGIMES.items()}  # Prefect: dvc.yaml's stage name
+HEADLINE = "acc_H_eval"  # relbudget.core.tracking.eval_headline: every evaluation logs it
 REPORT_ARTIFACT = "relbudget-report"  # flows.pipeline.REPORT_ARTIFACT
 BROWSER_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                  "--no-first-run", "--virtual-time-budget=15000"]
@@ -147,6 +149,7 @@ def stack(tmp_path_factory, browser) -> Stack:
     logs.mkdir()
     raw = flow_params()
     raw["regimes"] = dict(REGIMES)
+    raw["sweep"]["xi"] = list(REGIMES.values())
     params_with(raw)
     (project / "params.yaml").write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     store = f"sqlite:///{project / 'mlflow.db'}"
@@ -231,7 +234,7 @@ def report_head(md: str) -> list[str]:
 
 def test_mlflow_ui_shows_regime_runs_metrics_and_report(stack, browser):
     base = f"{stack.mlflow_url}/#/experiments/{stack.experiment_id}"
-    regime_runs = [f"{stage}@{r}" for r in REGIMES for stage in ("train", "evaluate")]
+    regime_runs = list(CELL_RUNS.values())
     assert set(regime_runs) | {"evaluate@base", "report"} <= set(stack.runs), sorted(stack.runs)
     try:
         # the runs table: this flow run's stage runs (filtered on its pipeline_run tag, so they
@@ -246,13 +249,13 @@ def test_mlflow_ui_shows_regime_runs_metrics_and_report(stack, browser):
         text, shot = browser.page(f"{base}/runs?{query}", "mlflow-runs", expect)
         check(text, shot, *expect)
 
-        # each regime's evaluate run: its page lists the headline metric with its value (a tall
+        # each regime's cell run: its page lists the headline metric with its value (a tall
         # window, so that the screenshot reaches the metrics table)
-        for r in REGIMES:
-            run = stack.runs[f"evaluate@{r}"]
+        for r, name in CELL_RUNS.items():
+            run = stack.runs[name]
             row = f"{HEADLINE} {js_number(run.data.metrics[HEADLINE])}"
-            expect = [f"evaluate@{r}", "Metrics (", row, f"Parent run {stack.parent.info.run_name}"]
-            text, shot = browser.page(f"{base}/runs/{run.info.run_id}", f"mlflow-evaluate@{r}",
+            expect = [name, "Metrics (", row, f"Parent run {stack.parent.info.run_name}"]
+            text, shot = browser.page(f"{base}/runs/{run.info.run_id}", f"mlflow-{name}",
                                       expect, height=2000)
             check(text, shot, *expect)
 
@@ -276,10 +279,10 @@ def test_prefect_ui_shows_flow_run_and_report_artifact(stack, browser):
                        body={"flow_runs": {"id": {"any_": [fr["id"]]}}})[1])
     assert n_tasks >= len(stack.runs)  # one task run per stage run (more if one was retried)
     try:
-        # the flow run: completed, its task runs counted, each regime's train task in the log
+        # the flow run: completed, its task runs counted, each regime's cell task in the log
         # rows (the task graph is a canvas: no text to read)
         expect = [fr["name"], "Completed", "relbudget-pipeline", f"{n_tasks} Task runs",
-                  *(f"train@{r}" for r in REGIMES)]
+                  *CELL_TASKS.values()]
         text, shot = browser.page(f"{stack.prefect_url}/runs/flow-run/{fr['id']}",
                                   "prefect-flow-run", expect)
         check(text, shot, *expect)

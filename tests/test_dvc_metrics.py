@@ -34,6 +34,8 @@ from relbudget.report import headline as hl
 from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
 from relbudget.core.params import cell_name, load_params
+from relbudget.core.schemas import ROLLOUTS, write_table
+from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = load_params(ROOT / "params.yaml").paths
@@ -61,12 +63,6 @@ def cell_eval(xi: float, seed: int, acc: float) -> dict:
                               "first_answer_accuracy": acc - 0.1}}}
 
 
-def regime_eval(acc: float) -> dict:
-    return {"at": {"H_own": {"accuracy": acc},
-                   "H_eval": {"accuracy": acc, "E_T": 37.5, "first_answer_accuracy": acc - 0.1,
-                              "pass@1": acc, "pass@4": min(1.0, acc + 0.1)}}}
-
-
 def realistic_metrics(seeds: int = 3) -> dict:
     """A metrics dict as stages/report.py builds it (the same analysis functions), default grid."""
     rng = np.random.default_rng(0)
@@ -74,10 +70,9 @@ def realistic_metrics(seeds: int = 3) -> dict:
              for x in SWEEP_XI for s in range(seeds)]
     table = analysis.sweep_table(cells, BASE)
     agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
-    rows = [analysis.regime_row(name, {"target_xi": t, "xi": t * 1.013, "H": round(45 * t)},
-                           regime_eval(acc), history(), BASE)
-            for name, t, acc in (("deficient", 0.4, 0.7), ("balanced", 1.75, 0.82),
-                                 ("ample", 5.0, 0.8))]
+    regimes = {"deficient": 0.25, "balanced": 1.75, "ample": 6.0}
+    budgets = {n: {"target_xi": t, "xi": t * 1.013, "H": round(45 * t)} for n, t in regimes.items()}
+    rows = analysis.regime_rows(regimes, budgets, table, BASE, make_rollouts(8, 4, cap=64))
     return to_json_safe({
         "base": {"E_T": 45.0312, "acc_H_eval": 0.77, "first_answer_acc": None},
         "regimes": {r["regime"]: r for r in rows},
@@ -164,7 +159,7 @@ def test_headline_keys_repeat_no_key_of_params():
 
 
 def write_report_inputs(params) -> None:
-    """Hand-made outputs of the xi, evaluate, train and sweep stages for the tiny params."""
+    """Hand-made outputs of the xi, evaluate and sweep stages for the tiny params."""
     p = params.paths
     Path(p.xi).mkdir(parents=True, exist_ok=True)
     summary = {"E_T": 45.0312, "E_T_ci": [42.1, 48.1], "unsolved_share": 0.0, "n_prompts": 8,
@@ -185,10 +180,7 @@ def write_report_inputs(params) -> None:
                   "p_informative": 0.5 + 0 * xi}).to_parquet(p.curves)
     Path(p.eval).mkdir(parents=True, exist_ok=True)
     Path(p.eval_json("base")).write_text(json.dumps(BASE))
-    for name in params.regimes:
-        Path(p.eval_json(name)).write_text(json.dumps(regime_eval(0.8)))
-        Path(p.history(name)).parent.mkdir(parents=True, exist_ok=True)
-        history().to_parquet(p.history(name))
+    write_table(make_rollouts(8, 4, cap=64).drop(columns="type"), ROLLOUTS, p.eval_rollouts("base"))
     for _, x, s in params.sweep.cells():
         folder = Path(p.cell_eval(cell_name(x, s))).parent
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from relbudget.core.errors import DataError
 from relbudget.core.params import params_with
 from relbudget.core.schemas import HISTORY, write_table
 from relbudget.report import analysis
 
-BASE = {"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0, "first_answer_accuracy": 0.3},
-               "H_balanced": {"accuracy": 0.45}}}
+BASE = {"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0, "first_answer_accuracy": 0.3}}}
 
 
 def history(tokens, xi_t=None, **cols) -> pd.DataFrame:
@@ -91,24 +91,44 @@ def test_cell_row_by_hand():
     assert analysis.cell_row(ev, history([1]), base_no_first)["first_answer_gain"] is None
 
 
-def test_regime_row_by_hand():
-    ev = {"at": {"H_own": {"accuracy": 0.6},
-                 "H_eval": {"accuracy": 0.75, "E_T": 35.0, "first_answer_accuracy": 0.5,
-                            "pass@1": 0.75, "pass@4": 0.9}}}
-    budget = {"target_xi": 1.75, "xi": 1.8, "H": 70, "p_informative": 0.6}
-    row = analysis.regime_row("balanced", budget, ev, history([10_000, 20_000]), BASE)
-    assert row["regime"] == "balanced" and row["H"] == 70 and row["xi"] == 1.8
-    assert row["target_xi"] == 1.75 and row["predicted_p_informative"] == 0.6
-    assert row["acc_own_H_base"] == 0.45 and row["acc_own_H"] == 0.6
-    assert row["acc_H_eval_base"] == 0.5 and row["acc_H_eval"] == 0.75
-    assert row["first_answer_acc_base"] == 0.3 and row["first_answer_acc"] == 0.5
-    # 0.25 over 20k tokens: 1.25 per 100k; E[T] 40 -> 35: 25 per 100k
+def test_regime_rows_are_the_cells_at_their_xi_by_hand():
+    """A regime's row is the mean (and standard error) over the seeds of the sweep's cells at its
+    xi; the base's accuracy at the regime's H is read from the base's own evaluation pass."""
+    ev = lambda seed, acc, own: {"xi": 1.75, "seed": seed, "H": 70,  # noqa: E731
+                                 "at": {"H_own": {"accuracy": own},
+                                        "H_eval": {"accuracy": acc, "E_T": 35.0,
+                                                   "first_answer_accuracy": 0.5}}}
+    cells = [(ev(0, 0.7, 0.6), history([10_000, 20_000])),
+             (ev(1, 0.8, 0.7), history([10_000, 20_000])),
+             ({**ev(0, 0.9, 0.9), "xi": 3.0, "H": 120}, history([10_000, 20_000]))]
+    table = analysis.sweep_table(cells, BASE)
+    budgets = {"balanced": {"target_xi": 1.75, "xi": 1.8, "H": 70, "p_informative": 0.6}}
+    # the base's pass: 2 prompts x 2 attempts at cap 100, first correct at 50, 80, none, 60
+    base = pd.DataFrame({"prompt_id": ["a", "a", "b", "b"], "attempt": [0, 1, 0, 1],
+                         "n_tokens": [50, 80, 100, 60], "max_tokens": 100,
+                         "first_correct_token": pd.array([50, 80, None, 60], dtype="Int64")})
+    (row,) = analysis.regime_rows({"balanced": 1.75}, budgets, table, BASE, base)
+    assert (row["regime"], row["target_xi"], row["xi"], row["H"], row["n_seeds"]) == \
+        ("balanced", 1.75, 1.8, 70, 2)
+    assert row["predicted_p_informative"] == 0.6
+    assert row["acc_own_H_base"] == 0.5  # 2 of 4 attempts correct within 70 tokens (50, 60)
+    assert row["acc_own_H"] == pytest.approx(0.65) and row["acc_H_eval"] == pytest.approx(0.75)
+    assert row["acc_H_eval_err"] == pytest.approx(0.05)  # s.e. of 0.7 and 0.8
+    assert row["acc_H_eval_base"] == 0.5 and row["first_answer_acc_base"] == 0.3
+    # gains 0.2 and 0.3 over 20k tokens: 1.0 and 1.5 per 100k, mean 1.25 +- 0.25
     assert row["gain_per_100k"] == pytest.approx(1.25)
-    assert row["E_T_fall_per_100k"] == pytest.approx(25.0)
-    assert row["E_T_base"] == 40.0 and row["E_T"] == 35.0
-    assert row["pass@k"] == {"pass@1": 0.75, "pass@4": 0.9}
-    other = analysis.regime_row("ample", {**budget, "p_informative": None}, ev, history([1]), BASE)
-    assert other["acc_own_H_base"] is None and other["predicted_p_informative"] is None
+    assert row["gain_per_100k_err"] == pytest.approx(0.25)
+    assert row["E_T_fall_per_100k"] == pytest.approx(25.0) and row["E_T_base"] == 40.0
+    # the sweep's own number at that xi, never another one
+    agg = analysis.by_xi(table).set_index("xi")
+    assert row["gain_per_100k"] == agg.loc[1.75, "gain_per_100k"]
+    # past the base pass's cap: no extrapolated accuracy
+    assert analysis.base_accuracy_at(base, 101) is None
+    assert analysis.base_accuracy_at(base, 50) == 0.25
+    with pytest.raises(DataError, match=r"regime 'ample' \(xi 6\) has no sweep cell"):
+        analysis.regime_rows({"ample": 6.0}, {"ample": budgets["balanced"]}, table, BASE, base)
+    with pytest.raises(DataError, match="regime 'ample' is not in budgets.yaml .*rerun the xi"):
+        analysis.regime_rows({"ample": 3.0}, budgets, table, BASE, base)
 
 
 # ---------------------------------------------------------------- over seeds
@@ -185,7 +205,7 @@ def test_peak_interval_quantiles_are_grid_values():
 
 def test_load_cells_prefers_the_folder_named_as_the_cell(tmp_path):
     params = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
-                          "sweep": {"xi": [1.0, 2.0], "seeds": [0]}})
+                          "regimes": {"r": 1.0}, "sweep": {"xi": [1.0, 2.0], "seeds": [0]}})
     p = params.paths
 
     def put(folder, xi, acc):
@@ -200,12 +220,12 @@ def test_load_cells_prefers_the_folder_named_as_the_cell(tmp_path):
     put("xi2.0000-s0", 2.0, 0.4)  # sorts after: the named one still wins
     put("xi3-s0", 3.0, 0.5)  # the only folder of its cell, named otherwise: still read
     three = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
-                         "sweep": {"xi": [1.0, 2.0, 3.0], "seeds": [0]}})
+                         "regimes": {"r": 1.0}, "sweep": {"xi": [1.0, 2.0, 3.0], "seeds": [0]}})
     cells = analysis.load_cells(p, three.sweep)
     assert [ev["at"]["H_eval"]["accuracy"] for ev, _ in cells] == [0.2, 0.3, 0.5]
     assert [int(h["cum_generated_tokens"].iloc[0]) for _, h in cells] == [300, 400, 600]
     missing = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
-                           "sweep": {"xi": [1.0, 5.0, 4.0], "seeds": [0]}})
+                           "regimes": {"r": 1.0}, "sweep": {"xi": [1.0, 5.0, 4.0], "seeds": [0]}})
     where = re.escape(str(tmp_path / "sw"))
     with pytest.raises(FileNotFoundError, match=f"under {where}: xi5.0-s0, xi4.0-s0; run their"):
         analysis.load_cells(p, missing.sweep)
@@ -219,7 +239,7 @@ def test_an_empty_cell_history_is_damage_not_a_rate(tmp_path):
     from relbudget.measure.metrics import efficiency
 
     params = params_with({"allow_outside_paths": True, "paths": {"sweep": str(tmp_path / "sw")},
-                          "sweep": {"xi": [1.0], "seeds": [0]}})
+                          "regimes": {"r": 1.0}, "sweep": {"xi": [1.0], "seeds": [0]}})
     p = params.paths
     Path(p.cell_eval("xi1.0-s0")).parent.mkdir(parents=True)
     Path(p.cell_eval("xi1.0-s0")).write_text(json.dumps(

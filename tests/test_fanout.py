@@ -31,7 +31,8 @@ VENV_BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 RUN = dict(retries=0, retry_delay_s=0)
-CELLS4 = {"sweep": {"xi": [0.5, 2.0], "seeds": [0, 1]}}  # 4 training cells, none run before
+CELLS4 = {"regimes": {"a": 0.5},  # a regime is a xi of the grid
+          "sweep": {"xi": [0.5, 2.0], "seeds": [0, 1]}}  # 4 training cells, none run before
 
 
 def write_params(folder: Path, name: str, **override) -> str:

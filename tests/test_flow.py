@@ -89,16 +89,16 @@ def stage_runs(project: Path, stage: str, flow_state=None) -> list:
 
 
 def test_flow_parameters_are_validated_with_clear_errors():
-    with pytest.raises(fp.FlowConfigError, match=r"timeouts.trian: unknown key; did you mean 'train'"):
-        fp.flow_config(timeouts={"trian": 60})
+    with pytest.raises(fp.FlowConfigError, match=r"timeouts.swep: unknown key; did you mean 'sweep'"):
+        fp.flow_config(timeouts={"swep": 60})
     with pytest.raises(fp.FlowConfigError, match=r"retries: Input should be greater than or equal to 0"):
         fp.flow_config(retries=-1)
     with pytest.raises(fp.FlowConfigError, match=r"timeouts.sample_t: Input should be greater than 0"):
         fp.flow_config(timeouts={"sample_t": 0})
     with pytest.raises(fp.FlowConfigError, match="out_root: must not be empty"):
         fp.flow_config(out_root=" ")
-    cfg = fp.flow_config(timeouts={"train": 5}, retries=None)
-    assert cfg.timeouts.train == 5 and cfg.timeouts.sample_t == fp.Timeouts().sample_t
+    cfg = fp.flow_config(timeouts={"sweep": 5}, retries=None)
+    assert cfg.timeouts.sweep == 5 and cfg.timeouts.sample_t == fp.Timeouts().sample_t
     assert cfg.retries == 2
 
 
@@ -158,8 +158,8 @@ def test_flow_plan_fans_out_over_the_flows_params():
     keys: dict[str, list] = {}
     for s in fp.flow_plan(params):
         keys.setdefault(s.module, []).append(s.key)
-    assert keys["train"] == list(params.regimes)
-    assert keys["evaluate"] == ["base", *params.regimes]  # the base's reference first
+    assert "train" not in keys  # the regimes are sweep cells at their xi, not runs of their own
+    assert keys["evaluate"] == ["base"]  # the base's reference
     assert keys["sweep"] == [cell for cell, _, _ in params.sweep.cells()]
     assert keys["arm"] == [arm_name(a, s) for a in params.arms.arms for s in params.sweep.seeds]
     assert keys["fixed_best"] == [str(s) for s in params.sweep.seeds]
@@ -273,10 +273,10 @@ def test_deleted_or_edited_output_reexecutes_its_stage_only(project, first_run):
 
 
 def test_param_change_reexecutes_only_downstream_tasks(project, first_run):
-    # a train param: check_params (it reads every param), train, evaluate@regime, the sweep cells,
+    # a train param: check_params (it reads every param), the sweep cells (the regime is one),
     # the arms and report; not evaluate_base
     write_params(project, "changed.yaml", train={"max_steps": 3})
-    rerun = {"check_params", "train@a", "evaluate@a", "sweep@1.0-0", "arm@controller-0", "fixed_best@0", "report"}
+    rerun = {"check_params", "sweep@1.0-0", "arm@controller-0", "fixed_best@0", "report"}
     state, summary = run_flow(params_file="changed.yaml")
     assert state.is_completed(), state.message
     assert {lb for lb, s in summary["states"].items() if s == "Completed"} == rerun, summary["states"]
@@ -338,8 +338,8 @@ def test_timeout_fails_the_task_and_names_the_stage(project, harness):
 
 
 def test_invalid_flow_parameters_fail_before_any_stage(project, harness, capsys):
-    state, _ = run_flow(timeouts={"trian": 60})
-    assert state.is_failed() and "did you mean 'train'" in state.message
+    state, _ = run_flow(timeouts={"swep": 60})
+    assert state.is_failed() and "did you mean 'sweep'" in state.message
     state, _ = run_flow(params_file="missing.yaml")
     assert state.is_failed() and "params file not found: missing.yaml" in state.message
     assert fp.main(["--timeout", "sample_t=abc"]) == 2

@@ -34,7 +34,6 @@ BAD = [
     ({"train": {"num_generations": 1}}, "train.num_generations"),
     ({"train": {"lr": "fast"}}, "train.lr"),
     ({"evaluate": {"pass_k": [1, 16], "attempts": 8}}, "pass_k values [16]"),
-    ({"train": {"min_p_informative": 2}}, "train.min_p_informative"),
     ({"base_policy": {"slip_carry": 1.0}}, "base_policy.slip_carry"),
     ({"base_policy": {"continue_rate": 1.5}}, "base_policy.continue_rate"),
     # YAML booleans are not numbers (pydantic alone would read `steps: true` as 1 step)

@@ -130,9 +130,8 @@ def test_render_shows_the_peak_the_sweep_table_and_gamma():
     cells = [(cell(x, s, 0.5 + 0.01 * x + 0.01 * s, 38.0, 0.3), h) for x in (1.0, 2.0) for s in (0, 1)]
     table = analysis.sweep_table(cells, BASE)
     agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
-    budget = {"target_xi": 1.0, "xi": 1.0, "H": 40}
-    ev = {"at": {"H_own": {"accuracy": 0.55}, **cell(1.0, 0, 0.55, 39.0, 0.3)["at"]}}
-    rows = [analysis.regime_row("balanced", budget, ev, h, BASE)]
+    budgets = {"balanced": {"target_xi": 1.0, "xi": 1.0, "H": 40}}
+    rows = analysis.regime_rows({"balanced": 1.0}, budgets, table, BASE, pd.DataFrame())
     summary = {"E_T": 40.0, "E_T_ci": [38.0, 42.0], "unsolved_share": 0.1, "n_prompts": 10,
                "n_attempts": 80, "max_tokens": 200, "gamma": {"K": 2.5, "sup_distance": 0.04}}
     md = render.render(summary, rows, 64, agg, peak, (1.5, 2.0), BASE["at"]["H_eval"])
@@ -150,7 +149,7 @@ def test_final_xi_t_is_one_definition_for_report_and_train_summary():
     expected = float(np.mean(range(4, 13)))  # the finite values among the last 10 steps
     assert final_xi_t(h) == pytest.approx(expected)
     assert analysis._training(h)["xi_t_final"] == pytest.approx(expected)
-    assert summary(h, 1.0, 8, None)["final_xi_t"] == pytest.approx(expected)
+    assert summary(h, 1.0, 8)["final_xi_t"] == pytest.approx(expected)
     assert final_xi_t(history([1, 2], [np.nan, np.nan])) is None
 
 

@@ -126,10 +126,10 @@ def test_early_exit_spends_min_T_Hmax_and_keeps_hits(rambling_policy: Path):
     assert len(stopped) > 0 and (stopped["n_tokens"] == stopped["first_correct_token"]).all()
 
 
-def test_train_killed_resumes_from_its_checkpoint(measured: Path):
+def test_a_killed_cell_resumes_from_its_checkpoint(measured: Path):
     import shutil
 
-    from stages import train
+    from stages import evaluate, sweep
 
     write_params(measured, data={"n_train": 24, "n_eval": 4, "levels": [1]},
                  train={"stop": "steps", "max_steps": 40, "checkpoint_every": 2,
@@ -137,26 +137,27 @@ def test_train_killed_resumes_from_its_checkpoint(measured: Path):
     params = load_params("params.yaml")
     for name, mod in (("sample_t", sample_t), ("xi", xi)):
         execute(name, mod.run, params, mod.SECTIONS)
-    execute("train", train.run, params, train.SECTIONS, "high")
-    reference = pd.read_parquet("data/train/high/history.parquet")
-    shutil.rmtree("data/models/high")
-    shutil.rmtree("data/train/high")
+    execute("evaluate", evaluate.run, params, evaluate.SECTIONS, "base")
+    cell = "xi2.0-s0"  # the regime `high` of the tiny params
+    execute("sweep", sweep.run, params, sweep.SECTIONS, cell)
+    reference = pd.read_parquet(f"data/sweep/{cell}/history.parquet")
+    shutil.rmtree(f"data/sweep/{cell}")
 
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train", "high"],
+    proc = subprocess.Popen([sys.executable, "-m", "stages.sweep", cell],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = Path("data/train/.high.work")
+    work = Path(f"data/sweep/.{cell}.work/trainer")
     deadline = time.time() + 300
     while time.time() < deadline and not list(work.glob("checkpoint-4*")):
-        assert proc.poll() is None, "train finished before it could be killed"
+        assert proc.poll() is None, "the cell finished before it could be killed"
         time.sleep(0.05)
     time.sleep(0.2)  # mid-training; an unfinished checkpoint is skipped on resume
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not Path("data/models/high").exists()
-    assert not Path("data/train/high/history.parquet").exists()
+    assert not Path(f"data/sweep/{cell}/history.parquet").exists()
 
-    execute("train", train.run, params, train.SECTIONS, "high")
-    resumed = pd.read_parquet("data/train/high/history.parquet")
+    execute("sweep", sweep.run, params, sweep.SECTIONS, cell)
+    work = work.parent
+    resumed = pd.read_parquet(f"data/sweep/{cell}/history.parquet")
     cols = ["step", "generated_tokens", "cum_generated_tokens", "reward_mean", "frac_informative"]
     pd.testing.assert_frame_equal(resumed[cols], reference[cols])
     assert not work.exists()

@@ -151,6 +151,7 @@ def repo(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["tasks"].update({"family": TASKS, "report": ["universality"]})
     params["sweep"].update({"xi": [1.0], "seeds": [0]})
+    params["regimes"] = {"low": 1.0}  # a regime is a xi of the grid
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (("git", "init", "-q"), ("dvc", "init", "-q")):
         sh(*cmd, cwd=project)

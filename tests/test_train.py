@@ -6,6 +6,7 @@ of the time: GRPO groups then have mixed rewards and a step really moves the wei
 
 from __future__ import annotations
 
+import json
 import math
 
 import mlflow
@@ -14,12 +15,13 @@ import pytest
 import torch
 import yaml
 
-from relbudget.train.grpo import BudgetReward, preflight, score_completion, train_policy
+from relbudget.train.grpo import BudgetReward, score_completion, train_policy
 from relbudget.measure.models import char_tokenizer, load_saved, save_policy
+from relbudget.core.io import to_json_safe
 from relbudget.core.params import TrainParams, params_with
 from relbudget.core.schemas import HISTORY, PROMPTS, read_table, validate, write_table
 from relbudget.measure.task import builtin_splits
-from stages import train as train_stage
+from stages import sweep as sweep_stage
 from stages._cli import execute
 from tests.helpers import TINY_TRAIN, killed_at_step_3, pretrained
 
@@ -103,19 +105,6 @@ def test_reward_never_raises_and_uninformative_groups(caplog):
     assert math.isnan(stats["E_T"]) and math.isnan(stats["xi_t"])
 
 
-# ---------------------------------------------------------------- preflight
-
-
-def test_preflight_warns_and_refuses():
-    entry = {"H": 10, "p_informative": 0.01, "group_size": 8, "regime": "deficient"}
-    assert preflight({**entry, "p_informative": 0.6}, TrainParams.of_project()) is None
-    msg = preflight(entry, TrainParams.of_project())
-    assert "0.0100" in msg and "H=10" in msg
-    with pytest.raises(ValueError, match=r"regime tight \(H=10\): predicted P_inf = 0.0100"):
-        preflight(entry, TrainParams.of_project(refuse_uninformative=True), regime="tight")
-    assert "cannot check" in preflight({**entry, "p_informative": None}, TrainParams.of_project())
-
-
 # ---------------------------------------------------------------- the trainer
 
 
@@ -179,49 +168,52 @@ def test_resume_continues_the_same_run(base_dir, prompts, tmp_path, monkeypatch)
     assert all(torch.equal(after[k], v) for k, v in again.state_dict().items())
 
 
-def _stage_params(tmp_path, **train):
+def _cell_params(tmp_path, **train):
     return params_with({
         "paths": {k: str(tmp_path / v) for k, v in {
-            "prepared": "prepared", "base_model": "models/base", "xi": "xi", "models": "models",
-            "train": "train", "rollouts": "rollouts/base.parquet", "eval": "eval",
-            "report": "report"}.items()},
+            "prepared": "prepared", "base_model": "models/base", "xi": "xi", "sweep": "sweep",
+            "rollouts": "rollouts/base.parquet", "eval": "eval", "report": "report"}.items()},
         "allow_outside_paths": True,  # tmp_path is outside the project
-        "regimes": {"balanced": 1.75},
-        "train": {"token_budget": 700, "max_steps": 60, "checkpoint_every": 5, **TINY_TRAIN, **train},
+        "train": {"max_steps": 60, "checkpoint_every": 5, **TINY_TRAIN, **train},
+        "evaluate": {"attempts": 1, "h_eval": H, "h_multiples": [1.0], "pass_k": [1]},
+        "sweep": {"token_budget": 700, "eval_attempts": 1}, "arms": {"eval_at": [100]},
     })
 
 
-def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkeypatch):
+def test_a_cell_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkeypatch):
+    """A sweep cell (a regime is the cells at its xi): GRPO at H = xi * E[T] until the token
+    budget, then its evaluation; outputs, history and its MLflow run."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/m.db")
-    params = _stage_params(tmp_path)
+    params = _cell_params(tmp_path)
     write_table(prompts, PROMPTS, tmp_path / "prepared" / "train.parquet")
+    write_table(prompts.head(4), PROMPTS, tmp_path / "prepared" / "eval.parquet")
     base, tok = load_saved(base_dir)
     save_policy(base, tok, tmp_path / "models" / "base")
     (tmp_path / "xi").mkdir()
-    (tmp_path / "xi" / "budgets.yaml").write_text(yaml.safe_dump(
-        {"balanced": {"H": H, "target_xi": 1.75, "p_informative": 0.6, "group_size": 4,
-                      "regime": "balanced"}}))
+    (tmp_path / "xi" / "E_T.json").write_text(json.dumps({"E_T": H / 1.75}))  # H = 1.75 E[T]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "base.json").write_text(json.dumps(
+        {"at": {"H_eval": {"accuracy": 0.25, "E_T": 20.0}}}))
 
-    stats = execute("train", train_stage.run, params, train_stage.SECTIONS, "balanced")
+    result = execute("sweep", sweep_stage.run, params, sweep_stage.SECTIONS, "xi1.75-s0")
 
-    # outputs: the policy, a schema-valid history, no leftover work folder
-    hist = read_table(tmp_path / "train" / "balanced" / "history.parquet", HISTORY)
-    trained, _ = load_saved(tmp_path / "models" / "balanced")
-    assert not (tmp_path / "train" / ".balanced.work").exists()
-    # training changed the weights
-    before = base.state_dict()
-    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    # outputs: a schema-valid history and evaluation, no leftover work folder (no weights kept)
+    hist = read_table(tmp_path / "sweep" / "xi1.75-s0" / "history.parquet", HISTORY)
+    assert result["H"] == H and 0 <= result["at"]["H_eval"]["accuracy"] <= 1
+    assert json.loads((tmp_path / "sweep" / "xi1.75-s0" / "eval.json").read_text()) == \
+        json.loads(json.dumps(to_json_safe(result)))
+    assert not list((tmp_path / "sweep").glob(".*.work"))
     # the token budget stopped it: over budget now, under it one step before, before max_steps
     cum = hist["cum_generated_tokens"].tolist()
     assert cum[-1] >= 700 > cum[-2]
-    assert len(hist) < 60 and stats["steps"] == len(hist)
+    assert len(hist) < 60
     assert (hist["H"] == H).all() and hist["step"].tolist() == list(range(1, len(hist) + 1))
     assert (hist["cum_generated_tokens"] == hist["generated_tokens"].cumsum()).all()
 
     # MLflow: one FINISHED run with per-step metrics; generated tokens agree with TRL's own count
     client = mlflow.MlflowClient()
     (run,) = client.search_runs(client.get_experiment_by_name("relbudget").experiment_id)
-    assert run.info.status == "FINISHED" and run.data.tags["regime"] == "balanced"
+    assert run.info.status == "FINISHED" and run.data.tags["regime"] == "xi1.75-s0"
     trl_len = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
                                                                   "trl/completions/mean_length")}
     batch = TINY_TRAIN["num_generations"] * TINY_TRAIN["prompts_per_step"]
@@ -230,22 +222,18 @@ def test_stage_trains_until_the_token_budget(base_dir, prompts, tmp_path, monkey
     assert len(client.get_metric_history(run.info.run_id, "xi_t")) >= 1
     assert run.data.metrics["summary/generated_tokens"] == cum[-1]
     assert run.data.metrics["cum_generated_tokens"] == cum[-1]  # the per-step metric's last value
-    # timings go to MLflow, never into the tracked history
-    assert "wall_seconds" not in hist and run.data.metrics["wall_seconds"] > 0
-    # the prompts it read as a dataset, the trained policy as an MLflow model that loads
+    # timings go to MLflow, never into the tracked history; the headline gain against the base
+    assert "wall_seconds" not in hist and run.data.metrics["summary/train_seconds"] > 0
+    assert run.data.metrics["gain"] == pytest.approx(result["at"]["H_eval"]["accuracy"] - 0.25)
+    # the prompts it trained on, as an MLflow dataset input
     assert [(i.dataset.name, i.tags[0].value) for i in run.inputs.dataset_inputs] == [
         ("prompts-train", "training")]
-    (model,) = client.search_logged_models([run.info.experiment_id])
-    assert model.name == "policy" and model.source_run_id == run.info.run_id
-    assert "policy_model_error" not in run.data.tags
-    from mlflow import transformers as mlflow_transformers
-
-    loaded = mlflow_transformers.load_model(model.model_uri, return_type="components")
-    assert loaded["model"].num_parameters() == trained.num_parameters()
 
 
-def test_stage_names_a_missing_regime(tmp_path):
+def test_a_missing_regime_is_named_with_those_present(tmp_path):
+    from relbudget.measure.budgets import budget_of
+
     (tmp_path / "budgets.yaml").write_text(yaml.safe_dump(
         {"ample": {"H": 40, "target_xi": 5.0, "regime": "ample"}}))
     with pytest.raises(ValueError, match="regime 'balanced' is not in .*it has: ample"):
-        train_stage.budget_entry(tmp_path, "balanced")
+        budget_of(tmp_path, "balanced")

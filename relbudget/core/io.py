@@ -287,7 +287,7 @@ def output_set() -> Iterator[None]:
     So after any failure the set is the old one or the new one, never a mix, and each file keeps
     exactly the bytes it was written with. A journal that can be neither completed nor undone
     (the folder made read-only meanwhile) stops every start with one line naming it and the fix.
-    A folder written with `atomic_dir` inside the block (train@REGIME's policy) joins the set the
+    A folder written with `atomic_dir` inside the block (the base policy's folder) joins the set the
     same way. Nested sets join the outer one. The set is per thread (a ContextVar): the flow's
     threads each have their own."""
     if _OUTPUT_SET.get() is not None:

@@ -68,7 +68,7 @@ class Section(BaseModel):
 
 # Bounds a 2-core, 24 GB machine can honour (docs/failures.md): checked before any compute.
 XI_RANGE = (1e-3, 1e3)  # a target xi outside it is a typo (1e308) or a horizon of 1 token (1e-300)
-MAX_NAME = 64  # regime names become folder names, MLflow tags and DVC stage names
+MAX_NAME = 64  # names become MLflow tags, budgets.yaml keys and DVC stage names
 # Peak memory of sampling a rollout table, per row: ROW_BYTES + TOKEN_BYTES per token of the cap
 # (benchmarks/bench_row_bytes.py: ~1.2 KB/row at cap 256, i.e. about 320 B + 3.7 B per token;
 # the finished table alone is ~96 B/row + 1 B per token)
@@ -131,8 +131,6 @@ class Paths(Section):
     base_model: str
     rollouts: str
     xi: str
-    models: str
-    train: str
     eval: str
     report: str
     sweep: str
@@ -144,7 +142,7 @@ class Paths(Section):
     # The files inside those folders, named here only: stages, the flow and relbudget.core.paths use
     # these; dvc.yaml spells the same names after ${paths.*} (tests/test_interfaces.py checks).
     # One template a file: {FOLDER} is a field above and {key} the accessor's one argument (a
-    # split, regime, cell, arm or plot name); an accessor without {key} is a property.
+    # split, 'base', cell, arm or plot name); an accessor without {key} is a property.
     def _file(template: str, doc: str | None = None):  # noqa: N805 (class body only; deleted)
         if "{key}" not in template:
             return property(lambda self: template.format_map(self.__dict__), doc=doc)
@@ -162,9 +160,6 @@ class Paths(Section):
     per_prompt = _file("{xi}/per_prompt.parquet")
     curves = _file("{xi}/curves.parquet")
     xi_plot = _file("{xi}/{key}", "A plot of the xi stage (a name of XI_PLOTS).")
-    history = _file("{train}/{key}/history.parquet")
-    train_work = _file("{train}/.{key}.work", "Trainer checkpoints of an unfinished train@REGIME "
-                       "(hidden, removed on success).")
     eval_json = _file("{eval}/{key}.json")
     eval_rollouts = _file("{eval}/{key}_rollouts.parquet")
     cell_history = _file("{sweep}/{key}/history.parquet")
@@ -192,10 +187,6 @@ class Paths(Section):
         return self.model_copy(update={"prepared": f"{root}/prepared",
                                        "rollouts": f"{root}/rollouts.parquet", "xi": f"{root}/xi",
                                        "eval": f"{root}/eval", "sweep": f"{root}/sweep"})
-
-    def policy(self, regime: str) -> str:
-        """The policy folder of a regime; 'base' is the base policy."""
-        return self.base_model if regime == "base" else f"{self.models}/{regime}"
 
 
 class HFSource(Section):
@@ -342,7 +333,7 @@ class PromptFilterParams(Section):
     """Keep training prompts whose xi_x = H / E[T|x] (base rollouts) lies in xi_band."""
 
     xi_band: tuple[float, float] = Field(description="[lo, hi], the paper's band")
-    H: int | None = Field(gt=0, description="None: the regime's H")
+    H: int | None = Field(gt=0, description="None: the run's H")
 
     @field_validator("xi_band")
     @classmethod
@@ -354,7 +345,7 @@ class PromptFilterParams(Section):
 
 class TrainParams(Section):
     budget: Literal["fixed", "controller", "per_prompt"] = Field(
-        description="fixed: H of the regime; controller: H_t = target_xi * E_t[T] on "
+        description="fixed: the run's H (xi * E[T]); controller: H_t = target_xi * E_t[T] on "
         "the fly (train.controller); per_prompt: H_x per prompt from the base rollouts "
         "(train.per_prompt)")
     controller: ControllerParams
@@ -363,7 +354,8 @@ class TrainParams(Section):
         description="null: train on every prompt; else keep prompts with xi_x in the band")
     stop: Literal["tokens", "steps"]
     token_budget: int = Field(
-        gt=0, le=MAX_TOKEN_BUDGET, description="completion tokens per regime (compute-matched)")
+        gt=0, le=MAX_TOKEN_BUDGET, description="generated completion tokens per run; the pipeline's cells and arms "
+        "use sweep.token_budget (compute-matched)")
     max_steps: int = Field(
         gt=0, le=MAX_STEPS, description="the stop in 'steps' mode; a safety cap in 'tokens' mode")
     reward: Literal["within", "final", "budget"] = Field(
@@ -381,8 +373,6 @@ class TrainParams(Section):
     beta: float = Field(ge=0, le=1e3)
     temperature: float = Field(gt=0, le=100)
     max_grad_norm: float = Field(gt=0, le=1e6)
-    min_p_informative: float = Field(ge=0, le=1, description="preflight warning threshold")
-    refuse_uninformative: bool
     checkpoint_every: int = Field(gt=0, le=MAX_STEPS)
     seed: int
     threads: int = Field(gt=0, le=MAX_THREADS)
@@ -644,7 +634,7 @@ class Params(Section):
     sampling: SamplingParams
     xi: XiParams
     regimes: dict[str, float] = Field(
-        description="regime name -> target xi; train@NAME trains at H = xi * E[T]")
+        description="regime name -> one xi of sweep.xi: the regime is that xi's sweep cells")
     train: TrainParams
     evaluate: EvaluateParams
     sweep: SweepParams
@@ -674,13 +664,7 @@ class Params(Section):
                               f"{', '.join(self.tasks.family) or '(none)'}")
         return self.model_copy(update={"paths": self.paths.task(task)})
 
-    def _check_names_and_paths(self) -> None:
-        taken = {part(v): f"paths.{k}" for k, v in self.paths.model_dump().items()
-                 for part in (lambda v: Path(v).name, lambda v: Path(v).stem)}
-        taken.update({name: "a sweep cell" for name, _, _ in self.sweep.cells()})
-        for name in self.regimes:
-            if name in taken:
-                raise ValueError(f"regime name {name!r} clashes with {taken[name]}; rename the regime")
+    def _check_paths(self) -> None:
         if self.allow_outside_paths:
             return
         for k, v in self.paths.model_dump().items():
@@ -688,6 +672,15 @@ class Params(Section):
             if Path(v).is_absolute() or Path(os.path.normpath(norm)).parts[:1] == ("..",):
                 raise ValueError(f"paths.{k} = {v!r} leaves the project folder; use a path inside "
                                  "it, or set allow_outside_paths: true")
+
+    def _check_regimes(self) -> None:
+        # a regime is read from the sweep's cells at its xi (the same seeds and evaluation), so
+        # the regimes table and the sweep can never disagree; a xi off the grid has no cells
+        for name, xi in self.regimes.items():
+            if xi not in self.sweep.xi:
+                raise ValueError(f"regimes.{name} = {xi:g} is not in sweep.xi {self.sweep.xi}: a "
+                                 "regime names one xi of the sweep grid (its cells are the "
+                                 "regime); use one of those values or add it to sweep.xi")
 
     def _check_tasks(self) -> None:
         for name, task in self.tasks.family.items():
@@ -716,7 +709,8 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _cross(self) -> "Params":
-        self._check_names_and_paths()
+        self._check_paths()
+        self._check_regimes()
         self._check_tasks()
         self._check_costs()
         if self.sampling.max_tokens >= self.base_policy.max_position and self.base_policy.model == "builtin":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from relbudget.core.params import REPORT_PLOTS, TASKS_PLOTS, XI_PLOTS, Paths, arm_name, parse_task_cell
 
-STAGES = ("check_params", "prepare", "base_policy", "sample_t", "xi", "train", "evaluate", "sweep",
+STAGES = ("check_params", "prepare", "base_policy", "sample_t", "xi", "evaluate", "sweep",
           "arm", "fixed_best", "report", "task_t", "task_xi", "task_sweep", "tasks_report")
 
 
@@ -53,8 +53,8 @@ TASK_STAGES = {"task_t": _task_t, "task_xi": _task_xi, "task_sweep": _task_sweep
 
 
 def stage_files(paths: Paths, stage: str, key: str | None = None) -> StageFiles:
-    """The data files of one stage execution; `key` is the regime (train, evaluate; 'base' for
-    the base policy's evaluation) or the sweep cell."""
+    """The data files of one stage execution; `key` is 'base' (evaluate), the sweep cell, the arm
+    run, the seed (fixed_best) or the task."""
     files = _stage_files(paths, stage, key)
     if stage == "check_params":
         return files
@@ -76,12 +76,8 @@ def _stage_files(paths: Paths, stage: str, key: str | None) -> StageFiles:
     if stage == "xi":
         return StageFiles((p.rollouts,), (p.per_prompt, p.curves, p.budgets, p.E_T, p.xi_summary,
                                           *(p.xi_plot(n) for n in XI_PLOTS)))
-    if stage == "train":
-        return StageFiles((p.base_model, p.prompts("train"), p.budgets),
-                          (p.policy(key), p.history(key)))
-    if stage == "evaluate":  # a regime's evaluation also logs its gain over the base's (MLflow)
-        gain = (p.history(key), p.eval_json("base")) if key != "base" else ()
-        return StageFiles((p.policy(key), p.prompts("eval"), p.budgets, p.E_T, *gain),
+    if stage == "evaluate":  # `key` is 'base': the reference every cell's gain is against
+        return StageFiles((p.base_model, p.prompts("eval"), p.E_T),
                           (p.eval_rollouts(key), p.eval_json(key)))
     if stage == "sweep":
         return StageFiles((p.base_model, p.prepared, p.E_T, p.eval_json("base")),
@@ -100,7 +96,7 @@ def _stage_files(paths: Paths, stage: str, key: str | None) -> StageFiles:
         return StageFiles((p.tasks,), (p.tasks_md, p.tasks_metrics), (p.tasks_headline,),
                           tuple(p.tasks_plot(n) for n in TASKS_PLOTS))
     if stage == "report":
-        return StageFiles((p.xi, p.train, p.eval, p.sweep, p.arms),
+        return StageFiles((p.xi, p.eval, p.sweep, p.arms),
                           (p.report_md, p.report_metrics), (p.headline_json,),
                           (*(p.report_plot(n) for n in REPORT_PLOTS), p.efficiency_csv))
     raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")

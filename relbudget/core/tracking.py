@@ -66,7 +66,7 @@ def log_metrics(metrics: dict[str, Any], step: int | None = None) -> None:
 def eval_headline(at: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The headline metrics of an evaluation (`at`: horizon name -> metrics), under the same keys
     on every evaluate run, the base policy's included, so the MLflow runs table sorts by them:
-    accuracy, E[T] and first-answer accuracy at the common H_eval; accuracy at the regime's own H
+    accuracy, E[T] and first-answer accuracy at the common H_eval; accuracy at a cell's own H
     where there is one (`acc_own_H`)."""
     h = at.get("H_eval", {})
     out = {"acc_H_eval": h.get("accuracy"), "E_T_H_eval": h.get("E_T"),
@@ -88,27 +88,6 @@ def log_dataset(df: Any, path: str | Path, context: str) -> None:
         ds = mlflow.data.from_pandas(df, source=str(Path(path).resolve()),
                                      name=f"prompts-{Path(path).stem}")
         mlflow.log_input(ds, context=context)
-
-
-def log_policy(model: Any, tokenizer: Any, folder: str | Path) -> None:
-    """A trained policy as an MLflow model (transformers flavour, artifact `policy`,
-    text-generation), loadable with mlflow.transformers or mlflow.pyfunc. Its name_or_path is set
-    to the absolute folder it was saved to, never a Hub repo id, so MLflow looks nothing up on the
-    Hub (no network). A failure here is logged and tagged, not raised: the stage's outputs are
-    written already."""
-    try:
-        import mlflow.transformers
-        import torch
-        import transformers
-
-        model.config._name_or_path = str(Path(folder).resolve())
-        mlflow.transformers.log_model(
-            {"model": model, "tokenizer": tokenizer}, name="policy", task="text-generation",
-            pip_requirements=[f"transformers=={transformers.__version__}",
-                              f"torch=={torch.__version__.split('+')[0]}"])
-    except Exception as err:
-        log.warning("could not log the policy as an MLflow model: %s: %s", type(err).__name__, err)
-        mlflow.set_tag("policy_model_error", f"{type(err).__name__}: {err}"[:5000])
 
 
 class TrackingError(RuntimeError):

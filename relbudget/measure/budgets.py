@@ -1,8 +1,8 @@
 """budgets.yaml: the horizon H per named regime, typed (Budget), planned, written and read.
 
 The xi stage plans one Budget per regime of params.yaml (H = max(1, round(target_xi * E[T])),
-with the predicted p, reward variance and P_inf at H) and writes them; train, evaluate and report
-read them back through `read_budgets`, which validates every entry (H >= 1, a known regime class,
+with the predicted p, reward variance and P_inf at H) and writes them; the report reads them
+back through `read_budgets`, which validates every entry (H >= 1, a known regime class,
 every field the xi stage writes, no duplicate key), so a truncated or hand-edited file is a
 one-line error naming the file and the field, never a silent H.
 """

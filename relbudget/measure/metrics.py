@@ -36,7 +36,7 @@ def efficiency(at: dict, base_at: dict, tokens: int) -> dict:
 
 def gain_metrics(at: dict[str, dict], base_eval: str | Path, tokens: int) -> dict:
     """`gain`, `gain_per_100k`, `E_T_fall_per_100k` at H_eval against the base policy's
-    evaluation file: what every run that trained (train cells, arms, evaluate@REGIME) logs under
+    evaluation file: what every run that trained (sweep cells, arms) logs under
     the same keys, so the MLflow runs table sorts trained policies by the headline efficiency."""
     base = json.loads(Path(base_eval).read_text())["at"]["H_eval"]
     return efficiency(at["H_eval"], base, tokens)

@@ -26,6 +26,7 @@ from scipy import stats
 from relbudget.core.errors import DataError
 from relbudget.core.params import cell_name
 from relbudget.core.schemas import HISTORY, read_table
+from relbudget.measure.estimators import hit_within, table_cap
 from relbudget.measure.metrics import efficiency, final_xi_t
 
 PEAK_RESAMPLES = 2000
@@ -34,6 +35,8 @@ PEAK_SEED = 0
 SWEEP_MEANS = ["gain_per_100k", "E_T_fall_per_100k", "acc_H_eval", "first_answer_acc", "gain",
                "first_answer_gain", "frac_informative_mean", "clipped_ratio_mean",
                "attempts_per_completion", "tokens_after_correct_mean", "xi_t_slope_per_10k"]
+# a regime's row: these, mean and standard error over the seeds of the cells at its xi
+REGIME_MEANS = [*SWEEP_MEANS, "acc_own_H", "E_T", "steps", "generated_tokens", "xi_t_final"]
 
 
 def xi_t_slope(history: pd.DataFrame) -> float | None:
@@ -65,22 +68,44 @@ def _training(history: pd.DataFrame) -> dict:
             "xi_t_slope_per_10k": xi_t_slope(history)}
 
 
-def regime_row(name: str, budget: dict, ev: dict, history: pd.DataFrame, base_eval: dict) -> dict:
-    """Headline numbers of one named regime against the base policy at H_eval."""
-    at, base = ev["at"], base_eval["at"]["H_eval"]
-    train = _training(history)
-    return {
-        "regime": name, "target_xi": budget["target_xi"], "xi": budget["xi"], "H": budget["H"],
-        "predicted_p_informative": budget.get("p_informative"), **train,
-        "acc_own_H_base": base_eval["at"].get(f"H_{name}", {}).get("accuracy"),
-        "acc_own_H": at["H_own"]["accuracy"],
-        "acc_H_eval_base": base["accuracy"], "acc_H_eval": at["H_eval"]["accuracy"],
-        "first_answer_acc_base": base.get("first_answer_accuracy"),
-        "first_answer_acc": at["H_eval"].get("first_answer_accuracy"),
-        **efficiency(at["H_eval"], base, train["generated_tokens"]),
-        "E_T_base": base["E_T"], "E_T": at["H_eval"]["E_T"],
-        "pass@k": {k: v for k, v in at["H_eval"].items() if k.startswith("pass@")},
-    }
+def regime_rows(regimes: dict[str, float], budgets: dict, table: pd.DataFrame,
+                base_eval: dict, base_rollouts: pd.DataFrame) -> list[dict]:
+    """The named regimes, read from the sweep: each regime's row is the mean over the seeds of
+    the cells at its xi (`COL_err`: their standard error), so it is the sweep's own number at that
+    xi, never a separate run's. `budgets`: budgets.yaml (its H and predicted informative share);
+    `base_rollouts`: the base policy's evaluation pass, read at the regime's own H."""
+    base = base_eval["at"]["H_eval"]
+    rows = []
+    for name, xi in regimes.items():
+        cells = table[table["xi"] == xi]
+        if cells.empty:
+            raise DataError(f"regime {name!r} (xi {xi:g}) has no sweep cell; it must be one of "
+                            "params sweep.xi", [])
+        cols = [c for c in REGIME_MEANS if c in cells]
+        num = cells[cols].astype(float)
+        means, errs = num.mean(), num.sem(ddof=1)  # NaN (-> None) where no seed has the figure
+        if name not in budgets:
+            raise DataError(f"regime {name!r} is not in budgets.yaml ({', '.join(budgets)}); rerun "
+                            "the xi stage (dvc repro xi)", [])
+        b = budgets[name]
+        rows.append({
+            "regime": name, "target_xi": xi, "xi": b["xi"], "H": int(cells["H"].iloc[0]),
+            "n_seeds": int(cells["seed"].nunique()),
+            "predicted_p_informative": b.get("p_informative"),
+            **{c: None if pd.isna(means[c]) else float(means[c]) for c in cols},
+            **{f"{c}_err": None if pd.isna(errs[c]) else float(errs[c]) for c in cols},
+            "acc_own_H_base": base_accuracy_at(base_rollouts, int(cells["H"].iloc[0])),
+            "acc_H_eval_base": base["accuracy"],
+            "first_answer_acc_base": base.get("first_answer_accuracy"), "E_T_base": base["E_T"]})
+    return rows
+
+
+def base_accuracy_at(rollouts: pd.DataFrame, H: int) -> float | None:
+    """The base policy's accuracy at H from its one evaluation pass (None past that pass's cap,
+    where it would be extrapolated); the accuracy relbudget.measure.evaluation reports at H."""
+    if rollouts.empty or H > table_cap(rollouts):
+        return None
+    return float(hit_within(rollouts, H).mean())
 
 
 def cell_row(ev: dict, history: pd.DataFrame, base_eval: dict) -> dict:
@@ -91,6 +116,7 @@ def cell_row(ev: dict, history: pd.DataFrame, base_eval: dict) -> dict:
     return {"xi": float(ev["xi"]), "seed": int(ev["seed"]), "H": int(ev["H"]),
             **efficiency(at, base, train["generated_tokens"]),
             "acc_H_eval": at["accuracy"], "first_answer_acc": first,
+            "acc_own_H": ev["at"].get("H_own", {}).get("accuracy"),
             "first_answer_gain": None if first is None or first_base is None else first - first_base,
             "E_T": at["E_T"], **train}
 

@@ -49,13 +49,16 @@ def xi_curves(curves: pd.DataFrame, budgets: dict, path: str | Path,
     _save(fig, path)
 
 
-def learning_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> None:
-    """Reward and xi_t = H / E_t[T] against generated completion tokens, one line per regime."""
+def learning_curves(histories: dict[str, list[pd.DataFrame]], path: str | Path) -> None:
+    """Reward and xi_t = H / E_t[T] against generated completion tokens: one colour per regime,
+    one line per seed (the regime's sweep cells)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, h in histories.items():
-        x = h["cum_generated_tokens"] / 1e3
-        a.plot(x, h["reward_mean"].rolling(3, min_periods=1).mean(), label=name)
-        b.plot(x, h["xi_t"], label=name)
+    for i, (name, runs) in enumerate(histories.items()):
+        for j, h in enumerate(runs):
+            x, style = h["cum_generated_tokens"] / 1e3, {"color": f"C{i}", "lw": 1.2, "alpha": 0.8,
+                                                        "label": name if j == 0 else None}
+            a.plot(x, h["reward_mean"].rolling(3, min_periods=1).mean(), **style)
+            b.plot(x, h["xi_t"], **style)
     a.set(xlabel="generated completion tokens (thousands)", ylabel="reward mean (rolling 3)",
           title="reward")
     b.set(xlabel="generated completion tokens (thousands)", ylabel="xi_t = H / E_t[T]",
@@ -71,8 +74,8 @@ def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] =
     """Gain in accuracy at H_eval and fall in E[T], per 100k generated tokens, against xi (log).
 
     `rows` has columns xi, gain_per_100k, E_T_fall_per_100k and optional *_err columns
-    (standard errors over seeds) drawn as error bars; `regimes` (same columns and `regime`) are
-    drawn as labelled markers; `peak` ({xi, low, high}) as a line with its interval shaded.
+    (standard errors over seeds) drawn as error bars; `regimes` (same columns, `regime` and
+    `target_xi`) are drawn as labelled markers at their grid xi (on the sweep's own point); `peak` ({xi, low, high}) as a line with its interval shaded.
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, label in ((a, "gain_per_100k", "accuracy gain at H_eval per 100k tokens"),
@@ -82,11 +85,13 @@ def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] =
         ax.errorbar(rows["xi"], rows[col], yerr=err, marker="o", capsize=3, lw=1.5,
                     label="mean +- s.e. over seeds" if err is not None else None)
         if regimes is not None and len(regimes):
-            ax.scatter(regimes["xi"], regimes[col], marker="x", color="tab:red", zorder=3,
+            y = pd.to_numeric(regimes[col], errors="coerce")  # None (no rate) -> NaN, not drawn
+            ax.scatter(regimes["target_xi"], y, marker="x", color="tab:red", zorder=3,
                        label="named regimes")
-            for r in regimes.itertuples(index=False):
-                ax.annotate(str(r.regime), (r.xi, getattr(r, col)), fontsize=8,
-                            xytext=(4, 4), textcoords="offset points")
+            for name, x, v in zip(regimes["regime"], regimes["target_xi"], y):
+                if np.isfinite(v):
+                    ax.annotate(str(name), (x, v), fontsize=8, xytext=(4, 4),
+                                textcoords="offset points")
         if peak is not None and ax is a:
             ax.axvline(peak["xi"], color="tab:green", lw=1, label=f"peak xi = {peak['xi']:g}")
             if peak["high"] is not None and peak["high"] > peak["low"]:

@@ -159,7 +159,8 @@ def findings(rows: list[dict]) -> list[str]:
     out = []
     best = max(rows, key=lambda r: r["gain_per_100k"])
     out.append(f"Highest accuracy gain per 100k tokens among the regimes: **{best['regime']}** "
-               f"(xi = {best['xi']:.2f}, {best['gain_per_100k']:+.3f} per 100k tokens).")
+               f"(xi = {best['xi']:.2f}, {_pm(best['gain_per_100k'], best.get('gain_per_100k_err'))}"
+               f" per 100k tokens, mean of {best['n_seeds']} seed(s)).")
     for r in rows:
         if r["gain"] < 0 or (r["E_T"] is not None and r["E_T_base"] is not None
                              and r["E_T"] > r["E_T_base"]):
@@ -178,17 +179,19 @@ def findings(rows: list[dict]) -> list[str]:
 
 
 def _regime_table(rows: list[dict]) -> list[str]:
-    lines = ["| regime | xi | H | steps | tokens | informative | acc@H (base -> RL) | "
+    lines = ["| regime | xi | H | seeds | steps | tokens | informative | acc@H (base -> RL) | "
              "acc@H_eval (base -> RL) | first answer@H_eval (base -> RL) | gain/100k tok | "
              f"E[T] (base -> RL) | xi_t final (last {FINAL_STEPS} steps) | after-correct tokens |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['regime']} | {r['xi']:.2f} | {r['H']} | {r['steps']} | {r['generated_tokens']} | "
-            f"{_fmt(r['frac_informative_mean'], 2)} | {_fmt(r['acc_own_H_base'])} -> "
-            f"{_fmt(r['acc_own_H'])} | {_fmt(r['acc_H_eval_base'])} -> {_fmt(r['acc_H_eval'])} | "
+            f"| {r['regime']} | {r['xi']:.2f} | {r['H']} | {r['n_seeds']} | {_fmt(r['steps'], 0)} | "
+            f"{_fmt(r['generated_tokens'], 0)} | {_fmt(r['frac_informative_mean'], 2)} | "
+            f"{_fmt(r['acc_own_H_base'])} -> {_fmt(r['acc_own_H'])} | "
+            f"{_fmt(r['acc_H_eval_base'])} -> {_pm(r['acc_H_eval'], r.get('acc_H_eval_err'), 3, False)} | "
             f"{_fmt(r['first_answer_acc_base'])} -> {_fmt(r['first_answer_acc'])} | "
-            f"{r['gain_per_100k']:+.3f} | {_fmt(r['E_T_base'], 1)} -> {_fmt(r['E_T'], 1)} | "
+            f"{_pm(r['gain_per_100k'], r.get('gain_per_100k_err'))} | "
+            f"{_fmt(r['E_T_base'], 1)} -> {_fmt(r['E_T'], 1)} | "
             f"{_fmt(r['xi_t_final'], 2)} | {_fmt(r['tokens_after_correct_mean'], 1)} |")
     return lines
 
@@ -261,9 +264,11 @@ def render(summary: dict, rows: list[dict], h_eval: int, agg: pd.DataFrame | Non
     lines += ["## What this run measured", ""]
     lines += [f"- {f}" for f in findings(rows)]
     lines += ["", "## Regimes", ""] + _regime_table(rows)
-    lines += ["", f"H_eval = {h_eval}; tokens are generated completion tokens (compute-matched "
-              "within the regimes and within the sweep); first answer = the first answer "
-              "candidate of a completion is correct (and within H_eval).", ""]
+    lines += ["", f"Each regime is the sweep's cells at its xi: its row is their mean over seeds "
+              f"(+- standard error), the same numbers as the sweep's table below. H_eval = "
+              f"{h_eval}; tokens are generated completion tokens (compute-matched across the "
+              "sweep); first answer = the first answer candidate of a completion is correct (and "
+              "within H_eval).", ""]
     if agg is not None and peak is not None:
         lines += _sweep_section(agg, peak, band, base_at or {}, s.get("gamma"), gamma_png)
     lines += more or []

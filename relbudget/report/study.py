@@ -16,17 +16,20 @@ from relbudget.core.io import to_json_safe
 def analyse(inp: dict, params) -> dict:
     """`inp`: what stages.report.load_inputs reads. Returns `metrics` (metrics.json), `markdown`
     (report.md), and for the plots `rows` (regimes), `agg` (sweep by xi), `peak`, `band`,
-    `cell_histories` (xi -> the cells' histories), `arms` (relbudget.report.compare.compare) and
+    `cell_histories` (xi -> the cells' histories), `regime_histories` (regime -> the histories of
+    the cells at its xi), `arms` (relbudget.report.compare.compare) and
     `prediction` (relbudget.report.prediction.compare)."""
     band = tuple(params.report.paper_band)
     base_at = inp["base_eval"]["at"]["H_eval"]
-    rows = [analysis.regime_row(r, inp["budgets"][r], inp["evals"][r], inp["histories"][r],
-                           inp["base_eval"]) for r in params.regimes]
     table = analysis.sweep_table(inp["cells"], inp["base_eval"])
     agg, peak = analysis.by_xi(table), analysis.peak_xi(table)
+    # the regimes are the sweep's cells at their xi: one source, so they cannot disagree
+    rows = analysis.regime_rows(params.regimes, inp["budgets"], table, inp["base_eval"],
+                                inp["base_rollouts"])
     cell_histories: dict[float, list] = {}
     for ev, h in inp["cells"]:
         cell_histories.setdefault(float(ev["xi"]), []).append(h)
+    regime_histories = {r: cell_histories[float(x)] for r, x in params.regimes.items()}
     arms = compare.compare(params.paths, params.arms, params.sweep.seeds, base_at["accuracy"])
     predicted = prediction.compare(inp["summary"]["predicted"], agg, peak,
                                    int(table["generated_tokens"].sum()))
@@ -49,4 +52,5 @@ def analyse(inp: dict, params) -> dict:
                           + prediction.markdown(predicted, peak) + arms["markdown"]
                           + render.across_tasks(bool(params.tasks.report), params.paths.tasks_md))
     return {"metrics": metrics, "markdown": markdown, "rows": rows, "agg": agg, "peak": peak,
-            "band": band, "cell_histories": cell_histories, "arms": arms, "prediction": predicted}
+            "band": band, "cell_histories": cell_histories,
+            "regime_histories": regime_histories, "arms": arms, "prediction": predicted}

@@ -50,8 +50,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_FILE = "relbudget_history.json"  # beside each Trainer checkpoint, so history survives resume
 FINGERPRINT_FILE = "relbudget_fingerprint.txt"
-NOT_TRAJECTORY = {"stop", "token_budget", "max_steps", "checkpoint_every", "threads",
-                  "min_p_informative", "refuse_uninformative"}
+NOT_TRAJECTORY = {"stop", "token_budget", "max_steps", "checkpoint_every", "threads"}
 LOG_EVERY = 10  # steps between progress lines in the log (every step goes to MLflow)
 HISTORY_COLUMNS = ["step", "generated_tokens", "cum_generated_tokens", "reward_mean", "frac_informative",
                    "frac_reward_zero_std", "clipped_ratio", "mean_length", "tokens_after_correct", "E_T",
@@ -563,46 +562,3 @@ def _controller(train: TrainParams, reward: BudgetReward, rows: list[dict], H: i
         ctrl.resume(int(rows[-1]["H_next"]))
     reward.observer = ctrl.record
     return ctrl
-
-
-# ---------------------------------------------------------------- preflight
-
-
-def preflight(budget_entry: dict, train: TrainParams, regime: str | None = None) -> str | None:
-    """Warn (or refuse, with train.refuse_uninformative) when the predicted share of informative
-    GRPO groups at this H is below train.min_p_informative: such a run mostly burns tokens.
-
-    Returns the warning text, or None when the prediction is fine.
-    """
-    name = regime or budget_entry.get("regime", "?")
-    H = budget_entry.get("H")
-    p_inf = budget_entry.get("p_informative")
-    G = budget_entry.get("group_size")
-    if p_inf is None:
-        msg = (f"regime {name} (H={H}): no predicted P_inf in budgets.yaml (H above the sampled "
-               "cap?); cannot check that groups will be informative")
-        log.warning(msg)
-        _tag("preflight", "unknown")
-        return msg
-    if G is not None and int(G) != train.num_generations:
-        log.warning("P_inf in budgets.yaml is for groups of %s; training uses num_generations=%d",
-                    G, train.num_generations)
-    if p_inf >= train.min_p_informative:
-        _tag("preflight", "ok")
-        return None
-    msg = (f"regime {name} (H={H}): predicted P_inf = {p_inf:.4f} is below "
-           f"train.min_p_informative = {train.min_p_informative}: most GRPO groups will have "
-           "equal rewards and give no gradient")
-    if train.refuse_uninformative:
-        _tag("preflight", "refused")
-        raise ValueError(msg + " (refused: train.refuse_uninformative is true)")
-    log.warning("!!! %s", msg)
-    _tag("preflight", "uninformative")
-    return msg
-
-
-def _tag(key: str, value: str) -> None:
-    import mlflow
-
-    if mlflow.active_run() is not None:
-        mlflow.set_tag(key, value)

@@ -1,9 +1,9 @@
 """One training run from the base policy, as the stages need it: checks before compute, the
 adaptive budgets, an accuracy curve along training, and the summary of the run.
 
-`train_from_base` is the one training path of train@REGIME, a sweep cell and an arm run;
-`train_and_evaluate` is the whole of a sweep cell or an arm (train@REGIME saves its policy
-instead of evaluating it in the same process):
+`train_from_base` is the one training path of a sweep cell (a named regime is the cells at its
+xi) and an arm run; `train_and_evaluate` is the whole of a sweep cell or an arm (the trained
+policy is evaluated in the same process, then dropped):
 
 1. H: max(1, round(xi * E[T])) from the xi stage's E_T.json (`horizon`);
 2. the prompts: `train.prompt_filter` and `train.budget = per_prompt` (`adaptive_budgets`);
@@ -97,7 +97,7 @@ def _nan_if_none(v: float | None) -> float:
     return math.nan if v is None else v
 
 
-def summary(history: pd.DataFrame, seconds: float, H: int, warning: str | None) -> dict:
+def summary(history: pd.DataFrame, seconds: float, H: int) -> dict:
     """Final metrics of the run (MLflow and the stage's return value)."""
     last = history.tail(FINAL_STEPS)  # the end of training, smoothed over a few steps
     steps = int(history["step"].max()) if len(history) else 0
@@ -120,7 +120,6 @@ def summary(history: pd.DataFrame, seconds: float, H: int, warning: str | None) 
         "final_xi_t": _nan_if_none(final_xi_t(history)),  # the report's definition
         "first_E_T": float(history["E_T"].iloc[0]) if len(history) else math.nan,
         "final_E_T": final("E_T"),
-        "preflight_warning": warning is not None,
     }
 
 
@@ -205,15 +204,15 @@ class Trained:
 
 def train_from_base(params, t, H: int, name: str, work: Path, checkpoints: Path | None = None,
                     eval_at: list[int] | None = None, eval_prompts: pd.DataFrame | None = None,
-                    eval_attempts: int | None = None, warning: str | None = None,
+                    eval_attempts: int | None = None,
                     log_inputs: bool = False) -> Trained:
-    """GRPO from the base policy with train params `t` at H, the same path for train@REGIME, a
-    sweep cell and an arm: the training prompts (rendered, `adaptive_budgets` applied), the
+    """GRPO from the base policy with train params `t` at H, the same path for a sweep cell (a
+    regime is the cells at its xi) and an arm: the training prompts (rendered, `adaptive_budgets` applied), the
     context check before compute, then `train_policy` while holding `work`'s lock, with the
     trainer's checkpoints in `checkpoints` (default `work`/trainer), so an interrupted run resumes.
 
     eval_at: the accuracy curve at H_eval along training (`EvalCurve`) on `eval_prompts`, with
-    `eval_attempts` samples each. warning: preflight's, for the summary. log_inputs: the training
+    `eval_attempts` samples each. log_inputs: the training
     prompts as an MLflow dataset input and the adaptive budgets' counts as budget/ metrics."""
     from relbudget.core.io import work_lock
     from relbudget.core.schemas import PROMPTS, read_table
@@ -248,7 +247,7 @@ def train_from_base(params, t, H: int, name: str, work: Path, checkpoints: Path 
                                       work / "trainer" if checkpoints is None else checkpoints,
                                       max_model_len, extra_callback=curve)
     seconds = time.time() - t0
-    stats = {**summary(history, seconds, H, warning), **budget_stats}
+    stats = {**summary(history, seconds, H), **budget_stats}
     return Trained(model, tok, history, H, stats)
 
 
@@ -263,8 +262,8 @@ def eval_horizons(h_eval: int, more: dict[str, int] | None, H: int) -> dict[str,
 def evaluate_trained(params, trained: Trained, name: str, work: Path, eval_prompts: pd.DataFrame,
                      eval_attempts: int, more: dict[str, int] | None = None
                      ) -> tuple[pd.DataFrame, dict]:
-    """The trained policy evaluated at `eval_horizons` the way evaluate@REGIME evaluates a saved
-    one: saved to `work`/policy first, then dropped with the work folder. Returns (eval rollouts,
+    """The trained policy evaluated at `eval_horizons` the way `evaluate base` evaluates the base
+    policy: saved to `work`/policy first, then dropped with the work folder. Returns (eval rollouts,
     eval result)."""
     from relbudget.measure.evaluation import evaluate_policy
     from relbudget.measure.models import save_policy
@@ -288,7 +287,8 @@ def train_and_evaluate(params, t, H: int, name: str, work: Path, eval_attempts: 
     cap = max(eval_horizons(params.evaluate.h_eval, more, H).values())
     check_cap(params.paths.base_model, eval_prompts, cap, params.base_policy)  # before compute
     trained = train_from_base(params, t, H, name, work, eval_at=eval_at,
-                              eval_prompts=eval_prompts, eval_attempts=eval_attempts)
+                              eval_prompts=eval_prompts, eval_attempts=eval_attempts,
+                              log_inputs=True)
     table, result = evaluate_trained(params, trained, name, work, eval_prompts, eval_attempts,
                                      more)
     return trained.history, table, result, trained.stats

@@ -76,22 +76,22 @@ def sample_table(generate_fn: GenerateFn, tokenizer, requests: list[Request], at
         _prepare_chunk_dir(chunk_dir, fingerprint)
     chunks = [requests[i: i + chunk_prompts] for i in range(0, len(requests), chunk_prompts)]
     frames = []
-    bar = tqdm(total=len(requests) * attempts, desc=desc, unit="attempt")
-    for c, chunk in enumerate(chunks):
-        done = chunk_dir / f"chunk-{c:05d}.parquet" if chunk_dir else None
-        if done is not None and done.exists():
-            frames.append(pd.read_parquet(done))
-            bar.update(len(chunk) * attempts)
-            continue
-        items = [(r, a) for r in chunk for a in range(attempts)]
-        gens = generate_fn(items, chunk_seed(seed, c))
-        df = pd.DataFrame([score(tokenizer, g, max_tokens, policy, keep_text) for g in gens])
-        if done is not None:
-            write_parquet(df, done)
-        frames.append(df)
-        bar.update(len(items))
-        bar.set_postfix(tokens=int(sum(f["n_tokens"].sum() for f in frames)))
-    bar.close()
+    # closed as the block ends, also on Ctrl-C: the bar draws nothing after the caller's error line
+    with tqdm(total=len(requests) * attempts, desc=desc, unit="attempt") as bar:
+        for c, chunk in enumerate(chunks):
+            done = chunk_dir / f"chunk-{c:05d}.parquet" if chunk_dir else None
+            if done is not None and done.exists():
+                frames.append(pd.read_parquet(done))
+                bar.update(len(chunk) * attempts)
+                continue
+            items = [(r, a) for r in chunk for a in range(attempts)]
+            gens = generate_fn(items, chunk_seed(seed, c))
+            df = pd.DataFrame([score(tokenizer, g, max_tokens, policy, keep_text) for g in gens])
+            if done is not None:
+                write_parquet(df, done)
+            frames.append(df)
+            bar.update(len(items))
+            bar.set_postfix(tokens=int(sum(f["n_tokens"].sum() for f in frames)))
     table = normalise_rollouts(pd.concat(frames, ignore_index=True))
     return validate(table, ROLLOUTS, f"rollouts sampled by {policy}")
 
