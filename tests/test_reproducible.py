@@ -25,7 +25,7 @@ rng = np.random.default_rng(0)
 h = pd.DataFrame({"cum_generated_tokens": np.arange(1, 30) * 100,
                   "xi_t": np.linspace(1, 2, 29) + rng.random(29) * 0.1,
                   "reward_mean": rng.random(29)})
-plots.learning_curves({"balanced": h, "ample": h * 1.1}, sys.argv[1])
+plots.learning_curves({"balanced": [h, h * 1.05], "ample": [h * 1.1]}, sys.argv[1])
 """
 
 PARQUET = """
