@@ -75,26 +75,24 @@ def regime_rows(regimes: dict[str, float], budgets: dict, table: pd.DataFrame,
     xi, never a separate run's. `budgets`: budgets.yaml (its H and predicted informative share);
     `base_rollouts`: the base policy's evaluation pass, read at the regime's own H."""
     base = base_eval["at"]["H_eval"]
+    agg = by_xi(table, REGIME_MEANS).set_index("xi")  # the sweep's own aggregation
+    cols = [c for c in REGIME_MEANS if c in agg]
     rows = []
     for name, xi in regimes.items():
-        cells = table[table["xi"] == xi]
-        if cells.empty:
+        if xi not in agg.index:
             raise DataError(f"regime {name!r} (xi {xi:g}) has no sweep cell; it must be one of "
                             "params sweep.xi", [])
-        cols = [c for c in REGIME_MEANS if c in cells]
-        num = cells[cols].astype(float)
-        means, errs = num.mean(), num.sem(ddof=1)  # NaN (-> None) where no seed has the figure
         if name not in budgets:
             raise DataError(f"regime {name!r} is not in budgets.yaml ({', '.join(budgets)}); rerun "
                             "the xi stage (dvc repro xi)", [])
-        b = budgets[name]
+        r, b = agg.loc[xi], budgets[name]
         rows.append({
-            "regime": name, "target_xi": xi, "xi": b["xi"], "H": int(cells["H"].iloc[0]),
-            "n_seeds": int(cells["seed"].nunique()),
+            "regime": name, "target_xi": xi, "xi": b["xi"], "H": int(r["H"]),
+            "n_seeds": int(r["n_seeds"]),
             "predicted_p_informative": b.get("p_informative"),
-            **{c: None if pd.isna(means[c]) else float(means[c]) for c in cols},
-            **{f"{c}_err": None if pd.isna(errs[c]) else float(errs[c]) for c in cols},
-            "acc_own_H_base": base_accuracy_at(base_rollouts, int(cells["H"].iloc[0])),
+            # NaN (-> None) where no seed has the figure, or one seed gives no standard error
+            **{k: None if pd.isna(r[k]) else float(r[k]) for c in cols for k in (c, f"{c}_err")},
+            "acc_own_H_base": base_accuracy_at(base_rollouts, int(r["H"])),
             "acc_H_eval_base": base["accuracy"],
             "first_answer_acc_base": base.get("first_answer_accuracy"), "E_T_base": base["E_T"]})
     return rows
@@ -165,9 +163,10 @@ def sweep_table(cells: list[tuple[dict, pd.DataFrame]], base_eval: dict) -> pd.D
     return pd.DataFrame(rows).sort_values(["xi", "seed"], ignore_index=True)
 
 
-def by_xi(table: pd.DataFrame) -> pd.DataFrame:
-    """Per xi: mean and standard error over seeds (`COL_err`; NaN with one seed) of each figure."""
-    cols = [c for c in SWEEP_MEANS if c in table]
+def by_xi(table: pd.DataFrame, columns: list[str] = SWEEP_MEANS) -> pd.DataFrame:
+    """Per xi: mean and standard error over seeds (`COL_err`; NaN with one seed) of each figure
+    of `columns` the table has."""
+    cols = [c for c in columns if c in table]
     num = table[["xi", *cols]].astype(float)
     g = num.groupby("xi")
     out = g[cols].mean().join(g[cols].sem(ddof=1).add_suffix("_err"))
