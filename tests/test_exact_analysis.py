@@ -125,10 +125,21 @@ def test_regime_rows_are_the_cells_at_their_xi_by_hand():
     # past the base pass's cap: no extrapolated accuracy
     assert analysis.base_accuracy_at(base, 101) is None
     assert analysis.base_accuracy_at(base, 50) == 0.25
-    with pytest.raises(DataError, match=r"regime 'ample' \(xi 6\) has no sweep cell"):
+    assert analysis.base_accuracy_at(base, 100) == 0.75  # exactly at the cap: still read
+    with pytest.raises(DataError) as err:
         analysis.regime_rows({"ample": 6.0}, {"ample": budgets["balanced"]}, table, BASE, base)
-    with pytest.raises(DataError, match="regime 'ample' is not in budgets.yaml .*rerun the xi"):
-        analysis.regime_rows({"ample": 3.0}, budgets, table, BASE, base)
+    assert str(err.value) == ("regime 'ample' (xi 6) has no sweep cell; it must be one of params "
+                              "sweep.xi") and err.value.problems == []
+    two = {**budgets, "deficient": budgets["balanced"]}
+    with pytest.raises(DataError) as err:
+        analysis.regime_rows({"ample": 3.0}, two, table, BASE, base)
+    assert str(err.value) == ("regime 'ample' is not in budgets.yaml (balanced, deficient); "
+                              "rerun the xi stage (dvc repro xi)") and err.value.problems == []
+    # one seed at xi 3: its mean is that seed's, and it has no standard error (None, not NaN)
+    (one,) = analysis.regime_rows({"ample": 3.0}, {"ample": budgets["balanced"]}, table, BASE,
+                                  base)
+    assert one["n_seeds"] == 1 and one["acc_H_eval"] == pytest.approx(0.9)
+    assert one["acc_H_eval_err"] is None and one["gain_per_100k_err"] is None
 
 
 # ---------------------------------------------------------------- over seeds
@@ -246,10 +257,132 @@ def test_an_empty_cell_history_is_damage_not_a_rate(tmp_path):
         {"xi": 1.0, "seed": 0, "H": 40, "at": {"H_eval": {"accuracy": 0.9}}}))
     write_table(history([100]).iloc[:0], HISTORY, p.cell_history("xi1.0-s0"))
     with pytest.raises(DataError, match=r"xi1.0-s0/history.parquet holds no training step; "
-                                        r"rerun .* \(dvc repro sweep@xi1.0-s0\)"):
+                                        r"rerun .* \(dvc repro sweep@xi1.0-s0\)") as err:
         analysis.load_cells(p, params.sweep)
+    assert err.value.problems == []
     base = {"accuracy": 0.5, "E_T": 40.0}
     assert efficiency({"accuracy": 0.6, "E_T": 30.0}, base, 0) == {
         "gain": pytest.approx(0.1), "gain_per_100k": None, "E_T_fall_per_100k": None}
     one = efficiency({"accuracy": 0.6, "E_T": 30.0}, base, 1)  # one token: the rate is defined
     assert one["gain_per_100k"] == pytest.approx(0.1 * 1e5) and one["E_T_fall_per_100k"] == 1e6
+
+
+def test_a_damaged_eval_json_is_named_with_its_error(tmp_path):
+    f = tmp_path / "xi1.0-s0" / "eval.json"
+    f.parent.mkdir()
+    long = "x" * 150  # float() of it: a message longer than the 100 characters kept
+    f.write_text(json.dumps({"xi": long, "seed": 0, "at": {"H_eval": {}}}))
+    with pytest.raises(DataError) as err:
+        analysis.read_eval(f)
+    try:
+        float(long)
+    except ValueError as e:
+        cut = str(e)[:100]
+    assert str(err.value) == (f"{f} is damaged (ValueError: {cut}); rerun the stage that writes "
+                              "it (dvc repro sweep@xi1.0-s0)") and err.value.problems == []
+    f.write_text('{"xi": 1.0, "seed": 0}')
+    with pytest.raises(DataError, match=r"is damaged \(KeyError: 'at'\)"):
+        analysis.read_eval(f)
+
+
+# ---------------------------------------------------------------- compute matching
+
+
+def test_not_compute_matched_at_its_ratio_by_hand():
+    def t(tokens):
+        return pd.DataFrame({"xi": [1.0, 2.0][:len(tokens)], "seed": [0, 1][:len(tokens)],
+                             "generated_tokens": tokens})
+
+    assert analysis.not_compute_matched(_table({1.0: [0.1]})) is None  # figures only
+    assert analysis.not_compute_matched(t([1000, 2000])) is None  # exactly MATCH_RATIO apart
+    assert analysis.not_compute_matched(t([1, 2])) is None
+    assert analysis.not_compute_matched(t([2001, 1000])) == (
+        "NOT COMPUTE-MATCHED: cells trained on 1,000 (xi 2, seed 1) to 2,001 generated tokens; "
+        "rerun the short cells with sweep.token_budget reachable (raise train.max_steps)")
+    assert analysis.not_compute_matched(t([0, 0])).startswith(  # no token at all: no rate
+        "NOT COMPUTE-MATCHED: cells trained on 0 (xi 1, seed 0) to 0 generated")
+
+
+def test_peak_is_withheld_from_cells_that_are_not_compute_matched():
+    t = _table({1.0: [0.1, 0.2], 2.0: [0.5, 0.6], 4.0: [-0.1, 0.0]})
+    t["generated_tokens"] = [1000, 1000, 1000, 1000, 1000, 2001]
+    why = analysis.not_compute_matched(t)
+    assert why.startswith("NOT COMPUTE-MATCHED: cells trained on 1,000 (xi 1, seed 0)")
+    assert analysis.peak_xi(t) == {"xi": 2.0, "low": None, "high": None, "level": 0.95,
+                                   "n_resamples": 2000, "share_at_peak": None, "withheld": why}
+    t.loc[5, "generated_tokens"] = 2000
+    assert analysis.peak_xi(t, n_resamples=10)["low"] == 2.0
+
+
+# ---------------------------------------------------------------- the peak under each choice
+
+
+def _horizon_cells():
+    """xi 0.5 / 1 / 2 (H 20 / 40 / 80) x 2 seeds, read at H_eval and two multiples of E[T];
+    each cell generated 20k tokens, so a gain of g is 5 g per 100k."""
+    acc = {0.5: {"H_eval": 0.6, "x0.75": 0.5, "x3": 0.7},
+           1.0: {"H_eval": 0.8, "x0.75": 0.3, "x3": 0.9},
+           2.0: {"H_eval": 0.7, "x0.75": 0.25, "x3": 0.65}}
+    cells = []
+    for xi, at in acc.items():
+        for seed in (0, 1):
+            cells.append(({"xi": xi, "seed": seed, "H": int(40 * xi),
+                           "at": {n: {"accuracy": a + 0.02 * seed, "E_T": 30.0}
+                                  for n, a in at.items()}},
+                          history([10_000, 20_000])))
+    base = {"at": {"x3": {"H": 120, "accuracy": 0.6, "E_T": 40.0},
+                   "H_own": {"H": 10, "accuracy": 0.1, "E_T": 40.0},
+                   "x0.75": {"H": 30, "accuracy": 0.2, "E_T": 40.0},
+                   "x1.5": {"H": 60, "accuracy": 0.4, "E_T": 40.0},  # no cell read there
+                   "H_eval": {"H": 64, "accuracy": 0.5, "E_T": 40.0}}}
+    return cells, base
+
+
+def test_horizon_choices_are_H_eval_then_the_multiples_every_cell_has():
+    cells, base = _horizon_cells()
+    assert analysis.horizon_choices(base, cells) == ["H_eval", "x0.75", "x3"]
+    # by H, not by name: x10 sorts before x3 as text
+    at = {"x10": {"H": 400}, "x3": {"H": 120}, "H_eval": {"H": 64}, "x0.5": {"H": 20}}
+    assert analysis.horizon_choices({"at": at}, [({"at": at}, None)]) == [
+        "H_eval", "x0.5", "x3", "x10"]
+
+
+def test_gains_at_a_horizon_by_hand():
+    cells, base = _horizon_cells()
+    g = analysis.gains_at(cells, base, "x0.75")
+    assert list(g.columns) == ["xi", "seed", "H", "gain", "gain_per_100k", "E_T_fall_per_100k"]
+    assert list(zip(g["xi"], g["seed"], g["H"])) == [
+        (0.5, 0, 20), (0.5, 1, 20), (1.0, 0, 40), (1.0, 1, 40), (2.0, 0, 80), (2.0, 1, 80)]
+    # xi 0.5 seed 1: 0.52 - 0.2 = 0.32, x 5 = 1.6 per 100k; E[T] 40 -> 30: 50 per 100k
+    assert g.loc[1, "gain"] == pytest.approx(0.32) and g.loc[1, "gain_per_100k"] == \
+        pytest.approx(1.6)
+    assert list(g["E_T_fall_per_100k"]) == [pytest.approx(50.0)] * 6
+    assert g.loc[4, "gain_per_100k"] == pytest.approx(0.25)  # 0.25 - 0.2 = 0.05
+
+
+def test_robustness_table_by_hand():
+    cells, base = _horizon_cells()
+    rows = analysis.robustness(cells, base, E_T_within=20.0)
+    # H_eval and x3 peak at xi 1 (H 40), x0.75 at xi 0.5 (H 20), every resample agreeing; read
+    # within one completion (E[T] 20) the same cells sit at xi H / 20
+    assert rows == [
+        {"choice": "H_eval / restart", "h_eval": "H_eval", "H_eval": 64, "reading": "restart",
+         "peak_xi": 1.0, "low": 1.0, "high": 1.0},
+        {"choice": "H_eval / within", "h_eval": "H_eval", "H_eval": 64, "reading": "within",
+         "peak_xi": 2.0, "low": 2.0, "high": 2.0},
+        {"choice": "x0.75 / restart", "h_eval": "x0.75", "H_eval": 30, "reading": "restart",
+         "peak_xi": 0.5, "low": 0.5, "high": 0.5},
+        {"choice": "x0.75 / within", "h_eval": "x0.75", "H_eval": 30, "reading": "within",
+         "peak_xi": 1.0, "low": 1.0, "high": 1.0},
+        {"choice": "x3 / restart", "h_eval": "x3", "H_eval": 120, "reading": "restart",
+         "peak_xi": 1.0, "low": 1.0, "high": 1.0},
+        {"choice": "x3 / within", "h_eval": "x3", "H_eval": 120, "reading": "within",
+         "peak_xi": 2.0, "low": 2.0, "high": 2.0}]
+    # no within-completion E[T] (an older xi stage): the restart rows only
+    assert [r["choice"] for r in analysis.robustness(cells, base, None)] == [
+        "H_eval / restart", "x0.75 / restart", "x3 / restart"]
+    # one seed: no interval under either reading, and the within row keeps None, not a number
+    one = [(ev, h) for ev, h in cells if ev["seed"] == 0]
+    first, within = analysis.robustness(one, base, 20.0)[:2]
+    assert (first["peak_xi"], first["low"], first["high"]) == (1.0, None, None)
+    assert (within["peak_xi"], within["low"], within["high"]) == (2.0, None, None)
