@@ -83,6 +83,10 @@ def test_per_prompt_caps_without_shrinkage_and_the_clamp_at_its_ends(rollouts, p
                                                            shrink=0.0))
     assert kept["H_x"].tolist() == [10, 10, 10, 11, 5]
     assert summary["n_kept"] == 5 and summary["H_x_q100"] == 11
+    # d has exactly one hit: with m = 0 it reads its own E[T|x] (2 x 10 = 20), not the pooled
+    # one (2 x 31/3 -> 21); e, uncovered, does: 21; a 2 x 9.5 = 19; c 2 x 16/3 -> 11
+    kept, _ = per_prompt_caps(rollouts, prompts, _pp(target_xi=2.0, shrink=0.0, unsolved="drop"))
+    assert kept["H_x"].tolist() == [20, 21, 19, 11] and kept["H_x"].dtype == "int64"
 
 
 def test_per_prompt_caps_refusals(rollouts):
