@@ -205,12 +205,20 @@ def tasks_efficiency(tasks: list[dict], x: str, path: str | Path) -> None:
                         label=f"{t['task']} (E[T] {t['E_T']:.1f})")
         peak = t["peak"] if x == "xi" else t["peak_H"]
         if peak["low"] is not None and peak["high"] is not None:  # no interval: nothing shaded
-            ax.axvspan(peak["low"], peak["high"], color=line.get_color(), alpha=0.08)
+            if peak["high"] > peak["low"]:
+                ax.axvspan(peak["low"], peak["high"], color=line.get_color(), alpha=0.08)
+            else:  # every resample agreed: a line, since a span of width 0 would not show
+                ax.axvline(peak["low"], color=line.get_color(), alpha=0.5, lw=1, ls="--")
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
+    if x == "xi":  # the tasks share one xi grid: a tick at each of its values
+        ax.set_xticks(sorted({v for t in tasks for v in pd.DataFrame(t["sweep"])["xi"]}))
+    else:  # each task has its own H: 1-2-5 ticks (10, 20, 50, 100, ...)
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no labels between the ticks
     ax.set(xlabel="xi = H / E[T] of the task's base policy" if x == "xi" else "H (tokens)",
            ylabel="accuracy gain at the task's H_eval per 100k tokens")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, title="shaded: peak interval")
+    ax.legend(fontsize=8, title="shaded (or dashed): peak interval")
     _save(fig, path)
