@@ -119,7 +119,7 @@ def test_a_tasks_prediction_is_scored_against_its_own_sweep():
     assert (t["prediction_tokens"], t["sweep_tokens"]) == (900, 18 * 1000)
     assert [r["predicted"] for r in t["sweep"]] == [c["predicted"] for c in predicted["curve"]]
     md = "\n".join(T.prediction_table([t]))
-    assert "| easy | 1 (inside) | 1 [1.0, 1.0] | 1.00 |" in md and "900 (5.0%)" in md
+    assert "| easy | 1 (inside) | 1 [1, 1] | 1.00 |" in md and "900 (5.0%)" in md
     # a task_xi output from before the prediction: the keys are there, empty
     old = T.task_result("easy", E_T, table)
     assert all(old[k] is None for k in T.PREDICTION_KEYS) and T.prediction_table([old]) == []

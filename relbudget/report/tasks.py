@@ -97,13 +97,18 @@ def headline(tasks: list[dict], u: dict) -> dict:
             "universality": {k: int(v) for k, v in u.items() if v is not None}}
 
 
+def interval(low, high) -> str:
+    """`[low, high]` as the verdict writes it (1.0 -> 1), or "none" where the peak has none."""
+    return "none" if low is None or high is None else f"[{low:g}, {high:g}]"
+
+
 def markdown(tasks: list[dict], u: dict, sweep_png: str, h_png: str) -> str:
     lines = ["# Across tasks: one xi or one H?", "", verdict(tasks, u), "",
              "| task | E[T] | peak xi | interval | peak H | interval |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | [{t['peak']['low']}, "
-              f"{t['peak']['high']}] | {t['peak_H']['H']} | [{t['peak_H']['low']}, "
-              f"{t['peak_H']['high']}] |" for t in tasks]
+    lines += [f"| {t['task']} | {t['E_T']:.2f} | {t['peak']['xi']:g} | "
+              f"{interval(t['peak']['low'], t['peak']['high'])} | {t['peak_H']['H']} | "
+              f"{interval(t['peak_H']['low'], t['peak_H']['high'])} |" for t in tasks]
     lines += prediction_table(tasks)
     lines += ["", f"![efficiency against xi, every task]({sweep_png})", "",
               f"![efficiency against H, every task]({h_png})", ""]
@@ -128,7 +133,7 @@ def prediction_table(tasks: list[dict]) -> list[str]:
         lines.append(
             f"| {t['task']} | {t['predicted_peak_xi']:g} "
             f"({prediction.inside_word(t['peak_inside'])}) | {t['peak']['xi']:g} "
-            f"[{t['peak']['low']}, {t['peak']['high']}] | {prediction.figure(t['spearman'])} | "
+            f"{interval(t['peak']['low'], t['peak']['high'])} | {prediction.figure(t['spearman'])} | "
             f"{prediction.figure(t['mae_normalised'])} | {t['prediction_tokens']:,} "
             f"({'n/a' if share is None else f'{share:.1%}'}) |")
     return lines
