@@ -141,3 +141,21 @@ HAND_ROWS = [
     ("c", 5, 5), ("c", 1, 1), ("c", 10, 10),
     ("d", 2, 2), ("d", 8, None),
 ]
+
+
+def eval_table(rows) -> pd.DataFrame:
+    """A rollout table at cap 20 from (prompt_id, attempt, n_tokens, first_correct_token,
+    stop_reason) rows."""
+    df = pd.DataFrame(rows, columns=["prompt_id", "attempt", "n_tokens", "first_correct_token",
+                                     "stop_reason"])
+    df["max_tokens"] = 20
+    df["final_correct"] = df["first_correct_token"].notna()
+    df["policy"], df["seed"] = "p", 0
+    return validate(normalise_rollouts(df), ROLLOUTS)
+
+
+# the hand-checked evaluation table of test_sweep_eval.py and test_exact_evaluation.py
+EVAL = eval_table([
+    ("a", 0, 8, 8, "eos"), ("a", 1, 20, None, "length"), ("a", 2, 12, 5, "eos"), ("a", 3, 6, None, "eos"),
+    ("b", 0, 20, 15, "length"), ("b", 1, 9, None, "eos"), ("b", 2, 20, None, "length"), ("b", 3, 4, 4, "eos"),
+])

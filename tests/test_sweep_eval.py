@@ -14,21 +14,7 @@ from relbudget.train.grpo import step_stats
 from relbudget.measure.models import char_tokenizer
 from relbudget.measure.sampling.common import Generation, Request, score
 from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
-
-
-def table(rows):
-    df = pd.DataFrame(rows, columns=["prompt_id", "attempt", "n_tokens", "first_correct_token",
-                                     "stop_reason"])
-    df["max_tokens"] = 20
-    df["final_correct"] = df["first_correct_token"].notna()
-    df["policy"], df["seed"] = "p", 0
-    return validate(normalise_rollouts(df), ROLLOUTS)
-
-
-EVAL = table([
-    ("a", 0, 8, 8, "eos"), ("a", 1, 20, None, "length"), ("a", 2, 12, 5, "eos"), ("a", 3, 6, None, "eos"),
-    ("b", 0, 20, 15, "length"), ("b", 1, 9, None, "eos"), ("b", 2, 20, None, "length"), ("b", 3, 4, 4, "eos"),
-])
+from tests.synth import EVAL
 
 
 @pytest.mark.parametrize("H,k", [(5, 1), (10, 2), (20, 3), (20, 4), (8, 2)])
