@@ -50,6 +50,31 @@ if [ ${#tests[@]} -eq 0 ]; then
                    --deselect tests/test_rewards.py::test_grpo_reward_of_budget) ;;
         relbudget/train/prompt_budgets.py)  # test_adaptive_budgets.py trains a model: too slow
             tests=(tests/test_exact_prompt_budgets.py) ;;
+        relbudget/measure/budgets.py)
+            tests=(tests/test_exact_budgets.py
+                   tests/test_reliability.py::test_budgets_round_trip_and_bytes
+                   tests/test_reliability.py::test_damaged_budgets_name_file_and_field
+                   tests/test_reliability.py::test_tiny_xi_warns_with_numbers
+                   tests/test_reliability.py::test_unreachable_token_budget_is_refused) ;;
+        relbudget/core/schemas.py)  # the readers: the lean reader against pandera, the checks
+            tests=(tests/test_properties.py::test_lean_reader_agrees_with_the_schema
+                   tests/test_estimators.py::test_read_rollouts_matches_read_table
+                   tests/test_sweep_eval.py tests/test_exact_evaluation.py
+                   tests/test_reliability.py::test_missing_prompt_column_names_it
+                   tests/test_planted_bugs.py::test_rollout_schema_rejects_the_failing_row) ;;
+        relbudget/report/tasks.py)  # the verdict's fast tests, not the temp-repo pipeline runs
+            tests=(tests/test_exact_tasks_report.py
+                   tests/test_tasks.py::test_peaks_at_one_xi_align_in_xi_not_in_H
+                   tests/test_tasks.py::test_peaks_at_one_H_align_in_H_not_in_xi
+                   tests/test_tasks.py::test_a_tasks_prediction_is_scored_against_its_own_sweep
+                   tests/test_tasks.py::test_overlapping_intervals_share_a_value) ;;
+        relbudget/measure/evaluation.py)  # its sampling pass: test_eval_horizons.py (a policy)
+            tests=(tests/test_exact_evaluation.py tests/test_sweep_eval.py
+                   tests/test_eval_horizons.py) ;;
+        relbudget/measure/task.py)  # not test_tasks.py's pipeline runs
+            tests=(tests/test_exact_task.py tests/test_task_retry.py
+                   tests/test_tasks.py::test_tasks_by_carry_columns_order_E_T
+                   tests/test_tasks.py::test_a_task_too_narrow_for_its_prompts_is_refused) ;;
         relbudget/train/controller.py)  # not the Gamma bias runs (5 s each) nor the GRPO run
             tests=(tests/test_exact_controller.py
                    tests/test_trl_plugin.py::test_estimator_edge_cases
