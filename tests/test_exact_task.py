@@ -30,6 +30,8 @@ def test_carry_columns_at_9_and_10():
     assert carry_columns([15, 5]) == [True, True]  # 10 carries out, 1 + 1 carries in
     assert carry_columns([347, 85]) == [True, True, True]  # the last carries in only
     assert carry_columns([5, 123]) == [False, False, False]  # a short operand
+    # 5 + 5 = 10 carries into 9 + 1 = 10, which carries into 1 + 1: three carry columns
+    assert carry_columns([195, 5]) == [True, True, True]
 
 
 def test_a_slip_is_forced_where_the_rates_say():
@@ -38,7 +40,10 @@ def test_a_slip_is_forced_where_the_rates_say():
     assert slipped_trace([347, 85], rng, 0.0, 0.0) == column_trace([347, 85])
     # a plain column always slips at rate 1; a total of 0 can only go up: 0 -> 1, and the later
     # column and the answer follow the written total
-    assert slipped_trace([10, 90], rng, 0.0, 1.0) == "0+0=1|1+9=10|A:101"
+    assert {slipped_trace([10, 90], rng, 0.0, 1.0) for _ in range(50)} == {"0+0=1|1+9=10|A:101"}
+    # a total of 1 may go either way: 0 or 2
+    assert {slipped_trace([1, 0], rng, 0.0, 1.0) for _ in range(50)} == {"1+0=0|A:0",
+                                                                          "1+0=2|A:2"}
     # the carry column only (rate 1 there, 0 elsewhere): 10 -> 9 or 11, both seen
     seen = {slipped_trace([10, 90], rng, 1.0, 0.0) for _ in range(50)}
     assert seen == {"0+0=0|1+9=9|A:90", "0+0=0|1+9=11|A:110"}
@@ -68,8 +73,8 @@ def test_each_level_draws_operands_of_exactly_its_digits():
     for level, lo, hi in ((1, 0, 9), (2, 10, 99)):
         xs = np.ravel([draw_problem([level], 2, rng)[1] for _ in range(2000)])
         assert xs.min() == lo and xs.max() == hi, level
-    level, xs = draw_problem([3], 3, rng)
-    assert level == 3 and len(xs) == 3 and all(100 <= x <= 999 for x in xs)
+    xs = np.ravel([draw_problem([3], 3, rng)[1] for _ in range(300)])
+    assert 100 <= xs.min() < 110 and 990 <= xs.max() <= 999  # three digits, never two
 
 
 def test_make_problems_distinct_excluded_and_by_carries():
@@ -88,6 +93,15 @@ def test_make_problems_distinct_excluded_and_by_carries():
     assert str(err.value) == ("cannot draw 60 distinct problems from levels [1] with [0] carry "
                               "columns; lower n_train/n_eval or add levels")
     assert len(make_problems(55, [1], 2, rng, carries=[0])) == 55  # exactly all of them
+    # it gives up after exactly 100 n + 1000 draws: here every draw is excluded, and the
+    # generator is left where 1,200 draws (n = 2) leave a twin
+    every_one = {(i,) for i in range(10)}
+    rng, twin = np.random.default_rng(3), np.random.default_rng(3)
+    with pytest.raises(ValueError, match="cannot draw 2 distinct problems"):
+        make_problems(2, [1], 1, rng, exclude=every_one)
+    for _ in range(1200):
+        draw_problem([1], 1, twin)
+    assert rng.integers(10**9) == twin.integers(10**9)
 
 
 def test_prompts_and_frames():
@@ -106,6 +120,7 @@ def test_the_splits_of_one_seed():
     """What prepare writes for seed 0 (dvc.lock records these bytes): eval drawn first, train
     after it without the eval problems."""
     train, eval_ = builtin_splits(3, 2, [1, 2], 2, seed=0)
+    assert list(eval_["prompt_id"]) == ["eval-00000", "eval-00001"]
     assert eval_[["prompt", "answer", "level"]].to_dict("list") == {
         "prompt": ["67+56=", "3+0="], "answer": ["123", "3"], "level": [2, 1]}
     assert train[["prompt_id", "prompt", "solution"]].to_dict("list") == {
@@ -115,6 +130,12 @@ def test_the_splits_of_one_seed():
     # a task: its eval problems are the first drawn, its train the next, all with one carry
     train, eval_ = task_splits(2, 1, [2], [1], 2, 0, "retry")
     assert list(eval_["prompt"]) == ["25+83="] and list(train["prompt"]) == ["55+64=", "60+94="]
+    assert list(eval_["prompt_id"]) == ["eval-00000"]
+    assert list(train["prompt_id"]) == ["train-00000", "train-00001"]
+    # all 100 one-digit pairs: 90 train and 10 eval, none in both
+    train, eval_ = builtin_splits(90, 10, [1], 2, seed=0)
+    assert not set(train["prompt"]) & set(eval_["prompt"])
+    assert len(set(train["prompt"]) | set(eval_["prompt"])) == 100
 
 
 def test_trace_corpus_of_one_seed():
