@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from relbudget.core.errors import BudgetError
+from relbudget.core.errors import BudgetError, ModelError
 from relbudget.core.params import defaults
 from relbudget.measure.evaluation import check_cap, evaluate_policy, multiple_horizons
 from relbudget.measure.task import builtin_splits
@@ -25,9 +25,9 @@ def prompts():
     return builtin_splits(4, 12, [1], 2, seed=5)[1]
 
 
-def evaluate(policy, prompts, horizons: dict[str, int]) -> tuple:
+def evaluate(policy, prompts, horizons: dict[str, int], **kw) -> tuple:
     e = defaults().evaluate.model_copy(update={"attempts": 4, "pass_k": [1, 4], "batch_size": 16,
-                                               "threads": 1})
+                                               "threads": 1, **kw})
     return evaluate_policy(policy, prompts, horizons, e, defaults().base_policy, "hf", "base")
 
 
@@ -52,3 +52,31 @@ def test_a_cap_beyond_the_context_is_refused_before_sampling(policy, prompts):
     with pytest.raises(BudgetError, match=r"evaluate\.h_multiples.*at most a cap of "
                                           rf"{128 - longest} tokens"):
         check_cap(policy, prompts, 129 - longest, defaults().base_policy)
+
+
+def test_the_result_records_the_pass_and_stops_at_the_first_correct_answer(policy, prompts,
+                                                                            capfd):
+    table, result = evaluate(policy, prompts, {"H_eval": 20, "cap": CAP})
+    assert {k: v for k, v in result.items() if k != "at"} == {
+        "policy": "base", "cap": CAP, "n_prompts": 12, "attempts": 4, "backend": "hf",
+        "answers_per_completion_at_cap": float(table["n_answers"].mean())}
+    assert list(result["at"]) == ["H_eval", "cap"]
+    assert {"pass@1", "pass@4"} <= set(result["at"]["cap"])  # pass@k up to k = attempts
+    assert "evaluate@base" in capfd.readouterr().err  # the progress bar names the pass
+    # early exit: a completion stops at its first correct answer, and says so
+    assert (table["stop_reason"] == "first_correct").any()
+    assert (table.loc[table["stop_reason"] == "first_correct", "n_tokens"]
+            == table.loc[table["stop_reason"] == "first_correct", "first_correct_token"]).all()
+    # the evaluate section's temperature reaches the sampler: a colder pass samples otherwise
+    cold, _ = evaluate(policy, prompts, {"H_eval": 20, "cap": CAP}, temperature=0.3)
+    assert not cold["n_tokens"].equals(table["n_tokens"])
+    _, fewer = evaluate(policy, prompts, {"cap": CAP}, attempts=2, pass_k=[1, 2, 4])
+    assert fewer["attempts"] == 2 and "pass@2" in fewer["at"]["cap"]
+    assert "pass@4" not in fewer["at"]["cap"]  # above the attempts: skipped
+
+
+def test_a_prompt_too_long_for_the_cap_is_refused_by_name(policy, prompts):
+    longest = max(len(p) for p in prompts["prompt"])
+    with pytest.raises(ModelError, match=rf"^evaluate@base: prompt '.*' is {longest} tokens; "
+                                         rf"with H = {129 - longest} it needs 129 positions"):
+        evaluate(policy, prompts, {"cap": 129 - longest})

@@ -1,0 +1,49 @@
+"""The words of a table's refusal (relbudget.core.schemas): every failing check named with its row
+and column (or the table), and the list capped at ten with the rest counted."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from relbudget.core.schemas import HISTORY, TableError, read_rollouts, validate
+
+
+def _history(n: int, H: int, cum: list[int] | None = None) -> pd.DataFrame:
+    return pd.DataFrame({
+        "step": range(1, n + 1), "generated_tokens": [10] * n,
+        "cum_generated_tokens": cum or [10 * (i + 1) for i in range(n)], "reward_mean": [0.5] * n,
+        "frac_informative": [0.5] * n, "frac_reward_zero_std": [0.5] * n,
+        "clipped_ratio": [0.1] * n, "mean_length": [20.0] * n, "tokens_after_correct": [0.0] * n,
+        "E_T": [40.0] * n, "xi_t": [1.0] * n, "H": [H] * n})
+
+
+def test_a_refusal_names_each_check_row_and_column():
+    df = _history(2, 0, cum=[10, 5])
+    df.loc[1, "H"] = 5
+    with pytest.raises(TableError) as err:
+        validate(df, HISTORY)
+    assert str(err.value) == (
+        "history: 2 schema failure(s)\n"
+        "  table column 'history': cum_generated_tokens must not decrease (value 0)\n"
+        "  row 0 column 'H': greater_than(0) (value 0)")
+    with pytest.raises(TableError, match="^the cell's history: 1 schema failure"):
+        validate(_history(1, 0), HISTORY, "the cell's history")
+
+
+def test_a_refusal_lists_ten_and_counts_the_rest():
+    with pytest.raises(TableError) as err:
+        validate(_history(12, 0), HISTORY)
+    lines = str(err.value).split("\n")
+    assert lines[0] == "history: 12 schema failure(s)" and len(lines) == 12
+    assert lines[1:11] == [f"  row {i} column 'H': greater_than(0) (value 0)" for i in range(10)]
+    assert lines[11] == "  ... and 2 more"
+    with pytest.raises(TableError) as err:
+        validate(_history(10, 0), HISTORY)
+    assert len(str(err.value).split("\n")) == 11 and "more" not in str(err.value)
+
+
+def test_reading_unknown_rollout_columns_is_refused(tmp_path):
+    with pytest.raises(ValueError) as err:
+        read_rollouts(tmp_path / "r.parquet", ["n_tokens", "nope"])
+    assert str(err.value) == "not rollout schema columns: ['nope']"
