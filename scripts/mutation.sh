@@ -57,7 +57,8 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_reliability.py::test_tiny_xi_warns_with_numbers
                    tests/test_reliability.py::test_unreachable_token_budget_is_refused) ;;
         relbudget/core/schemas.py)  # the readers: the lean reader against pandera, the checks
-            tests=(tests/test_properties.py::test_lean_reader_agrees_with_the_schema
+            tests=(tests/test_exact_schemas.py
+                   tests/test_properties.py::test_lean_reader_agrees_with_the_schema
                    tests/test_estimators.py::test_read_rollouts_matches_read_table
                    tests/test_sweep_eval.py tests/test_exact_evaluation.py
                    tests/test_reliability.py::test_missing_prompt_column_names_it

@@ -47,3 +47,12 @@ def test_reading_unknown_rollout_columns_is_refused(tmp_path):
     with pytest.raises(ValueError) as err:
         read_rollouts(tmp_path / "r.parquet", ["n_tokens", "nope"])
     assert str(err.value) == "not rollout schema columns: ['nope']"
+
+
+def test_a_damaged_rollout_file_is_read_tables_refusal(tmp_path):
+    # the lean reader gives up on a file pyarrow cannot open; read_table then names the problem
+    bad = tmp_path / "rollouts.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(TableError) as err:
+        read_rollouts(bad)
+    assert str(err.value).startswith(f"rollouts table {bad} is not a readable parquet file: ")
