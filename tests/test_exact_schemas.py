@@ -56,3 +56,51 @@ def test_a_damaged_rollout_file_is_read_tables_refusal(tmp_path):
     with pytest.raises(TableError) as err:
         read_rollouts(bad)
     assert str(err.value).startswith(f"rollouts table {bad} is not a readable parquet file: ")
+
+
+def _written(tmp_path, name: str, frame=None, table=None, **kw):
+    import pyarrow.parquet as pq
+
+    path = tmp_path / f"{name}.parquet"
+    if table is not None:
+        pq.write_table(table, path)
+    else:
+        frame.to_parquet(path, **kw)
+    return path
+
+
+def test_only_files_the_lean_checks_cover_take_the_fast_path(tmp_path):
+    """The lean reader answers for a file pandas wrote with the schema's types, or one without
+    pandas metadata; any other form (a stored index, ints kept as Python objects) goes to
+    read_table, whose table it returns (string, not categorical, columns), and a file pandera
+    refuses gets read_table's own message. Which path ran shows in prompt_id's dtype."""
+    import pyarrow as pa
+
+    from relbudget.core.schemas import ROLLOUTS, read_table
+    from tests.synth import HAND_ROWS, tiny_table
+
+    df = tiny_table(HAND_ROWS, 10)
+    fast = [_written(tmp_path, "plain", df, index=False),
+            _written(tmp_path, "no_pandas_metadata", table=pa.Table.from_pandas(
+                df, preserve_index=False).replace_schema_metadata(None))]
+    indexed = df.set_index(pd.Index(range(100, 100 + len(df)), name="row").astype("int64"))
+    indexed.index = pd.Index(list(indexed.index), name="row")  # a stored column, not a range
+    objects = df.assign(n_tokens=df["n_tokens"].astype(object))
+    slow = [_written(tmp_path, "stored_index", indexed),
+            _written(tmp_path, "object_ints", objects, index=False)]
+    for path in fast + slow:
+        got = read_rollouts(path)
+        want = read_table(path, ROLLOUTS, schema_columns_only=True)
+        assert isinstance(got["prompt_id"].dtype, pd.CategoricalDtype) == (path in fast), path
+        pd.testing.assert_frame_equal(got.astype(want.dtypes.to_dict()).reset_index(drop=True),
+                                      want.reset_index(drop=True))
+    nulls = df.assign(n_tokens=df["n_tokens"].astype("Int64"))
+    nulls.loc[0, "n_tokens"] = pd.NA
+    flags = df.assign(final_correct=df["final_correct"].astype("boolean"))
+    for path in (_written(tmp_path, "null_n_tokens", nulls, index=False),
+                 _written(tmp_path, "nullable_flags", flags, index=False)):
+        with pytest.raises(TableError) as want:
+            read_table(path, ROLLOUTS, schema_columns_only=True)
+        with pytest.raises(TableError) as got:
+            read_rollouts(path)
+        assert str(got.value) == str(want.value)
