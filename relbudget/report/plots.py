@@ -75,7 +75,8 @@ def efficiency(rows: pd.DataFrame, path: str | Path, band: tuple[float, float] =
 
     `rows` has columns xi, gain_per_100k, E_T_fall_per_100k and optional *_err columns
     (standard errors over seeds) drawn as error bars; `regimes` (same columns, `regime` and
-    `target_xi`) are drawn as labelled markers at their grid xi (on the sweep's own point); `peak` ({xi, low, high}) as a line with its interval shaded.
+    `target_xi`) are drawn as labelled markers at their grid xi (on the sweep's own point);
+    `peak` ({xi, low, high}) as a line with its interval shaded.
     """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, label in ((a, "gain_per_100k", "accuracy gain at H_eval per 100k tokens"),
@@ -212,7 +213,7 @@ def tasks_efficiency(tasks: list[dict], x: str, path: str | Path) -> None:
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xscale("log")
     if x == "xi":  # the tasks share one xi grid: a tick at each of its values
-        ax.set_xticks(sorted({v for t in tasks for v in pd.DataFrame(t["sweep"])["xi"]}))
+        ax.set_xticks(sorted({r["xi"] for t in tasks for r in t["sweep"]}))
     else:  # each task has its own H: 1-2-5 ticks (10, 20, 50, 100, ...)
         ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
