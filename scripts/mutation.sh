@@ -81,6 +81,9 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_trl_plugin.py::test_estimator_edge_cases
                    tests/test_trl_plugin.py::test_controller_clamps_and_smooths
                    tests/test_properties.py::test_controller_H_stays_within_its_clamp) ;;
+        relbudget/measure/verify.py)  # the checker, the task that calls it, the gold readers
+            tests=(tests/test_verify.py tests/test_exact_task.py tests/test_task_retry.py
+                   tests/test_datasets_io.py) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2

@@ -18,5 +18,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRAC
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DVC_NO_ANALYTICS=1
 # Two workers (pytest-xdist), one test file each at a time: the suite's tiny runs are mostly
 # single-threaded, so both cores work; a file's module fixtures (a tiny pipeline run) stay shared
-# within it. RELBUDGET_TEST_WORKERS=0 runs everything in this process.
-.venv/bin/python -m pytest -m "not vllm" -n "${RELBUDGET_TEST_WORKERS:-2}" --dist loadfile "$@"
+# within it. Files go out in collection order, the longest first (tests/conftest.py), not
+# xdist's most-tests-first. RELBUDGET_TEST_WORKERS=0 runs everything in this process.
+.venv/bin/python -m pytest -m "not vllm" -n "${RELBUDGET_TEST_WORKERS:-2}" --dist loadfile \
+    --no-loadscope-reorder "$@"

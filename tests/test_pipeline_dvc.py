@@ -127,12 +127,13 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
 
     # Forced rerun with unchanged inputs: every output has the same bytes (no timings, fixed plot
     # metadata), so dvc.lock does not change (a fresh clone's `git status` stays clean). One stage
-    # of each kind (the data, pre-training, sampling, estimates, the base's evaluation, a cell
-    # (a regime's training and evaluation), an arm, the report); the full default study is checked the same way
-    # by hand (docs/pipeline.md), as the suite cannot afford it twice.
+    # of each kind of code: pre-training, sampling, the estimates and their plot, a cell (GRPO
+    # training and its evaluation pass), the report and its plots. The stages left out share
+    # that code (evaluate_base samples like sample_t; an arm trains and evaluates like a cell;
+    # prepare writes the seeded data the others read); the full default study is checked the
+    # same way by hand (docs/pipeline.md), as the suite cannot afford it twice.
     lock = (repo / "dvc.lock").read_text()
-    once = ["prepare", "base_policy", "sample_t", "xi", "evaluate_base", "sweep@1.0-0",
-            "arm@controller-0", "report"]
+    once = ["base_policy", "sample_t", "xi", "sweep@1.0-0", "report"]
     assert ran_stages(sh("dvc", "repro", "-f", "-s", *once, cwd=repo)) == set(once)
     assert (repo / "dvc.lock").read_text() == lock
 

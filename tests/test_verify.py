@@ -350,12 +350,16 @@ def test_hostile_values_never_correct():
 
 
 def test_worker_is_killed_past_its_hard_timeout(monkeypatch, caplog):
-    """A check that outlives MATH_WORKER_TIMEOUT_S kills the worker; the next call gets a new one."""
+    """A check that outlives MATH_WORKER_TIMEOUT_S kills the worker; the next call gets a new one.
+    The next check runs at the usual timeout: a fresh worker's first parse can itself take more
+    than 0.3 s on a loaded machine (seen once in the suite: both checks "timed out")."""
+    usual = V.MATH_WORKER_TIMEOUT_S
     monkeypatch.setattr(V, "MATH_WORKER_TIMEOUT_S", 0.3)
     out = {}
 
     def run():
         out["slow"] = V._math_equal_in_worker("(x+y+z)^{98}", "9")
+        monkeypatch.setattr(V, "MATH_WORKER_TIMEOUT_S", usual)
         out["next"] = V._math_equal_in_worker("\\frac{2}{4}", "0.5")
 
     with caplog.at_level(logging.WARNING, logger="relbudget.measure.verify"):
@@ -363,4 +367,4 @@ def test_worker_is_killed_past_its_hard_timeout(monkeypatch, caplog):
         t.start()
         t.join(60)
     assert out == {"slow": False, "next": True}
-    assert any("timed out" in r.message for r in caplog.records)
+    assert sum("timed out" in r.message for r in caplog.records) == 1  # the slow one alone
