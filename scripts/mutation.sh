@@ -84,6 +84,17 @@ if [ ${#tests[@]} -eq 0 ]; then
         relbudget/measure/verify.py)  # the checker, the task that calls it, the gold readers
             tests=(tests/test_verify.py tests/test_exact_task.py tests/test_task_retry.py
                    tests/test_datasets_io.py) ;;
+        relbudget/measure/metrics.py)  # the efficiency and final xi_t definitions
+            tests=(tests/test_exact_analysis.py tests/test_report.py) ;;
+        relbudget/report/prediction.py)  # all but the stage test (a pipeline run per mutant)
+            tests=(tests/test_predict.py
+                   --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
+        relbudget/report/study.py)  # the report's one call, on hand-made inputs
+            tests=(tests/test_exact_study.py) ;;
+        relbudget/report/render.py)  # the page's words and tables
+            tests=(tests/test_report.py tests/test_exact_analysis.py tests/test_exact_tasks_report.py
+                   tests/test_predict.py
+                   --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2

@@ -1,4 +1,5 @@
-"""Synthetic rollout tables whose E[T] is known exactly (test helper, not a test module).
+"""Synthetic rollout tables whose E[T] is known exactly, and hand-made inputs of the report stage
+(test helper, not a test module).
 
 Each prompt has a difficulty type. An attempt of a prompt of type (q, floor, mean, ...) either
 heads for the right answer (prob q), which then appears at token floor + X with X geometric on
@@ -12,10 +13,15 @@ E_x[E[consumed|x]] / E_x[P(hit|x)] is computed in closed form by `true_E_T`.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import yaml
 
-from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate
+from relbudget.core.params import cell_name
+from relbudget.core.schemas import ROLLOUTS, normalise_rollouts, validate, write_table
 
 # name: (weight, q, floor, mean extra tokens, wrong_floor, wrong mean extra tokens)
 TYPES = {
@@ -159,3 +165,68 @@ EVAL = eval_table([
     ("a", 0, 8, 8, "eos"), ("a", 1, 20, None, "length"), ("a", 2, 12, 5, "eos"), ("a", 3, 6, None, "eos"),
     ("b", 0, 20, 15, "length"), ("b", 1, 9, None, "eos"), ("b", 2, 20, None, "length"), ("b", 3, 4, 4, "eos"),
 ])
+
+
+# ------------------------------------------------ a report stage's inputs, written by hand
+
+# the base policy's evaluation (evaluate.json) the report's hand-made inputs carry
+REPORT_BASE = {"at": {"H_eval": {"accuracy": 0.77, "E_T": 40.0, "first_answer_accuracy": 0.6},
+               "H_balanced": {"accuracy": 0.7}}}
+
+
+def history(n: int = 12, xi0: float = 1.0) -> pd.DataFrame:
+    """A training history with the HISTORY schema's columns."""
+    tokens = [3000 * (i + 1) for i in range(n)]
+    return pd.DataFrame({
+        "step": range(1, n + 1), "generated_tokens": [3000] * n, "cum_generated_tokens": tokens,
+        "reward_mean": [0.5] * n, "frac_informative": [0.5] * n, "frac_reward_zero_std": [0.5] * n,
+        "clipped_ratio": [0.1] * n, "mean_length": [20.0] * n, "tokens_after_correct": [0.0] * n,
+        "attempts_per_completion": [1.5] * n, "E_T": [40.0] * n,
+        "xi_t": [xi0 + 0.01 * i for i in range(n)], "H": [45] * n})
+
+
+def cell_eval(xi: float, seed: int, acc: float) -> dict:
+    return {"xi": xi, "seed": seed, "H": max(1, round(45 * xi)),
+            "at": {"H_eval": {"accuracy": acc, "E_T": 38.0 if acc > 0.2 else None,
+                              "first_answer_accuracy": acc - 0.1}}}
+
+
+def write_report_inputs(params) -> None:
+    """Hand-made outputs of the xi, evaluate and sweep stages for the tiny params."""
+    p = params.paths
+    Path(p.xi).mkdir(parents=True, exist_ok=True)
+    summary = {"E_T": 45.0312, "E_T_ci": [42.1, 48.1], "unsolved_share": 0.0, "n_prompts": 8,
+               "n_attempts": 32, "max_tokens": 24, "gamma": None}
+    # the predicted curve on the sweep's grid, as the xi stage writes it (relbudget.measure.predict)
+    curve = [{"xi": x, "H": round(45 * x), "p_informative": 0.5, "tokens": 20.0,
+              "predicted": 1.0 / (1 + abs(x - 1)), "static": 1.0 / (1 + x)}
+             for x in params.sweep.xi]
+    summary["predicted"] = {"E_T": 45.0312, "best_xi": 1.0, "static_best_xi": min(params.sweep.xi),
+                            "prediction_tokens": 640, "curve": curve}
+    Path(p.xi_summary).write_text(json.dumps(summary))
+    budgets = {name: {"target_xi": t, "H": round(45 * t), "xi": round(45 * t) / 45.0312,
+                      "E_T": 45.0312, "regime": "balanced"}
+               for name, t in params.regimes.items()}
+    Path(p.budgets).write_text(yaml.safe_dump(budgets))
+    xi = np.linspace(0.1, 4, 20)
+    pd.DataFrame({"xi": xi, "p": 1 - np.exp(-xi), "reward_var": np.exp(-xi) * (1 - np.exp(-xi)),
+                  "p_informative": 0.5 + 0 * xi}).to_parquet(p.curves)
+    Path(p.eval).mkdir(parents=True, exist_ok=True)
+    Path(p.eval_json("base")).write_text(json.dumps(REPORT_BASE))
+    write_table(make_rollouts(8, 4, cap=64).drop(columns="type"), ROLLOUTS, p.eval_rollouts("base"))
+    for _, x, s in params.sweep.cells():
+        folder = Path(p.cell_eval(cell_name(x, s))).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text(json.dumps(cell_eval(x, s, 0.8 + 0.01 * x)))
+        history(xi0=x).to_parquet(p.cell_history(folder.name))
+    if hasattr(params, "arms"):  # the budget arms' runs (stages.arm, stages.fixed_best)
+        from relbudget.core.params import arm_name
+
+        for arm in ["fixed_best", *params.arms.arms]:
+            for seed in params.sweep.seeds:
+                name = arm_name(arm, seed)
+                Path(p.arm_json(name)).parent.mkdir(parents=True, exist_ok=True)
+                Path(p.arm_json(name)).write_text(json.dumps(
+                    {"arm": arm, "seed": seed, "target_xi": 1.0, "H0": 45,
+                     "at": {"H_eval": {"accuracy": 0.8}}}))
+                history().assign(acc_H_eval=0.78).to_parquet(p.arm_history(name))

@@ -267,6 +267,22 @@ def test_an_empty_cell_history_is_damage_not_a_rate(tmp_path):
     assert one["gain_per_100k"] == pytest.approx(0.1 * 1e5) and one["E_T_fall_per_100k"] == 1e6
 
 
+def test_gain_metrics_reads_the_base_file_at_H_eval_by_hand(tmp_path):
+    """What every training run logs: its accuracy and E[T] at H_eval against the base policy's
+    evaluation file, per 100k of its own generated tokens (another horizon in either is not
+    read)."""
+    from relbudget.measure.metrics import gain_metrics
+
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"at": {"H_eval": {"accuracy": 0.5, "E_T": 40.0},
+                                       "x3": {"accuracy": 0.1, "E_T": 90.0}}}))
+    at = {"x3": {"accuracy": 0.9, "E_T": 10.0}, "H_eval": {"accuracy": 0.6, "E_T": 30.0}}
+    got = gain_metrics(at, base, 20000)  # 0.1 and 10 tokens per 20k = x5 per 100k
+    assert got == {"gain": pytest.approx(0.1), "gain_per_100k": pytest.approx(0.5),
+                   "E_T_fall_per_100k": pytest.approx(50.0)}
+    assert gain_metrics(at, str(base), 0)["gain_per_100k"] is None  # a str path too
+
+
 def test_a_damaged_eval_json_is_named_with_its_error(tmp_path):
     f = tmp_path / "xi1.0-s0" / "eval.json"
     f.parent.mkdir()
