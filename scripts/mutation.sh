@@ -82,8 +82,8 @@ if [ ${#tests[@]} -eq 0 ]; then
                    tests/test_trl_plugin.py::test_controller_clamps_and_smooths
                    tests/test_properties.py::test_controller_H_stays_within_its_clamp) ;;
         relbudget/measure/verify.py)  # the checker, the task that calls it, the gold readers
-            tests=(tests/test_verify.py tests/test_exact_task.py tests/test_task_retry.py
-                   tests/test_datasets_io.py) ;;
+            tests=(tests/test_exact_verify.py tests/test_verify.py tests/test_exact_task.py
+                   tests/test_task_retry.py tests/test_datasets_io.py) ;;
         relbudget/measure/metrics.py)  # the efficiency and final xi_t definitions
             tests=(tests/test_exact_analysis.py tests/test_report.py) ;;
         relbudget/report/prediction.py)  # all but the stage test (a pipeline run per mutant)
