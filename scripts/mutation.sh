@@ -87,7 +87,7 @@ if [ ${#tests[@]} -eq 0 ]; then
         relbudget/measure/metrics.py)  # the efficiency and final xi_t definitions
             tests=(tests/test_exact_analysis.py tests/test_report.py) ;;
         relbudget/report/prediction.py)  # all but the stage test (a pipeline run per mutant)
-            tests=(tests/test_predict.py
+            tests=(tests/test_exact_prediction.py tests/test_predict.py
                    --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
         relbudget/report/study.py)  # the report's one call, on hand-made inputs
             tests=(tests/test_exact_study.py) ;;

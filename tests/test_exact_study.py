@@ -6,6 +6,7 @@ and the page, against the numbers worked out by hand here and the parts' own fun
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,17 @@ from stages import report
 from tests.synth import write_report_inputs
 
 
-def analysed(project: Path, **raw_overrides) -> tuple:
+def analysed(project: Path, summary: dict | None = None, **raw_overrides) -> tuple:
+    """analyse on write_report_inputs' files (params sections updated by raw_overrides, the xi
+    stage's summary by `summary`)."""
     raw = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in raw_overrides.items():
         raw[section] = {**raw[section], **values}
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(project / "params.yaml")
     write_report_inputs(params)
+    path = Path(params.paths.xi_summary)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **(summary or {})}))
     inp = report.load_inputs(params)
     return params, inp, study.analyse(inp, params)
 
@@ -113,3 +118,15 @@ def test_analyse_reads_the_arms_of_params(project: Path):
     assert {a["arm"] for a in st["metrics"]["arms"]} == {"fixed_best", "controller"}
     direct = compare.compare(params.paths, params.arms, params.sweep.seeds, 0.77)
     assert st["metrics"]["arms_summary"] == direct["arms_summary"]
+
+
+def test_analyse_reads_the_within_reading_and_links_the_gamma_plot(project: Path):
+    """With the within-one-completion E[T] in the summary, the robustness table reads T both
+    ways; with a Gamma fit, the page shows it and links the xi stage's plot from the report's
+    folder."""
+    _, _, st = analysed(project, summary={"E_T_within": 30.0,
+                                          "gamma": {"K": 2.5, "sup_distance": 0.01}})
+    assert [(r["h_eval"], r["reading"]) for r in st["metrics"]["robustness"]] == [
+        ("H_eval", "restart"), ("H_eval", "within")]
+    assert "Gamma model of the base policy's T: K = 2.50" in st["markdown"]
+    assert "![Gamma fit](../xi/gamma_fit.png)" in st["markdown"]
