@@ -92,7 +92,7 @@ if [ ${#tests[@]} -eq 0 ]; then
         relbudget/report/study.py)  # the report's one call, on hand-made inputs
             tests=(tests/test_exact_study.py) ;;
         relbudget/report/render.py)  # the page's words and tables
-            tests=(tests/test_report.py tests/test_exact_analysis.py tests/test_exact_tasks_report.py
+            tests=(tests/test_exact_study.py tests/test_report.py tests/test_exact_analysis.py tests/test_exact_tasks_report.py
                    tests/test_predict.py
                    --deselect tests/test_predict.py::test_xi_stage_and_cli_predict_on_real_rollouts) ;;
         *)

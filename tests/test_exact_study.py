@@ -6,7 +6,9 @@ and the page, against the numbers worked out by hand here and the parts' own fun
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,22 @@ def test_analyse_reads_the_within_reading_and_links_the_gamma_plot(project: Path
         ("H_eval", "restart"), ("H_eval", "within")]
     assert "Gamma model of the base policy's T: K = 2.50" in st["markdown"]
     assert "![Gamma fit](../xi/gamma_fit.png)" in st["markdown"]
+
+
+PAGE = Path(__file__).parent / "data" / "report_page.md"
+
+
+def test_the_whole_page_word_for_word(project: Path):
+    """The report page of three xi x two seeds (a peak with its interval), both readings of T and
+    a Gamma fit, against tests/data/report_page.md, read through by hand when it was written.
+    After a deliberate change of wording, rewrite it with
+    `RELBUDGET_WRITE_PAGE=1 pytest tests/test_exact_study.py -k whole_page` and read the diff."""
+    _, _, st = analysed(project, summary={"E_T_within": 30.0,
+                                          "gamma": {"K": 2.5, "sup_distance": 0.01}},
+                        sweep={"xi": [0.5, 1.0, 2.0], "seeds": [0, 1]})
+    if os.environ.get("RELBUDGET_WRITE_PAGE") == "1":
+        PAGE.write_text(st["markdown"])
+    diff = "\n".join(difflib.unified_diff(PAGE.read_text().splitlines(),
+                                          st["markdown"].splitlines(), "expected", "rendered",
+                                          lineterm=""))
+    assert not diff, diff
