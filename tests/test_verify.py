@@ -20,6 +20,14 @@ def _warm_math_verify():
     assert verify("\\boxed{\\frac{1}{2}}", "0.5", "math", True).final_correct
 
 
+@pytest.fixture(autouse=True)
+def _fresh_math_cache():
+    """Each test's math checks run sympy, not a result remembered from an earlier test (or from
+    the unmutated run that mutmut forks every mutant's run from: with the cache warm, no mutant
+    of the sympy comparison was ever called)."""
+    V._math_equal_cached.cache_clear()
+
+
 # ---------------------------------------------------------------------------------- int (A:)
 
 def test_builtin_format_at_eos_and_terminated():
