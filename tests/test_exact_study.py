@@ -20,9 +20,9 @@ from stages import report
 from tests.synth import write_report_inputs
 
 
-def analysed(project: Path, summary: dict | None = None, **raw_overrides) -> tuple:
+def analysed(project: Path, summary: dict | None = None, edit=None, **raw_overrides) -> tuple:
     """analyse on write_report_inputs' files (params sections updated by raw_overrides, the xi
-    stage's summary by `summary`)."""
+    stage's summary by `summary`, then `edit(params)` to change any file)."""
     raw = yaml.safe_load((project / "params.yaml").read_text())
     for section, values in raw_overrides.items():
         raw[section] = {**raw[section], **values}
@@ -31,6 +31,8 @@ def analysed(project: Path, summary: dict | None = None, **raw_overrides) -> tup
     write_report_inputs(params)
     path = Path(params.paths.xi_summary)
     path.write_text(json.dumps({**json.loads(path.read_text()), **(summary or {})}))
+    if edit is not None:
+        edit(params)
     inp = report.load_inputs(params)
     return params, inp, study.analyse(inp, params)
 
@@ -134,7 +136,17 @@ def test_analyse_reads_the_within_reading_and_links_the_gamma_plot(project: Path
     assert "![Gamma fit](../xi/gamma_fit.png)" in st["markdown"]
 
 
-PAGE = Path(__file__).parent / "data" / "report_page.md"
+PAGES = Path(__file__).parent / "data"
+
+
+def check_page(markdown: str, name: str) -> None:
+    """`markdown` against tests/data/NAME, or written there with RELBUDGET_WRITE_PAGE=1."""
+    if os.environ.get("RELBUDGET_WRITE_PAGE") == "1":
+        (PAGES / name).write_text(markdown)
+    diff = "\n".join(difflib.unified_diff((PAGES / name).read_text().splitlines(),
+                                          markdown.splitlines(), "expected", "rendered",
+                                          lineterm=""))
+    assert not diff, diff
 
 
 def test_the_whole_page_word_for_word(project: Path):
@@ -145,9 +157,35 @@ def test_the_whole_page_word_for_word(project: Path):
     _, _, st = analysed(project, summary={"E_T_within": 30.0,
                                           "gamma": {"K": 2.5, "sup_distance": 0.01}},
                         sweep={"xi": [0.5, 1.0, 2.0], "seeds": [0, 1]})
-    if os.environ.get("RELBUDGET_WRITE_PAGE") == "1":
-        PAGE.write_text(st["markdown"])
-    diff = "\n".join(difflib.unified_diff(PAGE.read_text().splitlines(),
-                                          st["markdown"].splitlines(), "expected", "rendered",
-                                          lineterm=""))
-    assert not diff, diff
+    check_page(st["markdown"], "report_page.md")
+
+
+# a cell's accuracy at H_eval and at 1.5 x E[T] (68 tokens) per (xi, seed); None: no E[T]
+WORSE = {(0.25, 0): (0.70, 0.71, 50.0), (0.25, 1): (0.72, 0.70, 52.0),
+         (0.5, 0): (0.80, 0.80, 39.0), (0.5, 1): (0.84, 0.79, 37.0),
+         (1.0, 0): (0.78, 0.86, None), (1.0, 1): (0.79, 0.88, 41.0)}
+
+
+def worse_cells(params) -> None:
+    """Seeds that disagree, the deficient regime below the base (accuracy and E[T]), a cell
+    without E[T], and a second horizon (x1.5) at which the peak moves to xi 1."""
+    base = json.loads(Path(params.paths.eval_json("base")).read_text())
+    base["at"]["H_eval"]["H"] = 24
+    base["at"]["x1.5"] = {"H": 68, "accuracy": 0.75, "E_T": 40.0}
+    Path(params.paths.eval_json("base")).write_text(json.dumps(base))
+    for (x, seed), (acc, acc15, e_t) in WORSE.items():
+        path = Path(params.paths.cell_eval(f"xi{x}-s{seed}"))
+        ev = json.loads(path.read_text())
+        ev["at"]["H_eval"].update(accuracy=acc, E_T=e_t, first_answer_accuracy=acc - 0.05)
+        ev["at"]["x1.5"] = {"H": 68, "accuracy": acc15, "E_T": e_t}
+        path.write_text(json.dumps(ev))
+
+
+def test_the_page_of_a_run_that_went_wrong_word_for_word(project: Path):
+    """The other branches of the page: a regime worse than the base, standard errors from
+    seeds that disagree, n/a for a missing E[T], a peak below the paper's band that moves with
+    the evaluation horizon (tests/data/report_page_worse.md, read through when written)."""
+    _, _, st = analysed(project, summary={"E_T_within": 30.0}, edit=worse_cells,
+                        regimes={"low": 0.25, "high": 1.0},
+                        sweep={"xi": [0.25, 0.5, 1.0], "seeds": [0, 1]})
+    check_page(st["markdown"], "report_page_worse.md")
