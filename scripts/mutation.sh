@@ -99,7 +99,8 @@ if [ ${#tests[@]} -eq 0 ]; then
             tests=(tests/test_exact_analysis.py tests/test_exact_budgets.py
                    tests/test_datasets_io.py) ;;
         relbudget/core/paths.py)  # every stage's files against dvc.yaml's, through DVC's loader
-            tests=(tests/test_interfaces.py::test_data_files_are_those_paths_declares) ;;
+            tests=(tests/test_exact_paths.py
+                   tests/test_interfaces.py::test_data_files_are_those_paths_declares) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2
