@@ -27,6 +27,7 @@ BIG = 2 ** 200  # bit_length 201: refused before str() (a huge int costs quadrat
     ("####12", "gsm8k", "12"),
     ("#### $ 1,234.\nfoo\nbar", "gsm8k", "1234"),  # the marker's own line; $ , and . dropped
     ("$5", "gsm8k", "5"),
+    ("#### 12,34", "gsm8k", "1234"),  # every comma dropped, a thousands group or not
     ("5.", "gsm8k", "5"),
     (" 0042 ", "int", "42"),
     ("\\boxed{1} then \\boxed{2}", "math", "2"),  # the last complete box
@@ -52,6 +53,8 @@ def test_extract_gold_by_hand(raw, fmt, gold):
     ("1" * 65, "prose", f"answer '{'1' * 65}' is not an integer of at most 64 digits"),
     ("#### abc", "gsm8k", "no number after '####' in GSM8K answer '#### abc'"),
     ("####abc", "gsm8k", "no number after '####' in GSM8K answer '####abc'"),  # marker at 0
+    ("#### X5", "gsm8k", "no number after '####' in GSM8K answer '#### X5'"),  # $ alone stripped
+    ("#### 5X", "gsm8k", "no number after '####' in GSM8K answer '#### 5X'"),  # . alone
     ("abc", "gsm8k",
      "no number (no '####' marker, and not a bare number) in GSM8K answer 'abc'"),
     ("#### $ 1 234\nx", "gsm8k", "no number after '####' in GSM8K answer '#### $ 1 234\\nx'"),
@@ -89,6 +92,7 @@ def test_short_cuts_at_80_characters():
     ("A:12,34\n", True, [("12", 2, 7)]),  # 2 digits after the comma, proven by the newline
     ("A:1,2345\n", True, [("1", 2, 7)]),
     ("A:1,234\n", True, [("1,234", 2, 7)]),
+    ("A:1,a23\n", True, [("1", 2, 4)]),  # no digit right after the comma: proven there
     ("A:-1,234,567.5\n", True, [("-1,234,567.5", 2, 14)]),
     ("A:999,999", True, [("999,999", 2, 9)]), ("A:999,999", False, []),  # at the end: EOS proves
     ("A:1,23", True, [("1", 2, 6)]), ("A:1,23", False, []),
@@ -115,10 +119,27 @@ def test_canon_number_length_guard_at_its_edge():
     ("q(x[y{z}]w)", 7, 5),
     ("q(x[y{z}]w)", 8, 3),
     ("x)", 1, 0),  # unmatched: 0
+    ("x)(", 1, 0),  # the scan stops at the start, never wraps to the end
+    ("a(X)", 3, 1), ("(Xa)", 3, 0),  # letters are neither closers nor openers
     ("ab)c)", 4, 0),
 ])
 def test_group_start_by_hand(s, j, start):
     assert V._group_start(s, j) == start
+
+
+@pytest.mark.parametrize("s,j,end", [
+    ("a(b[c]d)e", 1, 8), ("((a))b", 0, 5), ("(X)a", 0, 3), ("{a}{b}", 0, 3),
+    ("(x", 0, 2),  # unclosed: len(s)
+])
+def test_group_end_by_hand(s, j, end):
+    assert V._group_end(s, j) == end
+
+
+def test_an_invalid_gold_is_named_word_for_word():
+    with pytest.raises(ValueError) as err:
+        V.verify("A:1", "abc", "int", True)
+    assert str(err.value) == ("gold answer 'abc' is not a valid int answer (use extract_gold on "
+                              "the dataset field)")
 
 
 def test_factorial_of_a_group_reads_back_to_its_opener():
