@@ -101,6 +101,9 @@ if [ ${#tests[@]} -eq 0 ]; then
         relbudget/core/paths.py)  # every stage's files against dvc.yaml's, through DVC's loader
             tests=(tests/test_exact_paths.py
                    tests/test_interfaces.py::test_data_files_are_those_paths_declares) ;;
+        relbudget/measure/datasets.py)  # local files and HF loaders, their row refusals
+            tests=(tests/test_exact_datasets.py tests/test_datasets_io.py
+                   tests/test_reliability_inputs.py::test_a_bad_local_jsonl_names_the_file_and_line) ;;
         *)
             echo "error: $module: no test files listed for it in scripts/mutation.sh; name them" \
                  "after the module (scripts/mutation.sh $module tests/test_x.py ...)" >&2
