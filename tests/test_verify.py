@@ -333,7 +333,9 @@ def test_hostile_inputs_are_fast(text, fmt, request):
         v = verify(text, GOLDS[fmt], fmt, ended)
         dt = time.perf_counter() - t0
         TIMINGS[request.node.callspec.id + f"-ended={ended}"] = dt
-        assert dt < 1.0, f"{dt:.2f}s"
+        # a guard against a blow-up (backtracking, a sympy bomb: minutes), not a speed goal: 1 s
+        # failed once on a machine shared with three other jobs (1.05 s)
+        assert dt < 10.0, f"{dt:.2f}s"
         # No hostile text holds the gold answer (nor a look-alike: other digits, signs, nesting),
         # so nothing is correct and no reward is paid.
         assert isinstance(v, Verdict)
