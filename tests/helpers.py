@@ -97,6 +97,16 @@ def flow_params(**overrides) -> dict:
                        overrides)
 
 
+def local_source(path, **fields):
+    """data.hf for a local jsonl file of question/answer rows (integer answers), `fields`
+    overriding any of its settings."""
+    from relbudget.core.params import HFSource
+
+    return HFSource(**{"path": str(path), "name": None, "train_split": "train", "eval_split": None,
+                       "prompt_column": "question", "answer_column": "answer", "id_column": None,
+                       "answer_format": "int", "prompt_template": "{prompt}", **fields})
+
+
 def no_outside_pipeline(monkeypatch) -> None:
     """Stage runs in a test belong to no pipeline run of the shell that started pytest."""
     for var in ("RELBUDGET_PIPELINE_RUN", "DVC_STAGE", "DVC_EXP_NAME"):

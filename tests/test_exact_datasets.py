@@ -11,21 +11,14 @@ from pathlib import Path
 import pytest
 
 from relbudget.core.errors import DataError
-from relbudget.core.params import HFSource
 from relbudget.measure.datasets import load_hf_prompts
+from tests.helpers import local_source as src
 
 
 def jsonl(path: Path, n: int, start: int = 0) -> Path:
     path.write_text("".join(json.dumps({"question": f"{i}+1=", "answer": str(i + 1)}) + "\n"
                             for i in range(start, start + n)))
     return path
-
-
-def src(path: Path, **kw) -> HFSource:
-    fields = dict(path=str(path), name=None, train_split="train", eval_split=None,
-                  prompt_column="question", answer_column="answer", id_column=None,
-                  answer_format="int", prompt_template="{prompt}")
-    return HFSource(**{**fields, **kw})
 
 
 @pytest.mark.parametrize("n_train,n_eval", [(0, 1), (1, -1), (-1, 0)])

@@ -14,18 +14,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from relbudget.core.params import load_params
+from relbudget.core.params import cell_name, load_params
 from relbudget.report import analysis, compare, prediction, render, study
 from stages import report
+from tests.helpers import deep_update
 from tests.synth import write_report_inputs
 
 
 def analysed(project: Path, summary: dict | None = None, edit=None, **raw_overrides) -> tuple:
     """analyse on write_report_inputs' files (params sections updated by raw_overrides, the xi
     stage's summary by `summary`, then `edit(params)` to change any file)."""
-    raw = yaml.safe_load((project / "params.yaml").read_text())
-    for section, values in raw_overrides.items():
-        raw[section] = {**raw[section], **values}
+    raw = deep_update(yaml.safe_load((project / "params.yaml").read_text()), raw_overrides)
     (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = load_params(project / "params.yaml")
     write_report_inputs(params)
@@ -80,7 +79,7 @@ def test_analyse_by_hand(project: Path):
 
 
 def test_analyse_hands_the_plots_each_cells_history(project: Path):
-    params, inp, st = analysed(project)
+    _, _, st = analysed(project)
     # write_report_inputs starts each cell's xi_t at its own xi
     assert {x: [h["xi_t"].iloc[0] for h in hs] for x, hs in st["cell_histories"].items()} == {
         1.0: [1.0], 2.0: [2.0]}
@@ -160,7 +159,8 @@ def test_the_whole_page_word_for_word(project: Path):
     check_page(st["markdown"], "report_page.md")
 
 
-# a cell's accuracy at H_eval and at 1.5 x E[T] (68 tokens) per (xi, seed); None: no E[T]
+# per (xi, seed): a cell's accuracy at H_eval, its accuracy at 1.5 x E[T] (68 tokens), its E[T]
+# (None: no E[T])
 WORSE = {(0.25, 0): (0.70, 0.71, 50.0), (0.25, 1): (0.72, 0.70, 52.0),
          (0.5, 0): (0.80, 0.80, 39.0), (0.5, 1): (0.84, 0.79, 37.0),
          (1.0, 0): (0.78, 0.86, None), (1.0, 1): (0.79, 0.88, 41.0)}
@@ -174,7 +174,7 @@ def worse_cells(params) -> None:
     base["at"]["x1.5"] = {"H": 68, "accuracy": 0.75, "E_T": 40.0}
     Path(params.paths.eval_json("base")).write_text(json.dumps(base))
     for (x, seed), (acc, acc15, e_t) in WORSE.items():
-        path = Path(params.paths.cell_eval(f"xi{x}-s{seed}"))
+        path = Path(params.paths.cell_eval(cell_name(x, seed)))
         ev = json.loads(path.read_text())
         ev["at"]["H_eval"].update(accuracy=acc, E_T=e_t, first_answer_accuracy=acc - 0.05)
         ev["at"]["x1.5"] = {"H": 68, "accuracy": acc15, "E_T": e_t}

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from relbudget.core.params import ParamsError, load_params, read_yaml
-from tests.helpers import ROOT, sigint_default, tiny_params
+from tests.helpers import ROOT, local_source, sigint_default, tiny_params
 from tests.synth import make_rollouts
 
 
@@ -358,14 +358,6 @@ def test_vllm_backend_without_vllm_is_one_line_before_any_load():
 # ---------------------------------------------------------------- local prompt files
 
 
-def _src(path: Path):
-    from relbudget.core.params import HFSource
-
-    return HFSource(path=str(path), name=None, train_split="train", eval_split=None,
-                    prompt_column="question", answer_column="answer", id_column=None,
-                    answer_format="int", prompt_template="{prompt}")
-
-
 @pytest.mark.parametrize("data,needle", [
     (b'{"question": "1+1=", "answer": "2"}\n\x00\x00\n', "line 2 holds a NUL byte"),
     (b'{"question": "1+1=", "answer": "2"}\n{"question": "2\xff+2=", "answer": "4"}\n',
@@ -380,7 +372,7 @@ def test_a_bad_local_jsonl_names_the_file_and_line(tmp_path, data, needle):
     path = tmp_path / "prompts.jsonl"
     path.write_bytes(data)
     with pytest.raises(DataError, match=re.escape(needle)) as err:
-        load_hf_prompts(_src(path), 8, 1, 0)
+        load_hf_prompts(local_source(path), 8, 1, 0)
     assert str(path) in str(err.value)
 
 
