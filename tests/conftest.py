@@ -3,13 +3,11 @@ tests/helpers.py)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.helpers import ROOT, no_outside_pipeline, tiny_params
+from tests.helpers import no_outside_pipeline, project_copy, tiny_params
 
 
 # The test files that take longest, longest first (seconds each on this machine's 2 cores, from
@@ -17,18 +15,19 @@ from tests.helpers import ROOT, no_outside_pipeline, tiny_params
 # collection order (`--dist loadfile --no-loadscope-reorder`), so these start first and the many
 # short files fill in at the end. xdist's own order (most tests first) started the 6-minute
 # one-test pipeline file last, with the other worker idle for its whole run.
-LONGEST_FIRST = ("test_pipeline_dvc.py",  # 386
-                 "test_fanout.py",  # 236
-                 "test_reliability_inputs.py",  # 191
-                 "test_flow.py",  # 154
-                 "test_reliability.py",  # 133
-                 "test_browser.py",  # 127
-                 "test_stages.py",  # 96
-                 "test_dvc_refusals.py",  # 75
-                 "test_smollm2.py",  # 60
-                 "test_interfaces.py",  # 57
-                 "test_tasks.py",  # 49
-                 "test_tracking.py")  # 49
+LONGEST_FIRST = ("test_pipeline_dvc.py",  # 262
+                 "test_fanout.py",  # 173
+                 "test_flow.py",  # 145
+                 "test_reliability_inputs.py",  # 115
+                 "test_reliability.py",  # 105
+                 "test_browser.py",  # 89
+                 "test_stages.py",  # 61
+                 "test_smollm2.py",  # 54
+                 "test_dvc_refusals.py",  # 47
+                 "test_interfaces.py",  # 45
+                 "test_tracking.py",  # 41
+                 "test_tasks.py",  # 31
+                 "test_dvc_metrics.py")  # 31
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,13 +46,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 @pytest.fixture
 def project(tmp_path, monkeypatch) -> Path:
     """A copy of the project (code, dvc.yaml, tiny params.yaml) in a temp dir, cwd set to it."""
-    dest = tmp_path / "proj"
-    dest.mkdir()
-    for name in ("relbudget", "stages", "flows"):
-        if (ROOT / name).exists():
-            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
-    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    dest = project_copy(tmp_path / "proj", tiny_params())
     monkeypatch.chdir(dest)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{dest / 'mlflow.db'}")
     no_outside_pipeline(monkeypatch)

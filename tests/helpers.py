@@ -107,6 +107,20 @@ def local_source(path, **fields):
                        "answer_format": "int", "prompt_template": "{prompt}", **fields})
 
 
+def project_copy(dest: Path, params: dict) -> Path:
+    """The project's code and dvc.yaml copied into the new folder `dest`, with `params` (a raw
+    params dict) as its params.yaml."""
+    import shutil
+
+    dest.mkdir()
+    for name in ("relbudget", "stages", "flows"):
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest
+
+
 def no_outside_pipeline(monkeypatch) -> None:
     """Stage runs in a test belong to no pipeline run of the shell that started pytest."""
     for var in ("RELBUDGET_PIPELINE_RUN", "DVC_STAGE", "DVC_EXP_NAME"):
@@ -206,3 +220,28 @@ def stale(repo: Path, *targets: str) -> set[str]:
     """The stages `dvc status` lists as changed (of `targets`, stage names: all when none)."""
     status = sh("dvc", "status", *targets, cwd=repo)
     return {ln[:-1] for ln in status.splitlines() if ln.endswith(":") and not ln[0].isspace()}
+
+
+# ---------------------------------------------------------------- the relbudget CLI
+
+def cli_run(*args, process: bool = False) -> subprocess.CompletedProcess:
+    """`relbudget ARGS` from the project root: its exit code, stdout and stderr. In this process
+    (relbudget.cli.main, what the console script calls; ~2-5 s less a call than a fresh
+    interpreter's imports; a traceback is an exception that fails the test), or in a subprocess
+    with `process=True` (the real entry point)."""
+    import contextlib
+    import io
+
+    from relbudget.cli import main
+
+    if process:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run([sys.executable, "-m", "relbudget.cli", *map(str, args)],
+                              capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(map(str, args)))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())

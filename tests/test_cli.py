@@ -1,11 +1,10 @@
-"""The real `relbudget` CLI in a subprocess, on parquet tables written to tmp_path."""
+"""The real `relbudget` CLI (its main in this process, the entry point in a subprocess twice), on
+parquet tables written to tmp_path."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -14,19 +13,13 @@ import pytest
 from relbudget.measure import estimators as est
 from relbudget.cli import main
 from relbudget.core.params import XiParams
+from tests.helpers import cli_run as run
 from tests.synth import make_rollouts
 
-ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = {"E_T", "E_T_ci", "E_T_prompt_mean", "unsolved_share", "n_prompts", "n_attempts",
                "horizons"}
 HORIZON_KEYS = {"H", "xi", "p", "reward_var", "p_informative", "regime"}
 PLAN_KEYS = {"target_xi", "H", "p", "reward_var", "p_informative", "E_T"}
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "relbudget.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
 def failed(r: subprocess.CompletedProcess) -> bool:
@@ -45,7 +38,7 @@ def table(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 def test_xi_json(table):
     path, df = table
-    r = run("xi", "--rollouts", path, "--json", "--n-bootstrap", 200)
+    r = run("xi", "--rollouts", path, "--json", "--n-bootstrap", 200, process=True)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)  # exactly one JSON object, nothing else on stdout
     assert SUMMARY_KEYS <= set(s)
@@ -121,7 +114,7 @@ def test_plan_beyond_cap_warns(table):
 
 def test_plan_bad_target_xi(table, capsys):
     path, _ = table
-    r = run("plan", "--rollouts", path, "--target-xi", 0)
+    r = run("plan", "--rollouts", path, "--target-xi", 0, process=True)
     assert failed(r) and "--target-xi" in r.stderr
     for xi in ("-1", "nan", "inf"):  # the same path in process (fast)
         assert main(["plan", "--rollouts", str(path), f"--target-xi={xi}"]) == 2

@@ -34,7 +34,6 @@ from relbudget.report import headline as hl
 from relbudget.report import analysis, render
 from relbudget.core.io import to_json_safe
 from relbudget.core.params import cell_name, load_params
-from relbudget.core.schemas import ROLLOUTS, write_table
 from tests.synth import REPORT_BASE as BASE
 from tests.synth import cell_eval, history, make_rollouts, write_report_inputs
 
@@ -161,6 +160,17 @@ def test_report_stage_writes_the_headline_files(project: Path):
     # a rerun on the same inputs writes the same bytes
     execute("report", report.run, params, report.SECTIONS)
     assert {f: (project / f).read_bytes() for f in first} == first
+    # an xi dropped from the grid: its cell stays on disk (DVC leaves old outputs) but the report
+    # reads the grid of params, not the folder
+    raw = yaml.safe_load((project / "params.yaml").read_text())
+    raw["sweep"]["xi"], raw["regimes"] = [1.0], {"low": 1.0}
+    (project / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert (project / params.paths.cell_eval(cell_name(2.0, 0))).exists()
+    params = load_params(project / "params.yaml")
+    execute("report", report.run, params, report.SECTIONS)
+    metrics = json.loads((project / params.paths.report_metrics).read_text())
+    assert [c["xi"] for c in metrics["sweep"]] == [1.0]
+    assert [r["xi"] for r in metrics["sweep_by_xi"]] == [1.0]
 
 
 # --- the DVC wiring, in a temporary git + DVC repo ------------------------------------------------

@@ -22,6 +22,7 @@ from relbudget.core.io import (WorkLocked, atomic_dir, remove_stale_temps, switc
                           write_json)
 from relbudget.core.params import ParamsError, TrainParams, XiParams, load_params, merged, params_with
 from relbudget.core.schemas import PROMPTS, TableError, read_table
+from tests.helpers import cli_run
 from tests.synth import make_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,11 +147,6 @@ def test_unreachable_token_budget_is_refused():
 # ---------------------------------------------------------------- CLI inputs
 
 
-def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "relbudget.cli", *map(str, args)], cwd=ROOT,
-                          env=_env(ROOT), capture_output=True, text=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory) -> Path:
     a, b = make_rollouts(20, 4, cap=128, seed=1), make_rollouts(20, 4, cap=64, seed=2, policy="other")
@@ -161,9 +157,9 @@ def mixed(tmp_path_factory) -> Path:
 
 
 def test_cli_refuses_a_mixed_table_unless_asked(mixed):
-    r = _cli("xi", "--rollouts", mixed, "--json")
+    r = cli_run("xi", "--rollouts", mixed, "--json")
     assert _clean_failure(r) and "--allow-mixed" in r.stderr and "policy" in r.stderr
-    assert _cli("xi", "--rollouts", mixed, "--json", "--allow-mixed").returncode == 0
+    assert cli_run("xi", "--rollouts", mixed, "--json", "--allow-mixed").returncode == 0
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -175,16 +171,16 @@ def test_cli_numbers_out_of_range(tmp_path, rollouts, args, needle):
     path = tmp_path / "r.parquet"
     rollouts.to_parquet(path, index=False)
     t0 = time.time()
-    r = _cli(args[0], "--rollouts", path, *args[1:])
+    r = cli_run(args[0], "--rollouts", path, *args[1:])
     assert _clean_failure(r) and needle in r.stderr and time.time() - t0 < 60
 
 
 def test_cli_garbage_and_directory(tmp_path):
     (tmp_path / "junk.parquet").write_bytes(os.urandom(3000))
-    r = _cli("xi", "--rollouts", tmp_path / "junk.parquet")
+    r = cli_run("xi", "--rollouts", tmp_path / "junk.parquet")
     assert _clean_failure(r) and "not a readable parquet file" in r.stderr
     assert "ArrowInvalid" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = _cli("xi", "--rollouts", tmp_path)
+    r = cli_run("xi", "--rollouts", tmp_path)
     assert _clean_failure(r) and "is a directory" in r.stderr
 
 
@@ -592,11 +588,11 @@ def test_cli_pools_a_folder_only_with_allow_mixed(tmp_path, mixed, capsys):
     folder.mkdir()
     for policy, part in df.groupby("policy"):
         part.to_parquet(folder / f"{policy}.parquet", index=False)
-    r = _cli("xi", "--rollouts", folder, "--json")
+    r = cli_run("xi", "--rollouts", folder, "--json")
     assert _clean_failure(r) and "is a directory" in r.stderr and "--allow-mixed" in r.stderr
-    pooled = _cli("xi", "--rollouts", folder, "--json", "--allow-mixed")
+    pooled = cli_run("xi", "--rollouts", folder, "--json", "--allow-mixed")
     assert pooled.returncode == 0, pooled.stderr
-    assert pooled.stdout == _cli("xi", "--rollouts", mixed, "--json", "--allow-mixed").stdout
+    assert pooled.stdout == cli_run("xi", "--rollouts", mixed, "--json", "--allow-mixed").stdout
     # the same attempts in two files are duplicates, as in one file
     df[df["policy"] == "synth"].to_parquet(folder / "copy.parquet", index=False)
     assert cli_main(["xi", "--rollouts", str(folder), "--allow-mixed"]) == 2

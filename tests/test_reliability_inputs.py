@@ -45,6 +45,29 @@ def _stage(name: str, cwd: Path, *args: str, timeout: float = 180, **kw) -> subp
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def _stage_here(name: str, cwd: Path, monkeypatch, capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m stages.NAME ARGS` in this process (runpy runs the module as __main__: the same
+    argument parsing, refusal and exit code, without a fresh interpreter's ~5 s of imports), for
+    refusals that happen before any work; MLflow in cwd's mlflow.db."""
+    import runpy
+    import signal
+    import warnings
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd}/mlflow.db")
+    monkeypatch.setattr(sys, "argv", [f"stages/{name}.py", *args])
+    handler = signal.getsignal(signal.SIGTERM)  # the stage's main installs its own
+    try:
+        with pytest.raises(SystemExit) as exit_, warnings.catch_warnings():
+            # the module ran as __main__ in a fresh namespace, beside its imported copy (which
+            # other tests use): runpy says so; the stage's own code is the same either way
+            warnings.filterwarnings("ignore", "'stages\\.", RuntimeWarning)
+            runpy.run_module(f"stages.{name}", run_name="__main__", alter_sys=True)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    return subprocess.CompletedProcess(sys.argv, exit_.value.code, "", capsys.readouterr().err)
+
+
 def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -91,11 +114,11 @@ BOMB = "".join(f"{c}: &{c} [{', '.join([f'*{p}' if p else 'x'] * 10)}]\n"
     ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested more than 64 levels"),
     ("".join("  " * i + f"k{i}:\n" for i in range(2000)), "nested more than 64 levels"),
 ])
-def test_alias_bombs_and_deep_nesting_are_one_line(xi_project, text, needle):
+def test_alias_bombs_and_deep_nesting_are_one_line(xi_project, text, needle, monkeypatch, capsys):
     (xi_project / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=needle):
         load_params(xi_project / "params.yaml")
-    r = _stage("xi", xi_project, env=_env(MLFLOW_TRACKING_URI=f"sqlite:///{xi_project}/m.db"))
+    r = _stage_here("xi", xi_project, monkeypatch, capsys)
     assert needle in _one_error_line(r) and "params.yaml" in r.stderr
     assert not (xi_project / "data" / "xi").exists()
 
@@ -430,10 +453,10 @@ def test_a_stage_run_from_another_folder_is_refused(xi_project):
     ("arm", "bandit-s0", "arm: arm run 'bandit-s0' is not of the form ARM-s<SEED>"),
     ("fixed_best", "zero", "fixed_best: 'zero' is not a seed of params sweep.seeds"),
 ])
-def test_a_malformed_stage_key_is_one_line(xi_project, stage, key, needle):
+def test_a_malformed_stage_key_is_one_line(xi_project, stage, key, needle, monkeypatch, capsys):
     """Before: a ValueError traceback from inside the stage's MLflow run."""
-    line = _one_error_line(_stage(stage, xi_project, key, env=_env()))
-    assert needle in line
+    assert needle in _one_error_line(_stage_here(stage, xi_project, monkeypatch, capsys, key))
+    assert not (xi_project / "mlflow.db").exists()  # refused before its MLflow run
 
 
 def test_a_fractional_token_count_is_a_schema_failure_not_a_traceback(xi_project, capsys):
@@ -479,27 +502,36 @@ def test_a_tracking_uri_that_is_no_store_names_the_form(xi_project, uri):
     assert "chmod" not in line
 
 
+def test_the_flow_refuses_bad_runner_variables_before_prefect(project):
+    """Before: a traceback at import for the variables, even for --help. A fresh process: the
+    flow reads them when it makes its task runner, and --help must never reach that."""
+    env = _env(RELBUDGET_MAX_WORKERS="abc")
+    r = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=project, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert "RELBUDGET_MAX_WORKERS must be a positive integer" in _one_error_line(r)
+    help_ = subprocess.run([sys.executable, "-m", "flows.pipeline", "--help"], cwd=project,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "Traceback" not in help_.stderr
+
+
 @pytest.mark.parametrize("env,args,needle", [
-    ({"RELBUDGET_MAX_WORKERS": "abc"}, [], "RELBUDGET_MAX_WORKERS must be a positive integer"),
     ({"RELBUDGET_TASK_RUNNER": "ray"}, [], "unknown task runner 'ray'"),
     ({}, ["--out-root", "afile"], "--out-root afile is a file"),
     ({}, ["--out-root", "../escape"], "--out-root ../escape lies outside the project"),
 ])
-def test_the_flow_refuses_bad_runner_variables_and_out_roots_before_prefect(project, env, args,
-                                                                           needle):
-    """Before: a traceback at import for the variables (even for --help), FileExistsError for a
-    file, and for a folder outside the project 7 tracebacks with the flow's lock and results
-    written there."""
+def test_the_flow_refuses_a_bad_runner_or_out_root_before_prefect(project, env, args, needle,
+                                                                  monkeypatch, capsys):
+    """Before: FileExistsError for a file, and for a folder outside the project 7 tracebacks
+    with the flow's lock and results written there. (The flow's command line in this process:
+    flows.pipeline.main is what `python -m flows.pipeline` runs.)"""
+    from flows import pipeline as fp
+
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
     (project / "afile").write_text("x")
-    r = subprocess.run([sys.executable, "-m", "flows.pipeline", *args], cwd=project,
-                       env=_env(**env), capture_output=True, text=True, timeout=120)
+    r = subprocess.CompletedProcess(args, fp.main(args), "", capsys.readouterr().err)
     assert needle in _one_error_line(r)
     assert not (project.parent / "escape").exists()
-    if not env:  # --help reads the runner variables alone, not --out-root
-        return
-    help_ = subprocess.run([sys.executable, "-m", "flows.pipeline", "--help"], cwd=project,
-                           env=_env(**env), capture_output=True, text=True, timeout=120)
-    assert help_.returncode == 0 and "Traceback" not in help_.stderr
 
 
 def test_a_model_folder_whose_config_or_tokenizer_does_not_load_is_refused_first(tmp_path):

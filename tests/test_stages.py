@@ -23,21 +23,43 @@ from relbudget.measure.task import builtin_splits
 from relbudget.testing import rambling_corpus, tiny_policy
 from stages import base_policy, prepare, sample_t, xi
 from stages._cli import execute
-from tests.helpers import ROOT, tiny_params
+from tests.helpers import ROOT, no_outside_pipeline, tiny_params
 
 
 def write_params(project: Path, **overrides) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(**overrides), sort_keys=False))
 
 
+MEASURED = dict(data={"n_train": 24, "n_eval": 4, "levels": [1]},
+                sampling={"chunk_prompts": 1, "attempts": 4, "max_tokens": 24})
+
+
+@pytest.fixture(scope="module")
+def measured_data(tmp_path_factory) -> Path:
+    """data/ after prepare and base_policy on MEASURED's params, run once for this file's tests
+    (each test works on its own copy: the pre-training is the same seeded bytes every time)."""
+    folder = tmp_path_factory.mktemp("measured")
+    write_params(folder, **MEASURED)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+    no_outside_pipeline(mp)
+    try:
+        params = load_params(folder / "params.yaml")
+        execute("prepare", prepare.run, params, prepare.SECTIONS)
+        execute("base_policy", base_policy.run, params, base_policy.SECTIONS)
+    finally:
+        mp.undo()
+    return folder / "data"
+
+
 @pytest.fixture
-def measured(project: Path) -> Path:
-    """prepare and base_policy already run in the project copy."""
-    write_params(project, data={"n_train": 24, "n_eval": 4, "levels": [1]},
-                 sampling={"chunk_prompts": 1, "attempts": 4, "max_tokens": 24})
-    params = load_params(project / "params.yaml")
-    execute("prepare", prepare.run, params, prepare.SECTIONS)
-    execute("base_policy", base_policy.run, params, base_policy.SECTIONS)
+def measured(project: Path, measured_data: Path) -> Path:
+    """The project copy with prepare's and base_policy's outputs in place."""
+    import shutil
+
+    write_params(project, **MEASURED)
+    shutil.copytree(measured_data, project / "data", symlinks=True)
     return project
 
 
@@ -131,7 +153,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint(measured: Path):
 
     from stages import evaluate, sweep
 
-    write_params(measured, data={"n_train": 24, "n_eval": 4, "levels": [1]},
+    write_params(measured, data=MEASURED["data"],
                  train={"stop": "steps", "max_steps": 40, "checkpoint_every": 2,
                         "num_generations": 4, "prompts_per_step": 2})
     params = load_params("params.yaml")

@@ -26,10 +26,10 @@ from tests.helpers import ROOT, pretrained, sh, stale
 
 # ------------------------------------------------------------- the family: known E[T] ordering
 
-def trace_T(prompt: str, answer: str, rng: np.random.Generator) -> int:
-    """T (one token a character) of a pre-training trace of the base policy on `prompt`: what
-    the policy learns to imitate, so its E[T] ordering is the tasks' by construction."""
-    b = defaults().base_policy
+def trace_T(prompt: str, answer: str, rng: np.random.Generator, b) -> int:
+    """T (one token a character) of a pre-training trace of the base policy `b` (its params) on
+    `prompt`: what the policy learns to imitate, so its E[T] ordering is the tasks' by
+    construction."""
     xs = [int(x) for x in prompt.rstrip("=").split("+")]
     text, ended = retry_completion(xs, rng, b.slip_carry, b.slip_plain, 1.0, 4000)
     v = verify(text, answer, "int", ended)
@@ -38,7 +38,7 @@ def trace_T(prompt: str, answer: str, rng: np.random.Generator) -> int:
 
 
 def test_tasks_by_carry_columns_order_E_T():
-    rng = np.random.default_rng(0)
+    rng, b = np.random.default_rng(0), defaults().base_policy  # (reads params.yaml: once)
     E_T = {}
     for carries in ([0], [1], [2]):
         train, eval_ = task_splits(150, 50, [2], carries, 2, 0, "retry")
@@ -46,7 +46,7 @@ def test_tasks_by_carry_columns_order_E_T():
         xs = [[int(x) for x in p.rstrip("=").split("+")] for p in train["prompt"]]
         assert {sum(carry_columns(x)) for x in xs} == set(carries)
         assert set(train["level"]) == {2} and all(9 < x < 100 for x in np.ravel(xs))
-        E_T[carries[0]] = np.mean([trace_T(p, a, rng) for p, a in zip(train["prompt"],
+        E_T[carries[0]] = np.mean([trace_T(p, a, rng, b) for p, a in zip(train["prompt"],
                                                                       train["answer"])])
     assert E_T[0] < E_T[1] < E_T[2]
     assert E_T[2] / E_T[0] >= 2.5, E_T  # the span the cross-task study needs
