@@ -108,15 +108,16 @@ def local_source(path, **fields):
 
 
 def project_copy(dest: Path, params: dict) -> Path:
-    """The project's code and dvc.yaml copied into the new folder `dest`, with `params` (a raw
-    params dict) as its params.yaml."""
+    """The project's code, dvc.yaml and .dvcignore copied into the new folder `dest`, with
+    `params` (a raw params dict) as its params.yaml."""
     import shutil
 
     dest.mkdir()
     for name in ("relbudget", "stages", "flows"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, dest / name)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return dest
 

@@ -7,6 +7,9 @@ this file's one test is the suite's longest, and pytest-xdist runs one file per 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -119,6 +122,14 @@ def test_repro_runs_all_then_nothing_then_only_downstream(repo: Path):
 
     # Nothing changed: nothing runs but the check of params (always_changed, a few seconds).
     assert ran_stages(sh("dvc", "repro", cwd=repo)) == {"check_params"}
+    # Bytecode caches are not code: an import of the report's layer with bytecode writing on
+    # (Python's default) leaves relbudget/report/__pycache__/ in a folder the report's deps
+    # name, and .dvcignore keeps it out of the folder's hash.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    subprocess.run([sys.executable, "-c", "import relbudget.report.render"], cwd=repo, env=env,
+                   check=True, timeout=120)
+    assert list((repo / "relbudget/report/__pycache__").glob("render.*.pyc"))
+    assert stale(repo) == {"check_params"}
 
     # Reruns follow meaning: rewording the report reruns the report alone (no training run
     # depends on its words); an estimator edit reruns what measures and trains, never the data
