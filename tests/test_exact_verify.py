@@ -110,6 +110,11 @@ def test_canon_number_length_guard_at_its_edge():
     # 2 * MAX_NUMBER_DIGITS + 2 = 130 characters at most, blanks included, before any parsing
     assert V._canon_number(" " * 129 + "7") == "7"
     assert V._canon_number(" " * 130 + "7") is None
+    # then MAX_NUMBER_DIGITS = 64 digits at most, integer and fraction digits together (after
+    # leading and trailing zeros are dropped)
+    assert V._canon_number("1" * 40 + "." + "1" * 24) == "1" * 40 + "." + "1" * 24
+    assert V._canon_number("1" * 40 + "." + "1" * 25) is None
+    assert V._canon_number("0" * 10 + "1" * 40 + "." + "1" * 24 + "0" * 10) == "1" * 40 + "." + "1" * 24
 
 
 @pytest.mark.parametrize("s,j,start", [
@@ -148,3 +153,60 @@ def test_factorial_of_a_group_reads_back_to_its_opener():
     assert V._math_unsafe("x^{2}(3)!") is None  # the power lies before the group: allowed
     assert V._math_unsafe("(x^{2})!") == "factorial too large"
     assert V._math_unsafe("a(b)!") is None and V._math_unsafe("(2*3)!") is None
+
+
+# ------------------------------------------------ the pieces of the power check, by hand
+
+@pytest.mark.parametrize("s,k,exponent", [
+    ("2^10", 1, "10"),
+    ("2^   10+1", 1, "10"),  # spaces after '^' skipped; the run ends at '+'
+    ("2^", 1, ""),  # nothing after '^'
+    ("2^  ", 1, ""),  # only spaces after it
+    ("2^x.5y+1", 1, "x.5y"),  # letters, digits and '.' are one run
+    ("2^-3", 1, "-"),  # no run: the one character
+    ("2^{3+4}5", 1, "{3+4}"),  # a group, its braces kept
+    ("2^(3)(4)", 1, "(3)"),
+    ("2^[3", 1, "[3"),  # unclosed: to the end
+    ("2^{a{b}c}d", 1, "{a{b}c}"),  # nested
+    ("2^\\pi+1", 1, "\\pi"),  # a command without a group
+    ("2^\\frac{1}{2}{3}", 1, "\\frac{1}{2}"),  # at most two groups
+    ("2^\\sqrt{9}x", 1, "\\sqrt{9}"),
+    ("2^\\frac {1}", 1, "\\frac"),  # a space before the group: not its argument
+    ("2^\\left(3\\right)z", 1, "\\left(3\\right)"),  # \left with its group
+    ("2^\\left x", 1, "\\left"),  # \left without one
+    ("2^\\left", 1, "\\left"),  # \left at the end
+    ("2^\\,5", 1, "\\,"),  # a backslash and no letters: two characters
+    ("2^\\", 1, "\\"),  # a lone backslash at the end
+    ("a^2^3", 3, "3"),  # the '^' at k, not the first one
+    ("2^X5+1", 1, "X5"),  # a letter opens no group
+    ("2^\\sqrt", 1, "\\sqrt"),  # a command at the very end: no group to look for
+])
+def test_exponent_reads_what_follows_the_caret(s, k, exponent):
+    assert s[k] == "^"
+    assert V._exponent(s, k) == exponent
+
+
+@pytest.mark.parametrize("s,product", [
+    ("", 1), ("x", 1), ("7", 7), ("2 3 4", 24), ("10x5", 50),
+    ("0", 1), ("0 5", 5),  # a zero counts as 1: never shrinks the estimate
+    ("1000000 1000000 1000000 1000000 1000000 1000000", 10 ** 36),  # past 1e30: stops there
+    ("1000000 1000000 1000000 1000000 1000000 1000000 7", 10 ** 36),  # the 7 never multiplied
+    ("1000000000000000 1000000000000000", 10 ** 30),  # exactly 1e30: goes on
+    ("1000000000000000 1000000000000000 3", 3 * 10 ** 30),
+    ("1000000000000000 2000000000000000 3", 2 * 10 ** 30),  # just past 1e30: stops
+])
+def test_literal_product(s, product):
+    assert V._literal_product(s) == product
+
+
+@pytest.mark.parametrize("s,k,j", [
+    ("ab", 1, 0), ("a  b", 3, 0), ("   b", 3, -1), ("b", 0, -1), ("a b", 2, 0),
+])
+def test_prev_char_skips_spaces(s, k, j):
+    assert V._prev_char(s, k) == j
+
+
+@pytest.mark.parametrize("value,gold", [("", "5"), ("}{", "5"), ("5", "")])
+def test_math_equal_is_false_when_either_side_parses_to_nothing(value, gold):
+    # math_verify's parse gives [] for these: no comparison, not a match
+    assert V._math_equal_local(value, gold, None) is False
