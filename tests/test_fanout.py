@@ -36,7 +36,8 @@ CELLS4 = {"regimes": {"a": 0.5},  # a regime is a xi of the grid
 
 
 def write_params(folder: Path, name: str, **override) -> str:
-    raw = flow_params(**override)
+    # no adaptive arm: the runners place every torch stage alike (sweep cells, fixed_best)
+    raw = flow_params(**{"arms": {"arms": []}, **override})
     params_with(raw)
     (folder / name).write_text(yaml.safe_dump(merged(raw), sort_keys=False))
     return name
